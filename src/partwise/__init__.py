@@ -1,0 +1,40 @@
+"""partwise: train PyTorch encoder–decoder models part by part.
+
+>>> import partwise as pw
+>>> from torch import nn
+>>> model = nn.Sequential()
+>>> model.add_module("encoder", nn.Linear(8, 4)); model.add_module("decoder", nn.Linear(4, 8))
+>>> parts = pw.Parts(model)
+>>> parts.freeze("encoder")
+>>> opt = pw.build_optimizer(parts, default={"name": "adamw", "lr": 1e-3})
+>>> sorted({g["part"] for g in opt.param_groups})
+['decoder']
+"""
+
+from ._errors import ConfigError, FrozenPartChanged, PartError
+from ._freezing import freeze, unfreeze
+from ._guard import FrozenGuard, GradReport, fingerprint, grad_report
+from ._optim import OptimizerSet, build_optimizer, check_optimizer, optimizer_class, state_bytes
+from ._parts import Part, Parts, SharedTensor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "FrozenGuard",
+    "FrozenPartChanged",
+    "GradReport",
+    "OptimizerSet",
+    "Part",
+    "PartError",
+    "Parts",
+    "SharedTensor",
+    "build_optimizer",
+    "check_optimizer",
+    "fingerprint",
+    "freeze",
+    "grad_report",
+    "optimizer_class",
+    "state_bytes",
+    "unfreeze",
+]
