@@ -11,16 +11,42 @@
 ['decoder']
 """
 
+from ._checkpoint import load_weights, resolve_checkpoint
 from ._errors import ConfigError, FrozenPartChanged, PartError
 from ._freezing import freeze, unfreeze
 from ._guard import FrozenGuard, GradReport, fingerprint, grad_report
-from ._optim import OptimizerSet, build_optimizer, check_optimizer, optimizer_class, state_bytes
+from ._optim import (
+    OptimizerSet,
+    build_optimizer,
+    check_optimizer,
+    load_state_by_name,
+    optimizer_class,
+    state_bytes,
+    transfer_state,
+)
 from ._parts import Part, Parts, SharedTensor
+from ._plan import Phase, Plan
+from ._schedule import LRSchedule
+from ._task import LossTask, StepContext, Task
+from ._trainer import EarlyStopping, NonFiniteLoss, Trainer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "EarlyStopping",
+    "LRSchedule",
+    "LossTask",
+    "NonFiniteLoss",
+    "Phase",
+    "Plan",
+    "StepContext",
+    "Task",
+    "Trainer",
+    "load_state_by_name",
+    "load_weights",
+    "resolve_checkpoint",
+    "transfer_state",
     "FrozenGuard",
     "FrozenPartChanged",
     "GradReport",

@@ -7,6 +7,7 @@ part), so it loads into an optimizer rebuilt after a freeze, an unfreeze or a mo
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import weakref
@@ -20,16 +21,22 @@ from torch.optim import Optimizer
 from ._errors import PartError
 from ._parts import Parts
 
-__all__ = ["build_optimizer", "OptimizerSet", "check_optimizer", "optimizer_class", "state_bytes"]
+__all__ = [
+    "build_optimizer", "OptimizerSet", "check_optimizer", "optimizer_class", "state_bytes",
+    "transfer_state", "load_state_by_name",
+]
 
 DEFAULT_OPTIONS: dict[str, Any] = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01}
 NAMED_FORMAT = "partwise.named-state/1"
+# optimizer built here -> id(parameter) -> parameter name
+_NAMES: weakref.WeakKeyDictionary[Optimizer, dict[int, str]] = weakref.WeakKeyDictionary()
 SET_FORMAT = "partwise.optimizer-set/1"
 
 
+@functools.cache
 def _optimizer_classes() -> dict[str, type[Optimizer]]:
     out = {}
-    for attr in dir(torch.optim):
+    for attr in torch.optim.__all__:
         obj = getattr(torch.optim, attr)
         if isinstance(obj, type) and issubclass(obj, Optimizer) and obj is not Optimizer:
             out[attr.lower()] = obj
@@ -69,7 +76,7 @@ class _PartConfig:
                  default: Mapping[str, Any] | None, no_decay: str | Iterable[str] | None):
         self.parts = parts
         self.no_decay = list(no_decay) if no_decay not in (None, "auto") and not isinstance(no_decay, str) else no_decay
-        base = dict(DEFAULT_OPTIONS if default is None else {"name": "adamw", **default})
+        base = dict(DEFAULT_OPTIONS if default is None else {"name": "adamw", "lr": 1e-3, **default})
         per_part = dict(per_part or {})
         errors = []
         unknown = [n for n in per_part if n not in parts]
@@ -84,6 +91,9 @@ class _PartConfig:
             except PartError as e:
                 errors.append(f"part {name!r}: {e}")
                 continue
+            wd_default = inspect.signature(cls.__init__).parameters.get("weight_decay")
+            if wd_default is not None and "weight_decay" not in opts:
+                opts["weight_decay"] = wd_default.default  # the class's own default, made explicit
             bad = sorted(set(opts) - _valid_keys(cls))
             if bad:
                 errors.append(f"part {name!r}: {cls.__name__} has no option(s) {bad}; valid: {sorted(_valid_keys(cls))}")
@@ -138,6 +148,7 @@ def _install_named_state(opt: Optimizer, names: dict[int, str]) -> None:
 
     opt.register_state_dict_post_hook(to_named)
     opt.register_load_state_dict_pre_hook(from_named)
+    _NAMES[opt] = names
 
 
 class _GroupBinding:
@@ -362,3 +373,47 @@ def state_bytes(optimizer: Optimizer | OptimizerSet, parts: Parts) -> dict[str, 
             if isinstance(v, torch.Tensor):
                 out[owner[id(p)]] += v.numel() * v.element_size()
     return out
+
+
+def _optimizers_of(optimizer: Optimizer | OptimizerSet) -> list[Optimizer]:
+    return list(optimizer) if isinstance(optimizer, OptimizerSet) else [optimizer]
+
+
+def transfer_state(old: Optimizer | OptimizerSet, new: Optimizer | OptimizerSet) -> int:
+    """Carry optimizer state from ``old`` to ``new`` for every parameter both hold (by identity);
+    hyperparameters stay those of ``new``. Returns the number of parameters carried."""
+    old_state = {id(p): s for o in _optimizers_of(old) for p, s in o.state.items()}
+    carried = 0
+    for o in _optimizers_of(new):
+        for g in o.param_groups:
+            for p in g["params"]:
+                if id(p) in old_state:
+                    o.state[p] = old_state[id(p)]
+                    carried += 1
+    return carried
+
+
+def load_state_by_name(optimizer: Optimizer | OptimizerSet, state_dict: Mapping[str, Any]) -> int:
+    """Load only the per-parameter state of a name-keyed state dict (``optimizer.state_dict()`` of an
+    optimizer partwise built, or of an :class:`OptimizerSet`) into ``optimizer``, matching by
+    parameter name; group hyperparameters are left as they are. Returns the parameters loaded."""
+    if state_dict.get("format") == SET_FORMAT:
+        merged = {n: s for sd in state_dict["optimizers"].values() for n, s in sd["state"].items()}
+    elif state_dict.get("format") == NAMED_FORMAT:
+        merged = dict(state_dict["state"])
+    else:
+        raise PartError("optimizer state is not keyed by parameter name (build the optimizer with build_optimizer)")
+    loaded = 0
+    for o in _optimizers_of(optimizer):
+        names = _NAMES.get(o)
+        for g in o.param_groups:
+            for p in g["params"]:
+                name = names.get(id(p)) if names else None
+                if name in merged:
+                    o.state[p] = {
+                        k: (v.to(p.device, p.dtype if v.is_floating_point() and k != "step" else v.dtype).clone()
+                            if isinstance(v, torch.Tensor) else v)
+                        for k, v in merged[name].items()
+                    }
+                    loaded += 1
+    return loaded

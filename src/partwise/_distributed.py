@@ -1,0 +1,64 @@
+"""Distributed data parallel with parts: only what trains is synchronised.
+
+Under ``torchrun`` the trainer wraps a small module that computes the task's loss, so DDP sees one
+forward per step whatever the task does inside (stepwise teacher forcing included). DDP registers
+only parameters with ``requires_grad``, so frozen parts cost no all-reduce; the wrapper is rebuilt at
+every phase transition that changes the trainable set, and its construction broadcasts rank 0's
+parameters and buffers, which keeps the ranks identical.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as tdist
+from torch import nn
+
+__all__ = ["rank_and_world", "init_from_env", "wrap", "all_true"]
+
+
+def init_from_env() -> None:
+    """Start the default process group from torchrun's environment, if there is one and none is up
+    (gloo on CPU, nccl on CUDA)."""
+    if tdist.is_available() and not tdist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        tdist.init_process_group(backend=backend)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def rank_and_world() -> tuple[int, int]:
+    init_from_env()
+    if tdist.is_available() and tdist.is_initialized():
+        return tdist.get_rank(), tdist.get_world_size()
+    return 0, 1
+
+
+class _LossModule(nn.Module):
+    def __init__(self, model: nn.Module, task: Any):
+        super().__init__()
+        self.model = model
+        self.task = task
+
+    def forward(self, batch: Any, ctx: Any) -> torch.Tensor:
+        return self.task.loss(self.model, batch, ctx)
+
+
+def wrap(model: nn.Module, task: Any, world: int) -> Callable[[Any, Any], torch.Tensor]:
+    """``(batch, ctx) -> loss``: the task's loss, through DDP when ``world > 1``."""
+    if world <= 1:
+        return lambda batch, ctx: task.loss(model, batch, ctx)
+    device_ids = [torch.cuda.current_device()] if next(model.parameters()).is_cuda else None
+    return nn.parallel.DistributedDataParallel(_LossModule(model, task), device_ids=device_ids)
+
+
+def all_true(flag: bool, world: int, device: torch.device) -> bool:
+    """``flag`` on every rank (one all-reduce), so all ranks take the same branch."""
+    if world <= 1:
+        return flag
+    t = torch.tensor([0.0 if flag else 1.0], device=device)
+    tdist.all_reduce(t)
+    return bool(t.item() == 0.0)

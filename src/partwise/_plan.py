@@ -1,0 +1,202 @@
+"""Staged plans: what trains when, at which learning rate."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import ConfigError
+from ._freezing import Mode
+from ._optim import _is_no_decay, _PartConfig
+from ._parts import Parts
+from ._schedule import LRSchedule
+
+__all__ = ["Phase", "Plan", "PhaseSpan"]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One stage of training.
+
+    Args:
+        name: shown in logs, plots and ``describe``.
+        epochs / steps: the phase's length; give exactly one (steps are optimizer steps).
+        train: part -> learning rate, or part -> options (``{"lr": 1e-3, "weight_decay": 0.0}``).
+            Parts not listed are frozen for the phase.
+        optimizer: options shared by every trained part (``name``, ``weight_decay``, betas ...).
+        schedule: learning-rate schedule; groups that join at this phase warm up from their own start.
+        teacher_forcing: a :class:`~partwise.TeacherForcing` for seq2seq tasks (``None``: the task's own).
+        norm / dropout: how parts frozen in this phase keep their norm and dropout layers.
+        separate: one optimizer per part (:class:`~partwise.OptimizerSet`) instead of groups.
+
+    >>> Phase("head", epochs=1, train={"decoder": 1e-3}).train_options()["decoder"]["lr"]
+    0.001
+    """
+
+    name: str
+    epochs: int | None = None
+    steps: int | None = None
+    train: Mapping[str, float | Mapping[str, Any]] = field(default_factory=dict)
+    optimizer: Mapping[str, Any] = field(default_factory=dict)
+    schedule: LRSchedule = field(default_factory=LRSchedule)
+    teacher_forcing: Any = None
+    norm: Mode = "eval"
+    dropout: Mode = "eval"
+    separate: bool = False
+
+    def problems(self, where: str) -> list[str]:
+        out = []
+        if (self.epochs is None) == (self.steps is None):
+            out.append(f"{where}: give exactly one of epochs= or steps= (got epochs={self.epochs}, steps={self.steps})")
+        for key in ("epochs", "steps"):
+            v = getattr(self, key)
+            if v is not None and (not isinstance(v, int) or v <= 0):
+                out.append(f"{where}.{key}: {v!r} must be a whole number > 0")
+        if not self.train:
+            out.append(f"{where}.train: empty; name at least one part to train, e.g. {{'decoder': 1e-3}}")
+        for part, opts in self.train.items():
+            lr = opts if not isinstance(opts, Mapping) else opts.get("lr", self.optimizer.get("lr"))
+            if lr is not None and (not isinstance(lr, int | float) or lr < 0):
+                out.append(f"{where}.train.{part}: learning rate {lr!r} must be a number >= 0")
+        return out
+
+    def train_options(self) -> dict[str, dict[str, Any]]:
+        """Per trained part: the optimizer options (shared options under the part's own)."""
+        return {
+            p: {**self.optimizer, **(dict(o) if isinstance(o, Mapping) else {"lr": float(o)})}
+            for p, o in self.train.items()
+        }
+
+
+@dataclass(frozen=True)
+class PhaseSpan:
+    index: int
+    phase: Phase
+    start: int
+    end: int
+
+
+class Plan:
+    """An ordered list of phases; parts not listed in a phase are frozen during it.
+
+    >>> plan = Plan([Phase("decoder only", epochs=2, train={"decoder": 1e-3}),
+    ...              Phase("all", epochs=3, train={"decoder": 1e-3, "encoder": 1e-5})])
+    >>> [(s.phase.name, s.start, s.end) for s in plan.spans(steps_per_epoch=10)]
+    [('decoder only', 0, 20), ('all', 20, 50)]
+    """
+
+    def __init__(self, phases: Sequence[Phase]):
+        self.phases = list(phases)
+        errors = [] if self.phases else ["plan: no phases; give at least one Phase"]
+        for i, ph in enumerate(self.phases):
+            if not isinstance(ph, Phase):
+                errors.append(f"plan.phases[{i}]: expected a Phase, got {type(ph).__name__}")
+            else:
+                errors += ph.problems(f"plan.phases[{i}] ({ph.name!r})")
+        if errors:
+            raise ConfigError(errors)
+
+    # -- helpers for common plans ---------------------------------------------------------------
+    @classmethod
+    def fine_tune(
+        cls,
+        head: str | Sequence[str],
+        body: str | Sequence[str],
+        lr: float,
+        epochs: int,
+        freeze_epochs: int = 1,
+        body_lr_ratio: float = 0.01,
+        warmup: int = 0,
+        optimizer: Mapping[str, Any] | None = None,
+    ) -> Plan:
+        """fastai-style ``fine_tune``: train ``head`` with ``body`` frozen, then both, the body at
+        ``lr * body_lr_ratio`` (its own warmup)."""
+        heads = [head] if isinstance(head, str) else list(head)
+        bodies = [body] if isinstance(body, str) else list(body)
+        opt = dict(optimizer or {})
+        sched = LRSchedule(warmup=warmup, decay="cosine")
+        return cls([
+            Phase("frozen body", epochs=freeze_epochs, train=dict.fromkeys(heads, lr), optimizer=opt, schedule=sched),
+            Phase("all", epochs=epochs, optimizer=opt, schedule=sched,
+                  train={**dict.fromkeys(heads, lr), **dict.fromkeys(bodies, lr * body_lr_ratio)}),
+        ])
+
+    @classmethod
+    def gradual(
+        cls,
+        parts_from_top: Sequence[str],
+        epochs_each: int,
+        lr: float = 1e-3,
+        lr_decay: float = 2.6,
+        optimizer: Mapping[str, Any] | None = None,
+    ) -> Plan:
+        """ULMFiT gradual unfreezing (Howard & Ruder 2018): phase k trains the top k+1 parts, the part
+        at depth d below the top at ``lr / lr_decay**d`` (discriminative learning rates; 2.6 is the
+        paper's factor)."""
+        if lr_decay <= 0:
+            raise ConfigError([f"lr_decay: {lr_decay!r} must be > 0 (ULMFiT uses 2.6)"])
+        top = list(parts_from_top)
+        return cls([
+            Phase(f"top {k + 1}", epochs=epochs_each, optimizer=dict(optimizer or {}),
+                  train={p: lr / lr_decay**d for d, p in enumerate(top[: k + 1])})
+            for k in range(len(top))
+        ])
+
+    # -- positions ------------------------------------------------------------------------------
+    def spans(self, steps_per_epoch: int) -> list[PhaseSpan]:
+        if steps_per_epoch <= 0:
+            raise ValueError(f"steps_per_epoch={steps_per_epoch} must be > 0: is the training data empty?")
+        out, start = [], 0
+        for i, ph in enumerate(self.phases):
+            n = ph.steps if ph.steps is not None else ph.epochs * steps_per_epoch  # type: ignore[operator]
+            out.append(PhaseSpan(i, ph, start, start + n))
+            start += n
+        return out
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        return self.spans(steps_per_epoch)[-1].end
+
+    def span_at(self, step: int, steps_per_epoch: int) -> PhaseSpan:
+        """The phase that runs optimizer step ``step`` (the last one past the end)."""
+        spans = self.spans(steps_per_epoch)
+        return next((s for s in spans if step < s.end), spans[-1])
+
+    def check(self, parts: Parts) -> None:
+        """Every part a phase names exists; all problems reported at once."""
+        errors = []
+        for i, ph in enumerate(self.phases):
+            for p in ph.train:
+                if p not in parts:
+                    errors.append(f"plan.phases[{i}] ({ph.name!r}).train: unknown part {p!r}; parts are {parts.names}")
+        if errors:
+            raise ConfigError(errors)
+
+    def describe(self, parts: Parts, steps_per_epoch: int | None = None) -> str:
+        """Per phase, without training: trainable parameters, and LR and weight decay per group."""
+        self.check(parts)
+        lines = []
+        for i, ph in enumerate(self.phases):
+            length = f"{ph.epochs} epoch(s)" if ph.epochs is not None else f"{ph.steps} step(s)"
+            if steps_per_epoch:
+                s = self.spans(steps_per_epoch)[i]
+                length += f", steps {s.start}-{s.end}"
+            opts = ph.train_options()
+            config = _PartConfig(parts, opts, {"name": "adamw", **ph.optimizer}, "auto")
+            n_train = sum(parts[p].numel for p in opts)
+            frozen = [p for p in parts.names if p not in opts]
+            lines.append(f"phase {i} {ph.name!r}: {length}; trainable {n_train:,} params; frozen: {', '.join(frozen) or '-'}")
+            for p in opts:
+                o = config.options[p]
+                wd = float(o.get("weight_decay", 0.0) or 0.0)
+                named = parts[p].named_parameters
+                nd = sum(v.numel() for n, v in named.items() if wd and _is_no_decay(n, v, "auto"))
+                lines.append(
+                    f"  {p:<14} {config.classes[p].__name__:<8} lr {o.get('lr', 0):<10.3g} wd {wd:<8.3g}"
+                    f" params {parts[p].numel - nd:,}" + (f" (+{nd:,} without decay)" if nd else "")
+                )
+            if ph.schedule.warmup or ph.schedule.decay != "constant":
+                lines.append(f"  schedule: warmup {ph.schedule.warmup}, then {ph.schedule.decay}")
+            if ph.teacher_forcing is not None:
+                lines.append(f"  teacher forcing: {ph.teacher_forcing!r}")
+        return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""What the trainer trains: a task computes a loss for a batch and metrics on held-out data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["StepContext", "Task", "LossTask", "as_task"]
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Where training stands when a loss is computed."""
+
+    step: int
+    epoch: int
+    phase: str
+    teacher_forcing: Any = None
+
+
+@runtime_checkable
+class Task(Protocol):
+    """``loss(model, batch, ctx) -> scalar tensor``; ``evaluate(model, batches) -> {metric: value}``."""
+
+    def loss(self, model: nn.Module, batch: Any, ctx: StepContext) -> Tensor: ...
+
+    def evaluate(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]: ...
+
+
+class LossTask:
+    """A task from a plain ``loss_fn(model, batch) -> loss``; its metric is the mean held-out loss.
+
+    >>> task = LossTask(lambda model, batch: model(batch[0]).pow(2).mean())
+    >>> task.evaluate(nn.Linear(2, 1), [(torch.zeros(3, 2),)])["loss"] >= 0
+    True
+    """
+
+    def __init__(self, loss_fn: Callable[[nn.Module, Any], Tensor]):
+        self.loss_fn = loss_fn
+
+    def loss(self, model: nn.Module, batch: Any, ctx: StepContext) -> Tensor:
+        return self.loss_fn(model, batch)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
+        total, n = 0.0, 0
+        for batch in batches:
+            total += float(self.loss_fn(model, batch))
+            n += 1
+        return {"loss": total / max(n, 1)}
+
+
+def as_task(task_or_loss_fn: Task | Callable[[nn.Module, Any], Tensor]) -> Task:
+    if isinstance(task_or_loss_fn, Task):
+        return task_or_loss_fn
+    if callable(task_or_loss_fn):
+        return LossTask(task_or_loss_fn)
+    raise TypeError(f"expected a Task (loss + evaluate) or a loss_fn(model, batch), got {type(task_or_loss_fn).__name__}")

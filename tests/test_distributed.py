@@ -1,0 +1,36 @@
+"""Two processes with gloo on CPU: ranks stay identical across a transition that unfreezes a part,
+and match one process with the same global batch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+SCRIPT = Path(__file__).parent / "scripts" / "ddp_train.py"
+
+
+def run(args: list[str]) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_ranks_identical_and_equal_to_one_process(tmp_path):
+    run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", str(SCRIPT), str(tmp_path)])
+    run([str(SCRIPT), str(tmp_path)])
+    r0, r1 = (torch.load(tmp_path / f"world2-rank{r}.pt") for r in (0, 1))
+    single = torch.load(tmp_path / "world1-rank0.pt")
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), f"ranks differ in {k}"
+        torch.testing.assert_close(r0[k], single[k], rtol=1e-4, atol=1e-5)
+    torch.manual_seed(0)
+    initial_body = nn.Sequential(nn.Linear(6, 16), nn.Tanh())  # same init as the script's
+    assert not torch.equal(initial_body[0].weight, r0["body.0.weight"]), "the body unfrozen in phase 2 must have trained"
