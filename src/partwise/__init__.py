@@ -28,6 +28,16 @@ from ._parts import Part, Parts, SharedTensor
 from ._plan import Phase, Plan
 from ._schedule import LRSchedule
 from ._task import LossTask, StepContext, Task
+from ._teacher_forcing import (
+    Schedule,
+    TeacherForcing,
+    TeacherForcingStats,
+    constant,
+    exponential,
+    inverse_sigmoid,
+    linear,
+    schedule_from_dict,
+)
 from ._trainer import EarlyStopping, NonFiniteLoss, Trainer
 
 __version__ = "0.1.0"
@@ -41,8 +51,16 @@ __all__ = [
     "Phase",
     "Plan",
     "StepContext",
+    "Schedule",
     "Task",
+    "TeacherForcing",
+    "TeacherForcingStats",
     "Trainer",
+    "constant",
+    "exponential",
+    "inverse_sigmoid",
+    "linear",
+    "schedule_from_dict",
     "load_state_by_name",
     "load_weights",
     "resolve_checkpoint",

@@ -24,11 +24,15 @@ class StepContext:
 
 @runtime_checkable
 class Task(Protocol):
-    """``loss(model, batch, ctx) -> scalar tensor``; ``evaluate(model, batches) -> {metric: value}``."""
+    """``loss(model, batch, ctx) -> scalar tensor``; ``evaluate(model, batches, dataset) -> {metric: value}``.
+
+    ``evaluate`` runs in eval mode under the trainer; ``dataset`` is the held-out dataset the batches
+    come from (for tasks that score against references stored with it), or ``None``.
+    """
 
     def loss(self, model: nn.Module, batch: Any, ctx: StepContext) -> Tensor: ...
 
-    def evaluate(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]: ...
+    def evaluate(self, model: nn.Module, batches: Iterable[Any], dataset: Any = None) -> dict[str, float]: ...
 
 
 class LossTask:
@@ -46,7 +50,7 @@ class LossTask:
         return self.loss_fn(model, batch)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, batches: Iterable[Any], dataset: Any = None) -> dict[str, float]:
         total, n = 0.0, 0
         for batch in batches:
             total += float(self.loss_fn(model, batch))

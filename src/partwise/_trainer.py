@@ -148,26 +148,27 @@ class Trainer:
                 ctx = StepContext(self.step, self.epoch, span.phase.name, span.phase.teacher_forcing)
                 with self._autocast():
                     loss = self.wrapped(batch, ctx)
-                if dist.all_true(bool(torch.isfinite(loss.detach())), self.world, self.device):
+                loss_value = float(loss.detach())
+                if dist.all_true(math.isfinite(loss_value), self.world, self.device):
                     scaled = loss / self.grad_accum
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                 else:
-                    bad = bad or f"loss is {float(loss.detach())}"
+                    bad = bad or f"loss is {loss_value}"
                 micro += 1
                 if micro < self.grad_accum:
                     continue
                 norm = self._clip() if bad is None else math.nan
-                if bad is None and not math.isfinite(norm):
+                if bad is None and not math.isfinite(norm):  # only measured when clipping is on
                     bad = f"gradient norm is {norm}"
                 if bad is None:
                     span.phase.schedule.apply(self.optimizer.param_groups, self.step, span.end)
                     self._optimizer_step()
-                    self._epoch_loss = (self._epoch_loss[0] + float(loss.detach()), self._epoch_loss[1] + 1)
+                    self._epoch_loss = (self._epoch_loss[0] + loss_value, self._epoch_loss[1] + 1)
                 else:
                     self._nonfinite(bad)
                 self.optimizer.zero_grad(set_to_none=True)
                 micro, bad, self.step = 0, None, self.step + 1
-                logs = {"step": self.step, "loss": float(loss.detach()), "grad_norm": norm, **self.lrs()}
+                logs = {"step": self.step, "loss": loss_value, "grad_norm": norm, **self.lrs()}
                 for cb in self.callbacks:
                     getattr(cb, "on_step_end", lambda *a: None)(self, logs)
                 if self.save_every and self.step % self.save_every == 0:
@@ -191,7 +192,9 @@ class Trainer:
                                    "train_loss": total / max(n, 1), "seconds": seconds, **self.lrs()}
         if val_data is not None and self.rank == 0:
             self.model.eval()
-            metrics.update({f"val_{k}": v for k, v in self.task.evaluate(self.model, self._batches(val_data)).items()})
+            dataset = val_data.dataset if isinstance(val_data, torch.utils.data.DataLoader) else val_data
+            scores = self.task.evaluate(self.model, self._batches(val_data), dataset)
+            metrics.update({f"val_{k}": v for k, v in scores.items()})
         self.history.append(metrics)
         improved = False
         if self.best_metric or self.early_stopping:
@@ -223,8 +226,10 @@ class Trainer:
             norms = [torch.nn.utils.clip_grad_norm_(self.parts[p].parameters, c) for p, c in self.grad_clip.items()
                      if not self.parts.is_frozen(p)]
             return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+        if not self.grad_clip:
+            return 0.0  # no clipping: skip the extra pass over the gradients (the loss is still checked)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        return float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip else float("inf")))
+        return float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip))
 
     def _optimizers(self) -> list[torch.optim.Optimizer]:
         return list(self.optimizer) if isinstance(self.optimizer, OptimizerSet) else [self.optimizer]

@@ -1,0 +1,39 @@
+"""Data for partwise: vocabularies, CMUdict G2P, TSV pairs, padded batches, bucketed sampling.
+
+Token ids follow :mod:`partwise.seq2seq._protocol`: ``PAD=0, UNK=1, BOS=2, EOS=3``.
+"""
+
+from partwise.data._batching import BucketBatchSampler
+from partwise.data._cmudict import (
+    G2PSplit,
+    cmudict_path,
+    load_cmudict,
+    load_cmudict_splits,
+    stress_labels,
+    strip_stress,
+)
+from partwise.data._dataset import Batch, Seq2SeqDataset, Seq2SeqItem, collate
+from partwise.data._errors import DataFormatError
+from partwise.data._g2p import G2PData, make_g2p_datasets
+from partwise.data._pairs import read_pairs
+from partwise.data._vocab import SPECIAL_TOKENS, Vocab
+
+__all__ = [
+    "SPECIAL_TOKENS",
+    "Batch",
+    "BucketBatchSampler",
+    "DataFormatError",
+    "G2PData",
+    "G2PSplit",
+    "Seq2SeqDataset",
+    "Seq2SeqItem",
+    "Vocab",
+    "cmudict_path",
+    "collate",
+    "load_cmudict",
+    "load_cmudict_splits",
+    "make_g2p_datasets",
+    "read_pairs",
+    "stress_labels",
+    "strip_stress",
+]
