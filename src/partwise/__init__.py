@@ -22,11 +22,11 @@ from ._optim import (
     load_state_by_name,
     optimizer_class,
     state_bytes,
-    transfer_state,
 )
 from ._parts import Part, Parts, SharedTensor
 from ._plan import Phase, Plan
 from ._schedule import LRSchedule
+from ._surgery import TransferReport, VocabTransfer, load_part, replace_module, transfer_state
 from ._task import LossTask, StepContext, Task
 from ._teacher_forcing import (
     Schedule,
@@ -64,6 +64,10 @@ __all__ = [
     "load_state_by_name",
     "load_weights",
     "resolve_checkpoint",
+    "TransferReport",
+    "VocabTransfer",
+    "load_part",
+    "replace_module",
     "transfer_state",
     "FrozenGuard",
     "FrozenPartChanged",

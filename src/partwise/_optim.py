@@ -23,7 +23,7 @@ from ._parts import Parts
 
 __all__ = [
     "build_optimizer", "OptimizerSet", "check_optimizer", "optimizer_class", "state_bytes",
-    "transfer_state", "load_state_by_name",
+    "carry_state", "load_state_by_name",
 ]
 
 DEFAULT_OPTIONS: dict[str, Any] = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01}
@@ -379,7 +379,7 @@ def _optimizers_of(optimizer: Optimizer | OptimizerSet) -> list[Optimizer]:
     return list(optimizer) if isinstance(optimizer, OptimizerSet) else [optimizer]
 
 
-def transfer_state(old: Optimizer | OptimizerSet, new: Optimizer | OptimizerSet) -> int:
+def carry_state(old: Optimizer | OptimizerSet, new: Optimizer | OptimizerSet) -> int:
     """Carry optimizer state from ``old`` to ``new`` for every parameter both hold (by identity);
     hyperparameters stay those of ``new``. Returns the number of parameters carried."""
     old_state = {id(p): s for o in _optimizers_of(old) for p, s in o.state.items()}

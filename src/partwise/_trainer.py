@@ -15,9 +15,10 @@ from torch import nn
 
 from . import _checkpoint as ckpt
 from . import _distributed as dist
+from ._cache import CacheRefused, EncoderCache, cache_blockers, supports_cache
 from ._errors import ConfigError
 from ._loader import make_loader, move_to
-from ._optim import OptimizerSet, build_optimizer, load_state_by_name, transfer_state
+from ._optim import OptimizerSet, build_optimizer, carry_state, load_state_by_name
 from ._parts import Parts
 from ._plan import PhaseSpan, Plan
 from ._task import StepContext, Task, as_task
@@ -57,6 +58,9 @@ class Trainer:
         callbacks: objects with any of ``on_step_end(trainer, logs)``, ``on_epoch_end(trainer, metrics)``,
             ``on_phase_start(trainer, span)``.
         guard: wrap training in a :class:`~partwise.FrozenGuard` re-armed at each phase.
+        cache: frozen-encoder output cache (see :mod:`partwise._cache`): ``"auto"`` uses it whenever the
+            task supports it and the encoder is frozen, in eval mode and deterministic; ``"on"`` makes
+            that a requirement (a :class:`~partwise.ConfigError` says why not); ``"off"`` never caches.
     """
 
     def __init__(
@@ -65,7 +69,7 @@ class Trainer:
         seed: int = 0, device: str | torch.device = "auto", precision: str = "fp32",
         grad_clip: float | Mapping[str, float] | None = None, grad_accum: int = 1, on_nonfinite: str = "skip",
         early_stopping: EarlyStopping | None = None, best_metric: tuple[str, str] | None = None,
-        save_every: int | None = None, callbacks: Sequence[Any] = (), guard: bool = False,
+        save_every: int | None = None, callbacks: Sequence[Any] = (), guard: bool = False, cache: str = "auto",
     ):
         errors = []
         if precision not in ("fp32", "bf16", "fp16"):
@@ -74,6 +78,8 @@ class Trainer:
             errors.append(f"on_nonfinite: {on_nonfinite!r} must be 'skip' or 'stop'")
         if grad_accum < 1:
             errors.append(f"grad_accum: {grad_accum!r} must be >= 1")
+        if cache not in ("auto", "on", "off"):
+            errors.append(f"cache: {cache!r} must be 'auto', 'on' or 'off'")
         if errors:
             raise ConfigError(errors)
         plan.check(parts)
@@ -85,7 +91,9 @@ class Trainer:
             raise ConfigError(["precision: 'fp16' needs CUDA; use 'bf16' on CPU"])
         self.precision, self.grad_clip, self.grad_accum, self.on_nonfinite = precision, grad_clip, grad_accum, on_nonfinite
         self.early_stopping, self.best_metric, self.save_every = early_stopping, best_metric, save_every
-        self.callbacks, self.use_guard = list(callbacks), guard
+        self.callbacks, self.use_guard, self.cache_mode = list(callbacks), guard, cache
+        self.cache: EncoderCache | None = None
+        self._train_loader: Any = None
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         self.rank, self.world = dist.rank_and_world()
         self.step, self.epoch, self.span, self.optimizer = 0, 0, None, None
@@ -93,6 +101,7 @@ class Trainer:
         self.best: float | None = None
         self.skipped_steps, self._stale_evals = 0, 0
         self._epoch_loss = (0.0, 0)  # sum and count of this epoch's step losses
+        self._saved_at = -1
         self.model.to(self.device)
 
     # -- phases ------------------------------------------------------------------------------
@@ -111,29 +120,72 @@ class Trainer:
         new = build_optimizer(self.parts, per_part=ph.train_options(), default={"name": "adamw", **ph.optimizer},
                               separate=ph.separate)
         if old is not None:
-            transfer_state(old, new)
+            carry_state(old, new)
         for g in new.param_groups:
             g.update(base_lr=g["lr"], start_step=span.start, warm=g["part"] not in was_training)
         self.optimizer, self.span = new, span
-        self.wrapped = dist.wrap(self.model, self.task, self.world)
+        self.cache = self._setup_cache()
+        self.wrapped = self._cached_loss if self.cache is not None else dist.wrap(self.model, self.task, self.world)
         if self.use_guard:
             self._guard = self.parts.guard()
             self._guard.snapshot()
         for cb in self.callbacks:
             getattr(cb, "on_phase_start", lambda *a: None)(self, span)
 
+    def _setup_cache(self) -> EncoderCache | None:
+        """The encoder-output cache for this phase: kept from the previous phase while the encoder
+        stays frozen, built when it has just been frozen, dropped when it trains."""
+        if self.cache_mode == "off" or self._train_loader is None:
+            return None
+        self.parts.train()  # the modes training will run in
+        if supports_cache(self.task) and any(p.requires_grad for p in self.task.encoder_of(self.model).parameters()):
+            return None  # the encoder trains in this phase: nothing to cache (a later freeze rebuilds)
+        blockers = cache_blockers(self.task, self.model, self.world)
+        if blockers:
+            if self.cache_mode == "on":
+                raise ConfigError([f"cache: 'on', but the encoder's outputs cannot be cached: {'; '.join(blockers)}"])
+            return None
+        if self.cache is not None:
+            return self.cache
+        loader = self._train_loader
+        try:
+            return EncoderCache.build(self.task, self.model, loader.dataset, loader.collate_fn, self.device,
+                                      spill_dir=self.run_dir / "cache" if self.run_dir else None)
+        except CacheRefused as e:
+            return self._refuse_cache(e)
+
+    def _refuse_cache(self, reason: CacheRefused) -> None:
+        if self.cache_mode == "on":
+            raise ConfigError([f"cache: 'on', but {reason}"]) from None
+        warnings.warn(f"frozen-encoder cache not used: {reason}", RuntimeWarning, stacklevel=3)
+        return None
+
+    def _cached_loss(self, batch: Any, ctx: StepContext) -> torch.Tensor:
+        cache = self.cache
+        if cache is not None and not cache.verified:
+            try:
+                cache.verify(self.model, batch, self.device)
+            except CacheRefused as e:
+                self.cache = self._refuse_cache(e)
+                self.wrapped = dist.wrap(self.model, self.task, self.world)
+                return self.wrapped(batch, ctx)
+        return self.task.loss_from_encoding(self.model, batch, cache.lookup(batch, self.device), ctx)
+
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, train_data: Any, val_data: Any = None, resume: str | Path | None = None,
-            max_steps: int | None = None) -> list[dict[str, Any]]:
-        """Train until the plan ends, early stopping fires, or ``max_steps`` optimizer steps are done
-        (a checkpoint is then written, as if the run were interrupted). Returns the epoch history."""
+            max_steps: int | None = None, max_minutes: float | None = None) -> list[dict[str, Any]]:
+        """Train until the plan ends, early stopping fires, or ``max_steps`` optimizer steps or
+        ``max_minutes`` of wall time are done (a checkpoint is then written, as if the run were
+        interrupted, and ``resume`` continues it). Returns the epoch history."""
         torch.manual_seed(self.seed)
         loader = make_loader(train_data, self.batch_size, self.seed, self.collate_fn, self.rank, self.world)
+        self._train_loader = loader
         steps_per_epoch = len(loader) // self.grad_accum
         total = self.plan.total_steps(steps_per_epoch)
         if resume is not None:
             self._restore(resume, steps_per_epoch)
         stop_at = total if max_steps is None else min(total, max_steps)
+        deadline = None if max_minutes is None else time.perf_counter() + 60.0 * max_minutes
         micro, bad, t0 = 0, None, time.perf_counter()
         while self.step < stop_at:
             self.epoch = self.step // steps_per_epoch
@@ -173,14 +225,16 @@ class Trainer:
                     getattr(cb, "on_step_end", lambda *a: None)(self, logs)
                 if self.save_every and self.step % self.save_every == 0:
                     self.save()
+                if deadline is not None and time.perf_counter() > deadline:
+                    stop_at = self.step
                 if self.step >= stop_at or self.step % steps_per_epoch == 0:
                     break
             if self.step % steps_per_epoch == 0 or self.step >= total:
                 if self._end_epoch(val_data, time.perf_counter() - t0):
                     break
                 t0 = time.perf_counter()
-        if max_steps is not None and self.step == max_steps < total:
-            self.save()
+        if self.step == stop_at < total and self._saved_at != self.step:
+            self.save()  # interrupted by max_steps / max_minutes: resumable from here
         if self.use_guard and self.span is not None:
             self._guard.check()
         return self.history
@@ -276,6 +330,7 @@ class Trainer:
         """Write a checkpoint (rank 0 only) atomically; returns its directory."""
         if self.run_dir is None or self.rank != 0:
             return None
+        self._saved_at = self.step
         meta = {"step": self.step, "epoch": self.epoch, "phase": self.span.phase.name if self.span else None,
                 "model": type(self.model).__qualname__, "history": self.history[-1:] if self.history else []}
         return ckpt.save_checkpoint(self.run_dir / "checkpoints", f"step-{self.step:08d}", self.model, self.parts,
@@ -285,6 +340,7 @@ class Trainer:
         state = ckpt.load_state(source)
         ckpt.load_weights(self.model, self.parts, source)
         self.step, self.history, self.best = state["step"], state["history"], state["best"]
+        self.epoch = self.step // steps_per_epoch
         self._stale_evals, self.skipped_steps = state["stale_evals"], state["skipped_steps"]
         self._epoch_loss = (float(state["epoch_loss"][0]), int(state["epoch_loss"][1]))
         span = self.plan.span_at(self.step, steps_per_epoch)

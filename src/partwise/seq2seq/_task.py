@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .._task import StepContext
 from ._decoding import beam_search, greedy_decode
-from ._protocol import PAD
+from ._protocol import PAD, Memory
 
 __all__ = ["Seq2SeqTask"]
 
@@ -38,17 +38,46 @@ class Seq2SeqTask:
         self.teacher_forcing, self.label_smoothing = teacher_forcing, label_smoothing
         self.tgt_vocab, self.beam_size, self.max_len_ratio = tgt_vocab, beam_size, max_len_ratio
 
-    def logits(self, model: nn.Module, batch: Any, ctx: StepContext | None = None) -> Tensor:
-        memory = model.encode(batch.src, batch.src_mask)
+    def logits(self, model: nn.Module, batch: Any, ctx: StepContext | None = None, memory: Memory | None = None) -> Tensor:
+        if memory is None:
+            memory = model.encode(batch.src, batch.src_mask)
         tf = (ctx.teacher_forcing if ctx is not None else None) or self.teacher_forcing
         if tf is None:
             return model.decoder(batch.tgt_in, memory, model.decoder.initial_state(memory))
         return tf(model.decoder, memory, batch.tgt_in, step=ctx.step if ctx is not None else 0)
 
     def loss(self, model: nn.Module, batch: Any, ctx: StepContext) -> Tensor:
-        logits = self.logits(model, batch, ctx)
+        return self.loss_from_encoding(model, batch, None, ctx)
+
+    # -- frozen-encoder cache protocol (see partwise._cache) ------------------------------------
+    def encoder_of(self, model: nn.Module) -> nn.Module:
+        return model.encoder
+
+    def encode(self, model: nn.Module, batch: Any) -> Memory:
+        return model.encode(batch.src, batch.src_mask)
+
+    def loss_from_encoding(self, model: nn.Module, batch: Any, memory: Memory | None, ctx: StepContext) -> Tensor:
+        logits = self.logits(model, batch, ctx, memory)
         return nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch.tgt_out.flatten(),
                                            ignore_index=PAD, label_smoothing=self.label_smoothing)
+
+    def split_encoding(self, memory: Memory, batch: Any) -> list[dict[str, Tensor]]:
+        lengths = memory.mask.sum(1).tolist()
+        rows = [{"states": memory.states[i, :n]} for i, n in enumerate(lengths)]
+        if memory.final is not None:
+            for i, row in enumerate(rows):
+                row["final"] = memory.final[:, i]
+        return rows
+
+    def merge_encoding(self, rows: list[dict[str, Tensor]], batch: Any) -> Memory:
+        states = nn.utils.rnn.pad_sequence([r["states"] for r in rows], batch_first=True)
+        lengths = torch.tensor([r["states"].shape[0] for r in rows], device=states.device)
+        mask = torch.arange(states.shape[1], device=states.device) < lengths[:, None]
+        final = torch.stack([r["final"] for r in rows], dim=1) if "final" in rows[0] else None
+        return Memory(states, mask, final)
+
+    def row_ids(self, batch: Any) -> Tensor:
+        return batch.index
 
     def decode(self, model: nn.Module, src: Tensor, src_mask: Tensor) -> list[list[int]]:
         max_len = int(src.shape[1] * self.max_len_ratio) + 5

@@ -1,0 +1,75 @@
+"""Recipe pieces shared by every task kind: parts, plan, teacher forcing, trainer options, artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .. import _checkpoint
+from .._errors import ConfigError, PartError
+from .._parts import Parts
+from .._plan import Phase, Plan
+from .._schedule import LRSchedule
+from .._teacher_forcing import TeacherForcing, schedule_from_dict
+from .._trainer import EarlyStopping
+from ._config import Recipe, TeacherForcingConfig
+
+__all__ = ["build_parts", "build_plan", "teacher_forcing", "trainer_kwargs", "save_artifacts", "load_artifacts"]
+
+
+def save_artifacts(run_dir: Path, artifacts: dict[str, Any]) -> None:
+    _checkpoint.write_text_atomic(run_dir / "artifacts.json", json.dumps(artifacts))
+
+
+def load_artifacts(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "artifacts.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} is missing: is {str(run_dir)!r} a run directory written by `partwise train`?")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def build_parts(recipe: Recipe, model: nn.Module) -> Parts:
+    try:
+        return Parts(model, recipe.parts)
+    except PartError as e:
+        raise ConfigError([f"parts: {e}"]) from None
+
+
+def teacher_forcing(cfg: TeacherForcingConfig | None, where: str) -> TeacherForcing | None:
+    if cfg is None:
+        return None
+    try:
+        return TeacherForcing(schedule_from_dict(cfg.schedule), per=cfg.per, mode=cfg.mode, sample=cfg.sample)
+    except (TypeError, ValueError) as e:
+        raise ConfigError([f"{where}: {e}"]) from None
+
+
+def build_plan(recipe: Recipe, parts: Parts) -> Plan:
+    phases, errors = [], []
+    for i, ph in enumerate(recipe.plan):
+        unknown = [p for p in ph.train if p not in parts]
+        errors += [f"plan.{i}.train.{p}: unknown part; parts are {parts.names}" for p in unknown]
+        try:
+            phases.append(Phase(
+                ph.name, epochs=ph.epochs, steps=ph.steps, train=ph.train,
+                optimizer={**recipe.optimizer, **ph.optimizer}, schedule=LRSchedule(**ph.schedule.model_dump()),
+                teacher_forcing=teacher_forcing(ph.teacher_forcing, f"plan.{i}.teacher_forcing"),
+                norm=ph.norm, dropout=ph.dropout, separate=recipe.separate,
+            ))
+        except ConfigError as e:
+            errors += e.errors
+    if errors:
+        raise ConfigError(errors)
+    return Plan(phases)
+
+
+def trainer_kwargs(recipe: Recipe, collate_fn: Any = None) -> dict[str, Any]:
+    t = recipe.training
+    stop = EarlyStopping(t.early_stopping.metric, t.early_stopping.mode, t.early_stopping.patience) if t.early_stopping else None
+    return dict(seed=recipe.seed, device=t.device, precision=t.precision, grad_clip=t.grad_clip, grad_accum=t.grad_accum,
+                on_nonfinite=t.on_nonfinite, save_every=t.save_every, early_stopping=stop,
+                best_metric=(t.best_metric, t.best_mode) if t.best_metric else None, batch_size=t.batch_size,
+                collate_fn=collate_fn, cache=t.cache, guard=t.guard)

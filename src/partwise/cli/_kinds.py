@@ -1,0 +1,47 @@
+"""Task kinds: what a recipe trains. Each kind turns a validated recipe into data, a model and a task.
+
+A kind is any object with these methods (composition, no base class):
+
+* ``load_data(recipe, artifacts) -> KindData`` — ``artifacts`` is what ``artifacts(data)`` saved in
+  the run directory (e.g. vocabularies), or ``None`` for a new run;
+* ``artifacts(data) -> dict`` — JSON-serialisable, saved as ``run_dir/artifacts.json``;
+* ``build_model(recipe, data) -> nn.Module``;
+* ``build_task(recipe, data) -> Task`` (loss and evaluate; see :class:`partwise.Task`);
+* ``loaders(recipe, data) -> (train_loader, dev_loader)`` and ``eval_loader(recipe, dataset)``;
+* ``check(recipe) -> None`` — cheap checks before any data is read (raise ``ConfigError``);
+* optionally ``model_for_check(recipe) -> nn.Module`` — the model built without reading data, so parts
+  and plan are validated before the run directory is created;
+* optionally ``predict(recipe, model, data, words, beam_size) -> list[str]``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._errors import ConfigError
+
+__all__ = ["KindData", "get_kind"]
+
+
+@dataclass
+class KindData:
+    train: Any
+    dev: Any
+    test: Any
+    extra: dict[str, Any] = field(default_factory=dict)  # vocabularies, label names, sizes ...
+
+
+_KINDS = {
+    "seq2seq": ("partwise.cli._seq2seq_kind", "Seq2SeqKind"),
+    "stress": ("partwise.tasks._stress", "StressKind"),
+    "digits_cycle": ("partwise.tasks._digits", "DigitsCycleKind"),
+}
+
+
+def get_kind(name: str) -> Any:
+    if name not in _KINDS:
+        raise ConfigError([f"task.name: {name!r} is not a task kind; choose one of {sorted(_KINDS)}"])
+    module, attr = _KINDS[name]
+    return getattr(importlib.import_module(module), attr)()

@@ -1,0 +1,246 @@
+"""Run logging: per-epoch, per-step and per-phase CSV files in the run folder, optionally TensorBoard.
+
+Files written under ``run_dir`` (all plain CSV with a header row, so a spreadsheet, pandas or
+:func:`partwise.cli._plots.make_plots` can read them after the run):
+
+- ``metrics.csv``: one row per epoch, the trainer's epoch metrics (``epoch`` is 1-based).
+- ``steps.csv``: one row per optimizer step: ``step`` (steps done), ``loss``, ``lr/<part>``, ``tf_ratio``.
+- ``phases.csv``: one row per plan phase: ``index, name, start_step, end_step, start_epoch``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunLog", "read_rows", "teacher_forcing_ratio", "span_steps_per_epoch"]
+
+METRICS, STEPS, PHASES = "metrics.csv", "steps.csv", "phases.csv"
+PHASE_COLUMNS = ("index", "name", "start_step", "end_step", "start_epoch")
+_FLUSH_EVERY = 1000  # buffered step rows written before an epoch ends (long epochs)
+
+
+# -- CSV helpers (shared with the plots and the report) ----------------------------------------
+def read_rows(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and rows of a CSV file written by :class:`RunLog` (``[], []`` if it is missing).
+
+    >>> read_rows("/nonexistent/metrics.csv")
+    ([], [])
+    """
+    path = Path(path)
+    if not path.is_file():
+        return [], []
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows = [dict(r) for r in reader]
+        return list(reader.fieldnames or []), rows
+
+
+def _cell(value: Any) -> Any:
+    return "" if value is None else value
+
+
+def _write_atomic(path: Path, header: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write the whole file to a temporary name beside it, then rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(header), restval="", extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows({k: _cell(v) for k, v in r.items()} for r in rows)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _header(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return next(csv.reader(f), [])
+
+
+def _append(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Append ``rows``; if they bring new columns, rewrite the file with the union of columns."""
+    if not rows:
+        return
+    header = _header(path)
+    new = [k for r in rows for k in r if k not in header]
+    if not header or new:
+        old_header, old_rows = read_rows(path)
+        union = list(dict.fromkeys([*old_header, *new]))
+        _write_atomic(path, union, [*old_rows, *rows])
+        return
+    with path.open("a", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=header, restval="")
+        writer.writerows({k: _cell(v) for k, v in r.items()} for r in rows)
+
+
+def _drop_after(path: Path, column: str, step: int) -> None:
+    header, rows = read_rows(path)
+    kept = [r for r in rows if not _after(r.get(column, ""), step)]
+    if len(kept) != len(rows):
+        _write_atomic(path, header, kept)
+
+
+def _after(cell: str, step: int) -> bool:
+    try:
+        return float(cell) > step
+    except ValueError:  # an empty or damaged cell: keep the row
+        return False
+
+
+# -- what the trainer exposes ------------------------------------------------------------------
+def teacher_forcing_ratio(trainer: Any, step: int) -> float | None:
+    """The teacher-forcing ratio in force at optimizer step ``step``, or ``None`` if there is none.
+
+    The current phase's ``teacher_forcing`` wins over the task's own, as in the seq2seq task.
+
+    >>> from types import SimpleNamespace as NS
+    >>> teacher_forcing_ratio(NS(span=None, task=NS(teacher_forcing=None)), 0) is None
+    True
+    """
+    span = getattr(trainer, "span", None)
+    tf = span.phase.teacher_forcing if span is not None else None
+    if tf is None:
+        tf = getattr(trainer.task, "teacher_forcing", None)
+    ratio = getattr(tf, "ratio", None)
+    return float(ratio(max(step, 0))) if callable(ratio) else None
+
+
+def span_steps_per_epoch(span: Any) -> int | None:
+    """Steps per epoch, read off a span whose phase is measured in epochs (else ``None``)."""
+    epochs = getattr(span.phase, "epochs", None)
+    if not epochs:
+        return None
+    n = (span.end - span.start) // epochs
+    return n if n > 0 else None
+
+
+class RunLog:
+    """Trainer callback that logs epochs, steps and phases to CSV files in ``run_dir``.
+
+    Step rows are buffered and written at each epoch end (call :meth:`close` after ``fit`` to
+    write the rows of an unfinished epoch, e.g. after ``max_steps``). A row that brings a new
+    column (a part that starts training in phase 2 adds ``lr/<part>``) makes the file be rewritten
+    with the union of columns, atomically. Only rank 0 writes.
+
+    Resuming: rows logged after the checkpoint's step are dropped by :meth:`truncate_after`, which
+    also runs by itself at the first phase start with the trainer's step then (0 for a fresh run,
+    the checkpoint's step for a resumed one).
+
+    Args:
+        run_dir: the run folder (created if needed).
+        tensorboard: also write scalars to ``run_dir/tensorboard`` (needs ``partwise[tensorboard]``).
+
+    >>> import tempfile
+    >>> log = RunLog(tempfile.mkdtemp())
+    >>> log.on_epoch_end(None, {"epoch": 1, "step": 5, "train_loss": 0.5})
+    >>> read_rows(log.run_dir / "metrics.csv")[0]
+    ['epoch', 'step', 'train_loss']
+    """
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = False) -> None:
+        if not isinstance(tensorboard, bool):
+            raise TypeError(f"RunLog tensorboard={tensorboard!r} must be True or False")
+        self.run_dir = Path(run_dir)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ValueError(f"RunLog run_dir={str(run_dir)!r} is a file; give a folder for the run's logs")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.tensorboard = tensorboard
+        self._steps: list[dict[str, Any]] = []
+        self._truncated = False
+        self._writer: Any = self._open_writer() if tensorboard else None
+
+    # -- trainer hooks ----------------------------------------------------------------------
+    def on_phase_start(self, trainer: Any, span: Any) -> None:
+        if getattr(trainer, "rank", 0) != 0:
+            return
+        if not self._truncated:
+            self.truncate_after(trainer.step)
+        spe = span_steps_per_epoch(span)
+        start_epoch = span.start // spe + 1 if spe else trainer.epoch + 1
+        row = {"index": span.index, "name": span.phase.name, "start_step": span.start,
+               "end_step": span.end, "start_epoch": start_epoch}
+        path = self.run_dir / PHASES
+        _, rows = read_rows(path)
+        rows = [r for r in rows if r.get("index") != str(span.index)] + [row]  # a resume re-enters a phase
+        _write_atomic(path, PHASE_COLUMNS, sorted(rows, key=lambda r: int(r["index"])))
+
+    def on_step_end(self, trainer: Any, logs: Mapping[str, Any]) -> None:
+        if getattr(trainer, "rank", 0) != 0:
+            return
+        step = int(logs["step"])
+        row: dict[str, Any] = {"step": step, "loss": logs["loss"]}
+        row.update((k, v) for k, v in logs.items() if k.startswith("lr/"))
+        ratio = teacher_forcing_ratio(trainer, step - 1)  # logs["step"] counts the step just done
+        if ratio is not None:
+            row["tf_ratio"] = ratio
+        self._steps.append(row)
+        if len(self._steps) >= _FLUSH_EVERY:
+            self.flush()
+
+    def on_epoch_end(self, trainer: Any, metrics: Mapping[str, Any]) -> None:
+        if getattr(trainer, "rank", 0) != 0:
+            return
+        self.flush()
+        _append(self.run_dir / METRICS, [dict(metrics)])
+        if self._writer is not None:
+            step = int(metrics.get("step", 0))
+            for key, value in metrics.items():
+                if key not in ("epoch", "step") and _is_number(value):
+                    self._writer.add_scalar(key if key.startswith("lr/") else f"epoch/{key}", value, step)
+            self._writer.flush()
+
+    # -- control ----------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write buffered step rows to ``steps.csv`` (and TensorBoard)."""
+        rows, self._steps = self._steps, []
+        _append(self.run_dir / STEPS, rows)
+        if self._writer is not None:
+            for row in rows:
+                for key, value in row.items():
+                    if key != "step" and _is_number(value):
+                        self._writer.add_scalar(f"train/{key}", value, row["step"])
+
+    def truncate_after(self, step: int) -> None:
+        """Drop every logged row past optimizer step ``step`` (call with the checkpoint's step on resume).
+
+        Rows of ``metrics.csv`` and ``steps.csv`` with ``step > step`` and phases starting after it
+        go; TensorBoard hides events from ``step + 1`` on.
+        """
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"RunLog.truncate_after(step={step!r}): give the resumed checkpoint's step, an int >= 0")
+        self._truncated = True
+        self._steps = [r for r in self._steps if r["step"] <= step]
+        _drop_after(self.run_dir / METRICS, "step", step)
+        _drop_after(self.run_dir / STEPS, "step", step)
+        _drop_after(self.run_dir / PHASES, "start_step", step)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = self._open_writer(purge_step=step + 1)
+
+    def close(self) -> None:
+        """Write what is buffered and close the TensorBoard writer."""
+        self.flush()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _open_writer(self, purge_step: int | None = None) -> Any:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:  # torch raises ImportError when the tensorboard package is missing
+            raise ImportError(
+                "RunLog(tensorboard=True) needs TensorBoard: pip install 'partwise[tensorboard]' "
+                "(or turn TensorBoard logging off)"
+            ) from exc
+        return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge_step)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

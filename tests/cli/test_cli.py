@@ -1,0 +1,144 @@
+"""The partwise command line: a real (tiny) run end to end, and every kind of bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from partwise.cli import main
+
+TINY = {
+    "data": {"name": "cmudict", "limit": 300},
+    "model": {"name": "gru", "args": {"emb": 16, "hidden": 32, "attention": "dot", "dropout": 0.0}},
+    "separate": True,
+    "plan": [
+        {"name": "joint", "steps": 12, "train": {"encoder": 3e-3, "decoder": 5e-3}},
+        {"name": "decoder", "steps": 6, "train": {"decoder": 1e-3},
+         "teacher_forcing": {"schedule": {"name": "inverse_sigmoid", "k": 5}, "mode": "two_pass"}},
+    ],
+    "training": {"batch_size": 32, "best_metric": "wer"},
+}
+
+
+def write_recipe(tmp_path: Path, recipe: dict, name: str = "tiny.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), **recipe}), encoding="utf-8")
+    return path
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.slow
+def test_train_eval_predict_inspect_resume(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, TINY)
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", str(recipe), "--max-steps", "8")
+    assert code == 0, err
+    assert (run / "config.yaml").is_file() and (run / "artifacts.json").is_file()
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["training"]["grad_clip"] == 1.0  # defaults filled in
+    code, out, err = run_cli(capsys, "resume", str(run))
+    assert code == 0, err
+    assert "dev: loss" in out and "wer " in out
+    metrics = (run / "metrics.csv").read_text().splitlines()
+    assert len(metrics) >= 2 and "val_wer" in metrics[0]
+    assert (run / "report.md").is_file() and (run / "loss.png").is_file()
+    code, out, _ = run_cli(capsys, "eval", str(run), "--split", "test")
+    assert code == 0 and out.startswith("test: loss") and "wer " in out and "per " in out
+    code, out, _ = run_cli(capsys, "predict", str(run), "hello", "world")
+    lines = out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["hello", "world"]
+    code, out, _ = run_cli(capsys, "inspect", str(recipe), "plan.1.steps=3")
+    assert code == 0 and "phase 1 'decoder': 3 step(s)" in out and "frozen: encoder" in out
+
+
+def test_train_overrides_are_applied_and_validated(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, TINY)
+    code, out, _ = run_cli(capsys, "inspect", str(recipe), "training.batch_size=64", "plan.0.train.encoder=1e-5")
+    assert code == 0 and "lr 1e-05" in out
+    code, _, err = run_cli(capsys, "inspect", str(recipe), "training.batch_size=-1", "plan.0.epochs=two")
+    assert code == 2
+    assert "training.batch_size" in err and "plan.0.epochs" in err and err.count("\n") == 1
+
+
+def test_missing_recipe_file(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", str(tmp_path / "nope.yaml"))
+    assert code == 2 and "recipe file not found" in err and "nope.yaml" in err
+
+
+def test_malformed_yaml_names_the_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("plan:\n  - name: a\n    train: {decoder: 1e-3\n", encoding="utf-8")
+    code, _, err = run_cli(capsys, "train", str(bad))
+    assert code == 2 and "malformed YAML at line" in err
+
+
+def test_all_schema_errors_reported_at_once_with_paths(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, {**TINY, "modle": {}, "training": {"batch_size": "big", "precision": "fp8"},
+                                     "plan": [{"name": "x", "train": {"decoder": -1.0}}]})
+    code, _, err = run_cli(capsys, "train", str(recipe))
+    assert code == 2
+    for path in ("modle: unknown key", "training.batch_size", "training.precision", "plan.0"):
+        assert path in err, path
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_part_in_plan_is_a_config_error(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, {**TINY, "plan": [{"name": "x", "steps": 2, "train": {"decodr": 1e-3}}]})
+    code, _, err = run_cli(capsys, "train", str(recipe))
+    assert code == 2 and "plan.0.train.decodr: unknown part" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_tsv_with_bad_lines_is_reported_with_line_numbers(tmp_path, capsys):
+    (tmp_path / "train.tsv").write_text("cat\tK AE T\ndog D AO G\nbird\tB ER D\n\n", encoding="utf-8")
+    (tmp_path / "dev.tsv").write_text("cat\tK AE T\n", encoding="utf-8")
+    recipe = write_recipe(tmp_path, {**TINY, "data": {"name": "tsv", "train": str(tmp_path / "train.tsv"),
+                                                      "dev": str(tmp_path / "dev.tsv")}})
+    code, _, err = run_cli(capsys, "train", str(recipe))
+    assert code == 2 and "line 2" in err and "train.tsv" in err
+
+
+def test_existing_run_dir_is_not_overwritten(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, TINY)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "precious.txt").write_text("keep me")
+    code, _, err = run_cli(capsys, "train", str(recipe))
+    assert code == 2 and "--overwrite" in err
+    assert (run / "precious.txt").read_text() == "keep me"
+
+
+def test_eval_of_a_checkpoint_from_another_model(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, {**TINY, "plan": [{"name": "x", "steps": 2, "train": {"decoder": 1e-3}}]})
+    run = tmp_path / "run"
+    assert run_cli(capsys, "train", str(recipe))[0] == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["model"]["args"]["hidden"] = 48  # the run's checkpoint no longer fits its config
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    code, _, err = run_cli(capsys, "eval", str(run))
+    assert code == 2 and "does not fit this model" in err
+
+
+def test_not_a_run_directory(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "eval", str(tmp_path))
+    assert code == 2 and "not a run directory" in err
+    code, _, err = run_cli(capsys, "resume", str(tmp_path))
+    assert code == 2
+
+
+def test_console_script_exit_code_and_no_traceback(tmp_path):
+    exe = Path(sys.executable).with_name("partwise")
+    proc = subprocess.run([str(exe), "train", str(tmp_path / "missing.yaml")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("partwise: error:")
+    helped = subprocess.run([str(exe), "train", "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0 and "example:" in helped.stdout and "partwise train recipes/g2p.yaml" in helped.stdout
