@@ -225,3 +225,28 @@ def test_bad_trainer_options_reported_together():
     with pytest.raises(pw.ConfigError) as e:
         pw.Trainer(model, pw.Parts(model), PLAN, user_loss, precision="fp8", on_nonfinite="ignore", grad_accum=0)
     assert len(e.value.errors) == 3
+
+
+def test_guard_catches_a_write_to_a_frozen_part_at_the_phase_end():
+    model, parts, trainer = make(guard=True)
+
+    class Sabotage:
+        def on_step_end(self, tr, logs):
+            if logs["step"] == 3:
+                with torch.no_grad():
+                    model.body[0].weight[0, 0] += 1.0  # the body is frozen in phase 0
+
+    trainer.callbacks.append(Sabotage())
+    with pytest.raises(pw.FrozenPartChanged, match=r"body.0.weight \(part 'body'\)"):
+        trainer.fit(dataset())
+    assert trainer.step == 10  # raised at the transition, before phase 1 could train the body
+
+
+def test_time_limit_stops_with_an_evaluated_resumable_checkpoint(tmp_path):
+    _, _, trainer = make(run_dir=tmp_path)
+    history = trainer.fit(dataset(), dataset(60), max_minutes=1e-6)
+    assert trainer.step == 1 and len(history) == 1 and "val_loss" in history[0]
+    assert _checkpoint.read_meta(_checkpoint.resolve_checkpoint(tmp_path))["step"] == 1
+    _, _, resumed = make(run_dir=tmp_path)
+    resumed.fit(dataset(), dataset(60), resume=tmp_path)
+    assert resumed.step == 20

@@ -93,6 +93,7 @@ class Trainer:
         self.early_stopping, self.best_metric, self.save_every = early_stopping, best_metric, save_every
         self.callbacks, self.use_guard, self.cache_mode = list(callbacks), guard, cache
         self.cache: EncoderCache | None = None
+        self._guard: Any = None
         self._train_loader: Any = None
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         self.rank, self.world = dist.rank_and_world()
@@ -108,6 +109,8 @@ class Trainer:
     def _enter_phase(self, span: PhaseSpan) -> None:
         """Freeze what the phase does not train, rebuild the optimizer (state carried over by
         parameter), give newly trainable parts their own warmup, and rebuild the DDP wrapper."""
+        if self.use_guard and self._guard is not None:
+            self._guard.check()  # the phase that ends left its frozen parts bit-identical
         ph = span.phase
         was_training = set(self.plan.phases[span.index - 1].train) if span.index > 0 else set()
         keep = [n for n in self.parts.names if n in ph.train]
@@ -186,7 +189,7 @@ class Trainer:
             self._restore(resume, steps_per_epoch)
         stop_at = total if max_steps is None else min(total, max_steps)
         deadline = None if max_minutes is None else time.perf_counter() + 60.0 * max_minutes
-        micro, bad, t0 = 0, None, time.perf_counter()
+        micro, bad, t0, timed_out = 0, None, time.perf_counter(), False
         while self.step < stop_at:
             self.epoch = self.step // steps_per_epoch
             loader.batch_sampler.set_epoch(self.epoch)
@@ -226,16 +229,18 @@ class Trainer:
                 if self.save_every and self.step % self.save_every == 0:
                     self.save()
                 if deadline is not None and time.perf_counter() > deadline:
-                    stop_at = self.step
+                    stop_at, timed_out = self.step, True
                 if self.step >= stop_at or self.step % steps_per_epoch == 0:
                     break
             if self.step % steps_per_epoch == 0 or self.step >= total:
                 if self._end_epoch(val_data, time.perf_counter() - t0):
                     break
                 t0 = time.perf_counter()
+        if timed_out and self.step % steps_per_epoch and self.step < total:
+            self._end_epoch(val_data, time.perf_counter() - t0)  # out of time: evaluate the partial epoch
         if self.step == stop_at < total and self._saved_at != self.step:
             self.save()  # interrupted by max_steps / max_minutes: resumable from here
-        if self.use_guard and self.span is not None:
+        if self.use_guard and self._guard is not None:
             self._guard.check()
         return self.history
 

@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps in total")
 
-    p = add("eval", "score a run's best checkpoint (WER, PER, token accuracy)")
+    p = add("eval", "score a run's best checkpoint on a split (the task's metrics, e.g. WER and PER)")
     p.add_argument("run_dir")
     p.add_argument("--split", choices=["dev", "test"], default="test")
     p.add_argument("--beam", type=int, default=None, help="beam size (default: the recipe's)")

@@ -68,6 +68,8 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, resume: bool = False, max_steps
                title: str = "partwise run") -> dict[str, Any]:
     """Build everything from a validated recipe and train (or continue) it; returns the summary."""
     kind = get_kind(recipe.task.name)
+    if recipe.training.threads:
+        torch.set_num_threads(recipe.training.threads)
     data = kind.load_data(recipe, build.load_artifacts(run_dir) if resume else None)
     model = kind.build_model(recipe, data)
     parts = build.build_parts(recipe, model)

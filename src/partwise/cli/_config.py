@@ -114,8 +114,15 @@ class TrainingConfig(_Strict):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     tensorboard: bool = False
     cache: Literal["auto", "on", "off"] = "auto"  # frozen-encoder output cache (see partwise.Trainer)
+    threads: int | None = Field(None, ge=1)  # torch CPU threads (None: torch's default); 1 avoids
+    # oversubscription when other jobs share a small machine
     guard: bool = False  # check that frozen parts stay bit-identical (FrozenGuard), re-armed at each phase
     max_minutes: float | None = Field(None, gt=0)  # stop (with a checkpoint) after this wall time
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, v: Any) -> Any:
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v  # YAML reads on/off as booleans
 
 
 class EvalConfig(_Strict):
