@@ -194,11 +194,12 @@ class Trainer:
             self.epoch = self.step // steps_per_epoch
             loader.batch_sampler.set_epoch(self.epoch)
             loader.batch_sampler.skip = (self.step - self.epoch * steps_per_epoch) * self.grad_accum
+            self.parts.train()  # model.train(); frozen parts' norm/dropout stay pinned to eval
             for batch in loader:
                 span = self.plan.span_at(self.step, steps_per_epoch)
                 if self.span is None or span.index != self.span.index:
                     self._enter_phase(span)
-                self.parts.train()  # model.train(), frozen parts' norm/dropout stay pinned to eval
+                    self.parts.train()
                 batch = move_to(batch, self.device)
                 ctx = StepContext(self.step, self.epoch, span.phase.name, span.phase.teacher_forcing)
                 with self._autocast():
