@@ -151,6 +151,13 @@ def _install_named_state(opt: Optimizer, names: dict[int, str]) -> None:
     _NAMES[opt] = names
 
 
+def _deref(ref: weakref.ReferenceType[Any]) -> Any:
+    obj = ref()
+    if obj is None:  # bindings are only called while alive (Parts drops dead ones first)
+        raise RuntimeError("partwise internal error: an optimizer binding outlived its optimizer")
+    return obj
+
+
 class _GroupBinding:
     """Keeps one optimizer (a group per part) in step with its parts' freezing."""
 
@@ -163,8 +170,7 @@ class _GroupBinding:
         return self._opt() is not None
 
     def detach_part(self, part: str) -> list[tuple[int, dict[str, Any], list[Any]]]:
-        opt = self._opt()
-        assert opt is not None  # internal: only called on live bindings
+        opt = _deref(self._opt)
         stash = []
         for i in reversed(range(len(opt.param_groups))):
             group = opt.param_groups[i]
@@ -175,8 +181,7 @@ class _GroupBinding:
         return stash[::-1]
 
     def attach_part(self, part: str, stash: list[tuple[int, dict[str, Any], list[Any]]] | None) -> None:
-        opt = self._opt()
-        assert opt is not None
+        opt = _deref(self._opt)
         if any(g.get("part") == part for g in opt.param_groups):
             return
         if stash:
@@ -268,13 +273,11 @@ class _SetBinding:
         return opt
 
     def detach_part(self, part: str) -> Optimizer | None:
-        s = self._set()
-        assert s is not None
+        s = _deref(self._set)
         return s.optimizers.pop(part, None)
 
     def attach_part(self, part: str, stash: Optimizer | None) -> None:
-        s = self._set()
-        assert s is not None
+        s = _deref(self._set)
         if part in s.optimizers:
             return
         opt = stash if stash is not None else self.make(part)
