@@ -4,6 +4,7 @@ and match one process with the same global batch."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +23,17 @@ def run(args: list[str]) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.slow
 def test_two_ranks_identical_and_equal_to_one_process(tmp_path):
-    run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", str(SCRIPT), str(tmp_path)])
+    port = str(free_port())
+    run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port,
+         str(SCRIPT), str(tmp_path)])
     run([str(SCRIPT), str(tmp_path)])
     r0, r1 = (torch.load(tmp_path / f"world2-rank{r}.pt") for r in (0, 1))
     single = torch.load(tmp_path / "world1-rank0.pt")
