@@ -29,7 +29,17 @@ import torch
 from torch import Tensor, nn
 
 from partwise._teacher_forcing import TeacherForcing
-from partwise.seq2seq import BOS, EOS, PAD, Memory, Seq2Seq, gru_seq2seq, transformer_seq2seq
+from partwise.seq2seq import (
+    BOS,
+    EOS,
+    PAD,
+    Memory,
+    Seq2Seq,
+    beam_search,
+    greedy_decode,
+    gru_seq2seq,
+    transformer_seq2seq,
+)
 
 SRC_VOCAB, TGT_VOCAB = 40, 75  # graphemes / stressed ARPAbet phonemes plus specials, as in CMUdict G2P
 
@@ -112,6 +122,22 @@ def bench_model(name: str, model: Seq2Seq, batch: tuple[Tensor, ...], warmup: in
     return {label: statistics.median(ts) for label, ts in times.items()}
 
 
+def decoding_throughput(name: str, model: Seq2Seq, src: Tensor, src_mask: Tensor, repeats: int) -> None:
+    """Words per second of batched greedy decoding and beam search (beam 5), median of ``repeats``."""
+    model.eval()
+    for label, run in (("greedy", lambda: greedy_decode(model, src, src_mask, max_len=20)),
+                       ("beam 5", lambda: beam_search(model, src, src_mask, beam_size=5, max_len=20))):
+        run()  # warmup
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run()
+            ts.append(time.perf_counter() - t0)
+        print(f"{name:<12} decoding {label:<7} {src.shape[0] / statistics.median(ts):8.0f} words/s "
+              f"(batch {src.shape[0]}, max 20 steps, untrained weights, so rows stop at EOS or the limit)")
+    model.train()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64)
@@ -135,6 +161,7 @@ def main() -> None:
         print(f"{name:<12} parallel speed-up vs per-token loop (target >= 3x): {loop / parallel:.2f}x")
         print(f"{name:<12} two-pass cost / teacher-forced (target <= 2.2x): {two_pass / parallel:.2f}x")
         print(f"{name:<12} exact per-token p=0.5 cost / teacher-forced: {exact / parallel:.2f}x")
+        decoding_throughput(name, model, batch[0], batch[1], repeats=3)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ def test_g2p_trains_with_separate_optimizers_and_scheduled_sampling(tmp_path):
         pw.Phase("sampled", epochs=2, train={"encoder": 3e-3, "decoder": 1e-2}, separate=True, teacher_forcing=tf),
     ])
     task = Seq2SeqTask(tgt_vocab=data.tgt_vocab)
+    untrained = task.evaluate(model.eval(), DataLoader(data.dev, batch_size=128, collate_fn=collate), data.dev)
     loader = DataLoader(data.train, batch_sampler=BucketBatchSampler(data.train.lengths, 32, seed=0), collate_fn=collate)
     trainer = pw.Trainer(model, parts, plan, task, run_dir=tmp_path, batch_size=64, collate_fn=collate, device="cpu")
     ratios = []
@@ -32,4 +33,5 @@ def test_g2p_trains_with_separate_optimizers_and_scheduled_sampling(tmp_path):
     assert set(last) >= {"val_loss", "val_token_acc", "val_wer", "val_per"}
     assert 0.0 <= last["val_wer"] <= 1.0 and 0.0 <= last["val_per"]
     assert last["val_loss"] < first["val_loss"] and last["val_token_acc"] > first["val_token_acc"]
+    assert last["val_per"] < 0.5 * untrained["per"]  # a tiny run already far below the untrained model
     assert ratios[-1] < ratios[0]  # the teacher-forcing ratio decays with the trainer's step
