@@ -162,7 +162,8 @@ def test_frozen_context_restores_exact_state(encdec):
     modes_before = [m.training for m in encdec.modules()]
     with parts.frozen("encoder"):
         assert not any(p.requires_grad for p in encdec.encoder.parameters())
-        assert all(g["part"] != "encoder" for g in opt.param_groups)
+        assert all(not g["params"] for g in opt.param_groups if g["part"] == "encoder")
+        assert pw.state_bytes(opt, parts)["encoder"] == 0 and pw.kept_state_bytes(opt, parts)["encoder"] > 0
         encdec.eval()
     assert [(g["part"], g["lr"], [id(p) for p in g["params"]]) for g in opt.param_groups] == groups_before
     assert {id(p) for p in opt.state} == set(state_before)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from torch import nn
 
 import partwise as pw
 from core_helpers import EncDec
@@ -67,3 +68,24 @@ def test_lr_schedule_shapes():
     assert pw.LRSchedule().factor(50, 100) == 1.0
     with pytest.raises(ValueError, match="decay='step'"):
         pw.LRSchedule(decay="step")  # type: ignore[arg-type]
+
+
+def test_every_phase_optimizer_and_learning_rate_checked_before_training():
+    model = nn.Sequential()
+    model.add_module("enc", nn.Linear(2, 2))
+    model.add_module("dec", nn.Linear(2, 2))
+    parts = pw.Parts(model)
+    with pytest.raises(pw.ConfigError) as e:
+        pw.Plan([pw.Phase("a", epochs=1, train={"dec": True}), pw.Phase("b", epochs=1, train={"dec": float("nan")})])
+    assert "True" in str(e.value) and "nan" in str(e.value)
+    plan = pw.Plan([pw.Phase("a", epochs=1, train={"dec": 1e-3}),
+                    pw.Phase("b", epochs=1, train={"dec": 1e-3, "enc": 1e-4}, optimizer={"momentum": 0.9})])
+    with pytest.raises(pw.ConfigError, match=r"phases\[1\] \('b'\).optimizer.*AdamW has no option.*momentum"):
+        pw.Trainer(model, parts, plan, lambda m, b: m(b).sum())
+
+
+def test_selectors_must_be_strings():
+    model = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(pw.PartError, match="selector 3 is a int.*strings") as e:
+        pw.Parts(model, {"a": 3, "b": None})  # type: ignore[dict-item]
+    assert "'b'" in str(e.value)

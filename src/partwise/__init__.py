@@ -7,7 +7,7 @@
 >>> parts = pw.Parts(model)
 >>> parts.freeze("encoder")
 >>> opt = pw.build_optimizer(parts, default={"name": "adamw", "lr": 1e-3})
->>> sorted({g["part"] for g in opt.param_groups})
+>>> sorted({g["part"] for g in opt.param_groups if g["params"]})
 ['decoder']
 """
 
@@ -19,6 +19,7 @@ from ._optim import (
     OptimizerSet,
     build_optimizer,
     check_optimizer,
+    kept_state_bytes,
     load_state_by_name,
     optimizer_class,
     state_bytes,
@@ -79,6 +80,7 @@ __all__ = [
     "SharedTensor",
     "build_optimizer",
     "check_optimizer",
+    "kept_state_bytes",
     "fingerprint",
     "freeze",
     "grad_report",

@@ -29,7 +29,8 @@ class FrozenGuard:
     """Fingerprint every tensor of the frozen parts on entry; on exit raise
     :class:`~partwise.FrozenPartChanged` naming each one that changed bitwise.
 
-    Parameters and buffers are covered (BatchNorm running statistics included), except buffers of
+    Parameters and buffers of every module a frozen part covers are checked (BatchNorm running
+    statistics included, parameter-less layers too), except buffers of
     normalization layers frozen with ``norm="train"``, whose statistics are meant to move. Parts
     unfrozen inside the block are not checked. The cost is one pass over the frozen bytes at entry and
     at exit, so it can wrap a whole training run.
@@ -67,10 +68,15 @@ class FrozenGuard:
 
     def snapshot(self) -> None:
         """(Re)take the fingerprints now, e.g. after a planned transition froze another part."""
+        self.parts.check_current()
         self._before = {k: (part, fingerprint(t)) for k, (part, t) in self._tensors().items()}
 
     def changed(self) -> list[str]:
-        """Names of frozen tensors whose bytes differ from the snapshot (tensors still frozen only)."""
+        """Names of frozen tensors whose bytes differ from the snapshot (tensors still frozen only).
+
+        Raises :class:`~partwise.PartError` if the model's parameters were replaced since the
+        registry was built (the registry would be looking at tensors the model no longer uses)."""
+        self.parts.check_current()
         now = self._tensors()
         return [
             f"{k} (part {part!r})"

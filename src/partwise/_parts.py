@@ -1,4 +1,12 @@
-"""The part registry: names for the pieces of a model, and freezing with guarantees."""
+"""The part registry: names for the pieces of a model, and freezing with guarantees.
+
+Ownership is by identity. Every parameter belongs to exactly one part. A module is *covered* by a
+part when every parameter below it belongs to that part; a module without parameters (a Dropout, a
+``BatchNorm1d(affine=False)``) is covered by the part that covers its nearest ancestor with
+parameters. Freezing a part pins every module it covers — however the part was selected — and
+nothing else: a module whose parameters are split between parts (the root, a container a selector
+cuts with ``!``) is never pinned.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +15,13 @@ import difflib
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from . import _freezing as fz
 from ._errors import PartError
-from ._freezing import Mode, clear_grads, modules_to_pin, pin_eval, reapply_pins, unpin
+from ._freezing import Mode, check_mode, modules_to_pin, reapply_pins
 from ._selectors import resolve
 
 if TYPE_CHECKING:
@@ -28,8 +37,8 @@ Spec = Mapping[str, "str | Sequence[str]"]
 class SharedTensor:
     """One ``Parameter`` reachable under several names (tied embeddings, T5-style shared tables).
 
-    ``owner`` is the part the tensor belongs to (the part of its first name); ``parts`` every part
-    that reaches it under some name.
+    ``owner`` is the part the tensor belongs to; ``parts`` every part whose selectors reach it (all in
+    ``Parts.names``). Names no selector reaches are aliases of the owner's tensor.
     """
 
     names: tuple[str, ...]
@@ -39,12 +48,17 @@ class SharedTensor:
 
 @dataclass
 class Part:
-    """A named piece of a model: the parameters it owns and the modules it covers."""
+    """A named piece of a model: the parameters it owns and the modules it covers.
+
+    ``partial`` lists modules a selector named whose parameters are only partly this part's: their own
+    train/eval mode is never pinned by this part.
+    """
 
     name: str
     selectors: tuple[str, ...]
     named_parameters: dict[str, nn.Parameter] = field(default_factory=dict)
     modules: dict[str, nn.Module] = field(default_factory=dict)
+    partial: list[str] = field(default_factory=list)
 
     @property
     def parameters(self) -> list[nn.Parameter]:
@@ -54,6 +68,12 @@ class Part:
     def numel(self) -> int:
         return sum(p.numel() for p in self.named_parameters.values())
 
+    @property
+    def fixed(self) -> list[str]:
+        """Names of parameters that are not trainable by nature (created with ``requires_grad=False``,
+        e.g. sinusoidal position tables): partwise never makes them trainable."""
+        return [n for n, p in self.named_parameters.items() if not fz.trainable_by_nature(p)]
+
     def named_buffers(self) -> Iterator[tuple[str, Any]]:
         """Buffers of the part's modules (not recursing: ``modules`` already lists the subtree)."""
         for path, m in self.modules.items():
@@ -62,25 +82,15 @@ class Part:
                     yield (f"{path}.{bname}" if path else bname), buf
 
 
-class _Binding(Protocol):
-    """An optimizer partwise built: told when a part leaves or rejoins training."""
-
-    @property
-    def alive(self) -> bool: ...
-
-    def detach_part(self, part: str) -> Any: ...
-
-    def attach_part(self, part: str, stash: Any | None) -> None: ...
-
-
 @dataclass
 class _FrozenState:
     norm: Mode
     dropout: Mode
-    pinned: list[nn.Module]
+    hold: fz.Hold
+    kept_state: bool
 
 
-def _closest(word: str, names: Sequence[str]) -> str:
+def closest(word: str, names: Sequence[str]) -> str:
     close = difflib.get_close_matches(word, list(names), n=3, cutoff=0.4) or list(names)[:5]
     return ", ".join(repr(c) for c in close)
 
@@ -90,11 +100,14 @@ class Parts:
 
     Args:
         model: the model. It is not modified by building the registry.
-        spec: part name -> selector or list of selectors (see :mod:`partwise._selectors`: module path,
-            glob ``"decoder.layers.*"``, regex ``"re:.*embed.*"``, type ``"type:BatchNorm1d"``, and
-            ``!`` to exclude). Without a spec, one part per top-level child that owns parameters.
-            Parameters no selector matches go to a part named ``"rest"``. A parameter *name* matched
-            by two parts is an error (no precedence rules: narrow a selector or exclude with ``!``).
+        spec: part name -> selector or list of selectors (module path, glob ``"decoder.layers.*"``,
+            regex ``"re:.*embed.*"``, type ``"type:BatchNorm1d"``, and ``!`` to exclude). Without a
+            spec, one part per top-level child that owns parameters. Parameters no selector matches go
+            to a part named ``"rest"``. A parameter *name* matched by two parts is an error (no
+            precedence rules: narrow a selector or exclude with ``!``).
+
+    Parameters created with ``requires_grad=False`` are *fixed*: they belong to their part, are
+    guarded when it is frozen, but never become trainable and never enter an optimizer.
 
     >>> model = nn.Sequential()
     >>> model.add_module("encoder", nn.Linear(4, 8)); model.add_module("decoder", nn.Linear(8, 2))
@@ -113,9 +126,8 @@ class Parts:
         self._parts: dict[str, Part] = {}
         self._shared: list[SharedTensor] = []
         self._frozen: dict[str, _FrozenState] = {}
-        self._bindings: list[_Binding] = []
-        self._stash: dict[str, list[tuple[_Binding, Any]]] = {}
         self._build(self._normalise_spec(spec))
+        self._identity = self._current_identity()
 
     # -- construction ------------------------------------------------------------------------
     def _normalise_spec(self, spec: Spec | None) -> dict[str, list[str]]:
@@ -128,26 +140,34 @@ class Parts:
         if not isinstance(spec, Mapping):
             raise PartError(f"spec must map part names to selectors, got {type(spec).__name__}")
         out: dict[str, list[str]] = {}
+        errors = []
         for name, sel in spec.items():
             if not isinstance(name, str) or not name or name == REST:
-                raise PartError(
+                errors.append(
                     f"part name {name!r} is not allowed: use a non-empty string other than {REST!r} "
                     f"({REST!r} collects parameters no selector matches)"
                 )
-            out[name] = [sel] if isinstance(sel, str) else list(sel)
-            if not out[name]:
-                raise PartError(f"part {name!r} has an empty selector list; give e.g. {name!r}: 'encoder'")
+                continue
+            sels = [sel] if isinstance(sel, str) else list(sel) if isinstance(sel, list | tuple) else [sel]
+            bad = [s for s in sels if not isinstance(s, str)]
+            if bad:
+                errors.append(f"part {name!r}: selector {bad[0]!r} is a {type(bad[0]).__name__}; selectors are "
+                              f"strings such as 'encoder', 'decoder.layers.*' or 're:.*embed.*'")
+            elif not sels:
+                errors.append(f"part {name!r} has an empty selector list; give e.g. {name!r}: 'encoder'")
+            out[name] = sels
+        if errors:
+            raise PartError(" | ".join(errors))
         return out
 
     def _build(self, spec: dict[str, list[str]]) -> None:
         modules = dict(self.model.named_modules(remove_duplicate=False))
         named = list(self.model.named_parameters(remove_duplicate=False))
-        all_names = [n for n, _ in named]
         claims: dict[str, list[str]] = {}
         selections, errors = {}, []
         for part, sels in spec.items():
             try:
-                selections[part] = resolve(sels, modules, all_names, f"part {part!r}")
+                selections[part] = resolve(sels, modules, [n for n, _ in named], f"part {part!r}")
             except PartError as e:
                 errors.append(str(e))
                 continue
@@ -165,25 +185,23 @@ class Parts:
             raise PartError(" | ".join(errors))
 
         self._parts = {p: Part(p, tuple(s)) for p, s in spec.items()}
+        rest = Part(REST, ())
         by_id: dict[int, tuple[nn.Parameter, list[str]]] = {}
         for n, p in named:
             by_id.setdefault(id(p), (p, []))[1].append(n)
-        rest = Part(REST, ())
+        aliases = []
         for param, names in by_id.values():
             reaching = list(dict.fromkeys(claims[n][0] for n in names if n in claims))
-            owner = claims[names[0]][0] if names[0] in claims else (reaching[0] if reaching else REST)
-            (rest if owner == REST else self._parts[owner]).named_parameters[names[0]] = param
+            owner = reaching[0] if reaching else REST
+            canonical = next((n for n in names if n in claims), names[0])
+            (rest if owner == REST else self._parts[owner]).named_parameters[canonical] = param
             if len(names) > 1:
-                if owner == REST:
-                    reaching = [REST]
-                elif any(n not in claims for n in names) and REST not in reaching:
-                    reaching.append(REST)
-                self._shared.append(SharedTensor(tuple(names), owner, tuple(reaching)))
-        for part, sel in selections.items():
-            self._parts[part].modules = {p: modules[p] for p in sorted(sel.module_paths)}
+                self._shared.append(SharedTensor(tuple([canonical, *(n for n in names if n != canonical)]),
+                                                 owner, tuple(reaching) or (REST,)))
+                unclaimed = [n for n in names if n not in claims]
+                if reaching and unclaimed:
+                    aliases.append(f"{canonical!r} (part {owner!r}) is also {', '.join(map(repr, unclaimed))}")
         if rest.named_parameters:
-            owners = {n.rpartition(".")[0] for n in rest.named_parameters}
-            rest.modules = {p: modules[p] for p in sorted(owners)}
             self._parts[REST] = rest
             if spec and any(s for s in spec.values()):
                 warnings.warn(
@@ -191,6 +209,58 @@ class Parts:
                     f"{REST!r}: {', '.join(list(rest.named_parameters)[:5])}",
                     stacklevel=3,
                 )
+        if aliases:
+            warnings.warn(
+                f"{len(aliases)} shared tensor(s) are also reached through modules no selector names: "
+                f"{'; '.join(aliases[:3])}{' ...' if len(aliases) > 3 else ''}. They belong to the part "
+                "named; to split them, name those modules in a part or untie the weights (partwise.untie)",
+                stacklevel=3,
+            )
+        self._assign_modules(modules, selections)
+
+    def _assign_modules(self, modules: dict[str, nn.Module], selections: dict[str, Any]) -> None:
+        """Cover modules by ownership (see the module docstring) and note partly-owned selections."""
+        part_of = self.part_of()
+        owner_of: dict[int, str | None] = {}
+
+        def visit(path: str, m: nn.Module, inherited: str | None) -> None:
+            owners = {part_of[id(p)] for p in m.parameters()}
+            owner = owners.pop() if len(owners) == 1 else (inherited if not owners else None)
+            if id(m) in owner_of and owner_of[id(m)] != owner:
+                owner = None  # one module under two parents with different owners: ambiguous
+            owner_of[id(m)] = owner
+            if owner is not None:
+                self._parts[owner].modules.setdefault(path, m)
+            for name, child in m.named_children():
+                visit(f"{path}.{name}" if path else name, child, owner)
+
+        visit("", self.model, None)
+        for part in self._parts.values():  # a module reached under two paths keeps its first path only
+            seen: set[int] = set()
+            part.modules = {p: m for p, m in part.modules.items()
+                            if owner_of.get(id(m)) == part.name and not (id(m) in seen or seen.add(id(m)))}
+        for name, sel in selections.items():
+            self._parts[name].partial = sorted(
+                p for p in sel.module_paths
+                if owner_of.get(id(modules[p])) != name and any(True for _ in modules[p].parameters())
+            )
+
+    def _current_identity(self) -> dict[str, int]:
+        return {n: id(p) for n, p in self.model.named_parameters(remove_duplicate=False)}
+
+    def check_current(self) -> None:
+        """Raise :class:`~partwise.PartError` if the model's parameters are no longer the ones this
+        registry was built on (``load_state_dict(assign=True)``, ``replace_module``, user code)."""
+        now = self._current_identity()
+        if now == self._identity:
+            return
+        changed = [n for n in self._identity if n in now and now[n] != self._identity[n]]
+        gone = [n for n in self._identity if n not in now]
+        new = [n for n in now if n not in self._identity]
+        what = "; ".join(f"{label}: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}"
+                         for label, names in (("replaced", changed), ("removed", gone), ("added", new)) if names)
+        raise PartError(f"the model changed under its Parts registry ({what}); build Parts(model, spec) again, "
+                        "and the optimizer after it, once parameters are replaced")
 
     # -- lookup ------------------------------------------------------------------------------
     @property
@@ -216,7 +286,7 @@ class Parts:
         if unknown:
             raise PartError(
                 f"unknown part(s) {', '.join(map(repr, unknown))}; parts are {', '.join(map(repr, self._parts))}"
-                f" (closest to {unknown[0]!r}: {_closest(unknown[0], self.names)})"
+                f" (closest to {unknown[0]!r}: {closest(str(unknown[0]), self.names)})"
             )
 
     def shared(self) -> list[SharedTensor]:
@@ -249,73 +319,106 @@ class Parts:
     def trainable_names(self) -> list[str]:
         return [n for n in self._parts if n not in self._frozen]
 
-    # -- freezing ----------------------------------------------------------------------------
-    def _check_shared(self, changing: set[str], freezing: bool) -> None:
+    def conflicts(self, frozen: Sequence[str]) -> list[str]:
+        """Problems with a state where exactly ``frozen`` parts are frozen: a shared tensor whose parts
+        would be half frozen. Empty when that state is possible."""
+        target = set(frozen)
+        out = []
         for t in self._shared:
-            inside = [p for p in t.parts if p in changing]
-            if not inside:
-                continue
-            other = [p for p in t.parts if p not in changing and (p in self._frozen) != freezing]
-            if other:
-                verb, stays = ("freeze", "trainable") if freezing else ("unfreeze", "frozen")
-                raise PartError(
-                    f"cannot {verb} {inside[0]!r}: tensor {t.names[0]!r} is the same Parameter as "
-                    f"{', '.join(map(repr, t.names[1:]))}, reached by part {other[0]!r}, which stays {stays}; "
-                    f"{verb} both together ({', '.join(map(repr, sorted({*inside, *other})))}) or untie the weights"
+            cold = [p for p in t.parts if p in target]
+            warm = [p for p in t.parts if p not in target]
+            if cold and warm:
+                out.append(
+                    f"tensor {t.names[0]!r} is the same Parameter as {', '.join(map(repr, t.names[1:]))}; it is "
+                    f"reached by part(s) {', '.join(map(repr, cold))} (frozen) and {', '.join(map(repr, warm))} "
+                    f"(trainable) — freeze them together ({', '.join(map(repr, t.parts))}) or untie the weights "
+                    "(partwise.untie)"
                 )
+        return out
 
-    def freeze(self, *names: str, norm: Mode = "eval", dropout: Mode = "eval") -> None:
-        """Freeze parts: no gradient, out of every optimizer partwise built (state dropped), norm and
-        dropout layers kept in eval mode even after ``model.train()``. Gradients still flow *through*.
+    # -- freezing ----------------------------------------------------------------------------
+    def _check_request(self, names: Sequence[str], verb: str) -> None:
+        if not names:
+            raise PartError(f"{verb}() got no part names; name them, e.g. parts.{verb}('encoder'), or "
+                            f"parts.{verb}(*parts.names) for every part")
+        self._check_names(names)
+        self.check_current()
+
+    def _check_target(self, frozen_after: set[str], changing: Sequence[str], verb: str) -> None:
+        """Refuse a change that would leave a shared tensor reached by a frozen and a trainable part."""
+        moving = set(changing)
+        for t in self._shared:
+            cold = [p for p in t.parts if p in frozen_after]
+            warm = [p for p in t.parts if p not in frozen_after]
+            if not (cold and warm):
+                continue
+            inside = next((p for p in t.parts if p in moving), None)
+            if inside is None:
+                continue  # not touched by this request
+            other = (warm if inside in cold else cold)[0]
+            stays = "trainable" if other in warm else "frozen"
+            raise PartError(
+                f"cannot {verb} {inside!r}: tensor {t.names[0]!r} is the same Parameter as "
+                f"{', '.join(map(repr, t.names[1:]))}, reached by part {other!r}, which stays {stays}; "
+                f"{verb} both together ({', '.join(map(repr, t.parts))}) or untie the weights (partwise.untie)"
+            )
+
+    def _pins_for(self, name: str, norm: Mode, dropout: Mode) -> list[nn.Module]:
+        return modules_to_pin(self._parts[name].modules.values(), norm, dropout)
+
+    def freeze(self, *names: str, norm: Mode = "eval", dropout: Mode = "eval", keep_state: bool = False) -> None:
+        """Freeze parts: no gradient, out of every optimizer (state dropped), norm and dropout layers
+        of every module the part covers kept in eval mode even after ``model.train()``. Gradients
+        still flow *through*.
 
         Args:
-            names: parts to freeze (none: every part).
+            names: parts to freeze (at least one; ``parts.freeze(*parts.names)`` freezes all).
             norm: ``"eval"`` keeps normalization statistics fixed; ``"train"`` lets BatchNorm running
                 statistics keep updating (fastai's ``train_bn``) — an explicit choice.
             dropout: ``"eval"`` keeps every other module of the part (dropout, RNN dropout, attention
                 dropout) in eval mode; ``"train"`` lets them follow the model's mode.
+            keep_state: keep the parts' optimizer state (reported by ``kept_state_bytes``) so that
+                ``unfreeze(..., restore_state=True)`` can put it back. Default: dropped, zero bytes kept.
         """
-        names = names or tuple(self._parts)
-        self._check_names(names)
-        pins = {n: modules_to_pin(self._parts[n].modules.values(), norm, dropout) for n in names}
-        self._check_shared(set(names), freezing=True)
-        for n in names:
-            if n in self._frozen:
-                self._release(n, keep=set())
-            clear_grads(self._parts[n].parameters)
-            pin_eval(pins[n])
-            self._frozen[n] = _FrozenState(norm, dropout, pins[n])
-            stash = [(b, b.detach_part(n)) for b in self._live_bindings()]
-            self._stash.setdefault(n, stash)
+        self._check_request(names, "freeze")
+        check_mode(norm, "norm")
+        check_mode(dropout, "dropout")
+        self._check_target(set(self._frozen) | set(names), names, "freeze")
+        self._apply_freeze({n: (norm, dropout) for n in names}, keep_state)
 
-    def _release(self, name: str, keep: set[str]) -> None:
-        state = self._frozen.pop(name)
-        still = {id(m) for k, s in self._frozen.items() if k not in keep for m in s.pinned}
-        unpin([m for m in state.pinned if id(m) not in still], self.model.training)
+    def _apply_freeze(self, targets: Mapping[str, tuple[Mode, Mode]], keep_state: bool) -> None:
+        for n, (norm, dropout) in targets.items():
+            old = self._frozen.get(n)
+            if old is not None and (old.norm, old.dropout) == (norm, dropout):
+                continue
+            h = fz.hold(self._parts[n].parameters, self._pins_for(n, norm, dropout), keep_state)
+            if old is not None:
+                fz.release(old.hold, self.model.training)
+            self._frozen[n] = _FrozenState(norm, dropout, h, keep_state or (old is not None and old.kept_state))
 
     def unfreeze(self, *names: str, restore_state: bool = False) -> None:
-        """Make parts trainable again; they rejoin every optimizer partwise built for this registry.
-
-        A part rejoins with its configured options and *fresh* optimizer state (like a new param group
-        in a staged fine-tune). ``restore_state=True`` instead puts back the exact group settings and
-        state it had when frozen (what :meth:`frozen` does on exit).
+        """Make parts trainable again: each parameter gets back the ``requires_grad`` it had before
+        partwise froze it (fixed parameters stay fixed), and rejoins its group in every optimizer
+        partwise built — with fresh state, or with the state kept by ``freeze(keep_state=True)`` when
+        ``restore_state=True``. Unfreezing a part that is not frozen does nothing.
         """
-        names = names or tuple(self._parts)
-        self._check_names(names)
-        self._check_shared(set(names), freezing=False)
+        self._check_request(names, "unfreeze")
+        if restore_state:
+            lost = [n for n in names if n in self._frozen and not self._frozen[n].kept_state]
+            if lost:
+                raise PartError(f"unfreeze(restore_state=True): part(s) {lost} were frozen without keep_state=True, "
+                                "so their optimizer state was dropped; freeze with keep_state=True to restore it")
+        self._check_target(set(self._frozen) - set(names), names, "unfreeze")
         for n in names:
-            for p in self._parts[n].parameters:
-                p.requires_grad_(True)
-            if n in self._frozen:
-                self._release(n, keep=set())
-            stash = {id(b): s for b, s in self._stash.pop(n, [])}
-            for b in self._live_bindings():
-                b.attach_part(n, stash.get(id(b)) if restore_state else None)
+            state = self._frozen.pop(n, None)
+            if state is not None:
+                fz.release(state.hold, self.model.training, restore_state)
 
     @contextlib.contextmanager
     def frozen(self, *names: str, norm: Mode = "eval", dropout: Mode = "eval") -> Iterator[Parts]:
         """Freeze parts inside a ``with`` block and restore the exact previous state on exit:
-        ``requires_grad`` flags, module modes, optimizer groups and their state.
+        ``requires_grad`` flags, module modes, optimizer groups and their state. Parts already frozen
+        stay as they are.
 
         >>> m = nn.Sequential(); m.add_module("enc", nn.Linear(2, 2)); m.add_module("dec", nn.Linear(2, 2))
         >>> parts = Parts(m)
@@ -325,19 +428,16 @@ class Parts:
         >>> m.enc.weight.requires_grad
         True
         """
-        names = names or tuple(self._parts)
-        self._check_names(names)
-        grads = {id(p): p.requires_grad for part in self._parts.values() for p in part.parameters}
-        modes = [(m, m.training) for m in self.model.modules()]
+        self._check_request(names, "frozen")
         newly = [n for n in names if n not in self._frozen]
-        self.freeze(*newly, norm=norm, dropout=dropout)
+        modes = [(m, m.training) for m in self.model.modules()]
+        if newly:
+            self.freeze(*newly, norm=norm, dropout=dropout, keep_state=True)
         try:
             yield self
         finally:
-            self.unfreeze(*newly, restore_state=True)
-            for part in self._parts.values():
-                for p in part.parameters:
-                    p.requires_grad_(grads[id(p)])
+            if newly:
+                self.unfreeze(*newly, restore_state=True)
             for m, mode in modes:
                 m.training = mode
 
@@ -351,7 +451,7 @@ class Parts:
         """Set ``training=False`` on every module a frozen part pins (call after ``model.train()``;
         the pins also re-apply themselves before each forward)."""
         for state in self._frozen.values():
-            reapply_pins(state.pinned)
+            reapply_pins(state.hold.modules)
 
     def guard(self, include_buffers: bool = True) -> FrozenGuard:
         """A context manager that raises :class:`~partwise.FrozenPartChanged` if a frozen tensor changes."""
@@ -359,53 +459,55 @@ class Parts:
 
         return FrozenGuard(self, include_buffers=include_buffers)
 
-    # -- optimizers --------------------------------------------------------------------------
-    def _bind(self, binding: _Binding) -> None:
-        self._bindings.append(binding)
-
-    def _live_bindings(self) -> list[_Binding]:
-        self._bindings = [b for b in self._bindings if b.alive]
-        return list(self._bindings)
-
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Which parts are frozen and how (for checkpoints)."""
         return {"frozen": {n: {"norm": s.norm, "dropout": s.dropout} for n, s in self._frozen.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Freeze exactly the parts ``state`` lists and unfreeze the others."""
+        """Freeze exactly the parts ``state`` lists and unfreeze the others (tied parts together)."""
         frozen = dict(state.get("frozen", {}))
         self._check_names(list(frozen))
-        thaw = [n for n in self._frozen if n not in frozen]
-        if thaw:
-            self.unfreeze(*thaw)
-        for n, opts in frozen.items():
-            self.freeze(n, norm=opts.get("norm", "eval"), dropout=opts.get("dropout", "eval"))
+        self.check_current()
+        self._check_target(set(frozen), sorted(set(frozen) ^ set(self._frozen)) or list(frozen), "load")
+        targets = {n: (o.get("norm", "eval"), o.get("dropout", "eval")) for n, o in frozen.items()}
+        for norm, dropout in targets.values():
+            check_mode(norm, "norm")
+            check_mode(dropout, "dropout")
+        self._apply_freeze(targets, keep_state=False)
+        for n in [n for n in self._frozen if n not in frozen]:
+            fz.release(self._frozen.pop(n).hold, self.model.training)
 
     # -- reporting ---------------------------------------------------------------------------
     def table(self) -> str:
-        """A printable table: part, parameters, trainable/frozen, module modes, shared tensors."""
+        """A printable table: part, parameters, fixed, trainable/frozen, module modes, shared tensors."""
         shared_by: dict[str, list[str]] = {}
         for t in self._shared:
             for p in t.parts:
                 shared_by.setdefault(p, []).append(t.names[0])
-        rows = [("part", "params", "state", "modes", "shared")]
+        rows = [("part", "params", "fixed", "state", "modes", "shared")]
         for part in self._parts.values():
             ms = list(part.modules.values())
             n_train = sum(m.training for m in ms)
             mode = "train" if ms and n_train == len(ms) else ("eval" if n_train == 0 else "mixed")
-            state = "trainable"
+            fixed = sum(part.named_parameters[n].numel() for n in part.fixed)
+            state = "trainable" if fixed < part.numel else "fixed"
             if part.name in self._frozen:
                 s = self._frozen[part.name]
                 state = "frozen"
                 pinned = [k for k, v in (("norm", s.norm), ("dropout", s.dropout)) if v == "eval"]
                 mode = f"{mode}, pinned eval: {'+'.join(pinned)}" if pinned else mode
-            rows.append((part.name, f"{part.numel:,}", state, mode, ", ".join(shared_by.get(part.name, [])) or "-"))
-        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+            rows.append((part.name, f"{part.numel:,}", f"{fixed:,}" if fixed else "-", state, mode,
+                         ", ".join(shared_by.get(part.name, [])) or "-"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         if REST in self._parts:
             lines.append(f"note: part {REST!r} holds parameters that no selector matched")
+        for part in self._parts.values():
+            if part.partial:
+                lines.append(f"note: part {part.name!r} owns only some parameters of module(s) "
+                             f"{', '.join(map(repr, part.partial[:4]))}; their own train/eval mode is not pinned")
         return "\n".join(lines)
 
     def __repr__(self) -> str:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import ConfigError
 from ._freezing import Mode
-from ._optim import _is_no_decay, _PartConfig
+from ._errors import PartError
+from ._optim import PartConfig, is_no_decay
 from ._parts import Parts
 from ._schedule import LRSchedule
 
@@ -57,9 +59,15 @@ class Phase:
             out.append(f"{where}.train: empty; name at least one part to train, e.g. {{'decoder': 1e-3}}")
         for part, opts in self.train.items():
             lr = opts if not isinstance(opts, Mapping) else opts.get("lr", self.optimizer.get("lr"))
-            if lr is not None and (not isinstance(lr, int | float) or lr < 0):
-                out.append(f"{where}.train.{part}: learning rate {lr!r} must be a number >= 0")
+            if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr)
+                                   or lr < 0):
+                out.append(f"{where}.train.{part}: learning rate {lr!r} must be a finite number >= 0, "
+                           f"e.g. {{{part!r}: 1e-3}}")
         return out
+
+    def default_options(self) -> dict[str, Any]:
+        """Optimizer options for parts the phase does not list (AdamW unless ``optimizer`` names one)."""
+        return {"name": "adamw", **self.optimizer}
 
     def train_options(self) -> dict[str, dict[str, Any]]:
         """Per trained part: the optimizer options (shared options under the part's own)."""
@@ -163,12 +171,29 @@ class Plan:
         return next((s for s in spans if step < s.end), spans[-1])
 
     def check(self, parts: Parts) -> None:
-        """Every part a phase names exists; all problems reported at once."""
+        """Check the whole plan against ``parts`` before any training, every problem at once: parts
+        that do not exist or are made only of fixed parameters, phases whose freeze set would half
+        freeze a shared tensor, and each phase's optimizer name and options (a dry run of its
+        optimizer configuration)."""
         errors = []
         for i, ph in enumerate(self.phases):
+            where = f"plan.phases[{i}] ({ph.name!r})"
+            unknown = [p for p in ph.train if p not in parts]
+            for p in unknown:
+                errors.append(f"{where}.train: unknown part {p!r}; parts are {parts.names}")
+            if unknown:
+                continue
             for p in ph.train:
-                if p not in parts:
-                    errors.append(f"plan.phases[{i}] ({ph.name!r}).train: unknown part {p!r}; parts are {parts.names}")
+                fixed = parts[p].fixed
+                if fixed and len(fixed) == len(parts[p].named_parameters):
+                    errors.append(f"{where}.train: part {p!r} holds only fixed parameters (created with "
+                                  "requires_grad=False), which never train; remove it from the phase")
+            frozen = [p for p in parts.names if p not in ph.train]
+            errors += [f"{where} freezes {', '.join(map(repr, frozen))}: {c}" for c in parts.conflicts(frozen)]
+            try:
+                PartConfig(parts, ph.train_options(), ph.default_options())
+            except PartError as e:
+                errors.append(f"{where}.optimizer: {e}")
         if errors:
             raise ConfigError(errors)
 
@@ -182,15 +207,16 @@ class Plan:
                 s = self.spans(steps_per_epoch)[i]
                 length += f", steps {s.start}-{s.end}"
             opts = ph.train_options()
-            config = _PartConfig(parts, opts, {"name": "adamw", **ph.optimizer}, "auto")
-            n_train = sum(parts[p].numel for p in opts)
+            config = PartConfig(parts, opts, ph.default_options(), "auto")
+            n_train = sum(parts[p].numel - sum(parts[p].named_parameters[f].numel() for f in parts[p].fixed)
+                          for p in opts)
             frozen = [p for p in parts.names if p not in opts]
             lines.append(f"phase {i} {ph.name!r}: {length}; trainable {n_train:,} params; frozen: {', '.join(frozen) or '-'}")
             for p in opts:
                 o = config.options[p]
                 wd = float(o.get("weight_decay", 0.0) or 0.0)
                 named = parts[p].named_parameters
-                nd = sum(v.numel() for n, v in named.items() if wd and _is_no_decay(n, v, "auto"))
+                nd = sum(v.numel() for n, v in named.items() if wd and is_no_decay(n, v, "auto"))
                 lines.append(
                     f"  {p:<14} {config.classes[p].__name__:<8} lr {o.get('lr', 0):<10.3g} wd {wd:<8.3g}"
                     f" params {parts[p].numel - nd:,}" + (f" (+{nd:,} without decay)" if nd else "")

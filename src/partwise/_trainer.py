@@ -18,9 +18,9 @@ from . import _distributed as dist
 from ._cache import CacheRefused, EncoderCache, cache_blockers, supports_cache
 from ._errors import ConfigError
 from ._loader import make_loader, move_to
-from ._optim import OptimizerSet, build_optimizer, carry_state, load_state_by_name
+from ._optim import OptimizerSet, build_optimizer, carry_state, load_state_by_name, optimizers_of, reconfigure
 from ._parts import Parts
-from ._plan import PhaseSpan, Plan
+from ._plan import Phase, PhaseSpan, Plan
 from ._task import StepContext, Task, as_task
 
 __all__ = ["Trainer", "NonFiniteLoss", "EarlyStopping"]
@@ -107,26 +107,18 @@ class Trainer:
 
     # -- phases ------------------------------------------------------------------------------
     def _enter_phase(self, span: PhaseSpan) -> None:
-        """Freeze what the phase does not train, rebuild the optimizer (state carried over by
-        parameter), give newly trainable parts their own warmup, and rebuild the DDP wrapper."""
+        """Freeze what the phase does not train and unfreeze what it does (the optimizer follows, see
+        :mod:`partwise._optim`), set each part's optimizer options for the phase, give newly trainable
+        parts their own warmup, and rebuild the DDP wrapper."""
         if self.use_guard and self._guard is not None:
             self._guard.check()  # the phase that ends left its frozen parts bit-identical
         ph = span.phase
         was_training = set(self.plan.phases[span.index - 1].train) if span.index > 0 else set()
-        keep = [n for n in self.parts.names if n in ph.train]
-        freeze = [n for n in self.parts.names if n not in ph.train]
-        if keep:
-            self.parts.unfreeze(*[n for n in keep if self.parts.is_frozen(n)])
-        if freeze:
-            self.parts.freeze(*freeze, norm=ph.norm, dropout=ph.dropout)
-        old, self.optimizer = self.optimizer, None
-        new = build_optimizer(self.parts, per_part=ph.train_options(), default={"name": "adamw", **ph.optimizer},
-                              separate=ph.separate)
-        if old is not None:
-            carry_state(old, new)
-        for g in new.param_groups:
-            g.update(base_lr=g["lr"], start_step=span.start, warm=g["part"] not in was_training)
-        self.optimizer, self.span = new, span
+        self._set_frozen(ph)
+        self.optimizer = self._phase_optimizer(ph)
+        for g in self.optimizer.param_groups:
+            g.update(base_lr=g["lr"], start_step=span.start, warm=g.get("part") not in was_training)
+        self.span = span
         self.cache = self._setup_cache()
         self.wrapped = self._cached_loss if self.cache is not None else dist.wrap(self.model, self.task, self.world)
         if self.use_guard:
@@ -134,6 +126,36 @@ class Trainer:
             self._guard.snapshot()
         for cb in self.callbacks:
             getattr(cb, "on_phase_start", lambda *a: None)(self, span)
+
+    def _set_frozen(self, ph: Phase) -> None:
+        """Exactly the parts the phase does not train are frozen, with the phase's modes; parts whose
+        state is already right are not touched."""
+        thaw = [n for n in self.parts.names if n in ph.train and self.parts.is_frozen(n)]
+        cold = [n for n in self.parts.names
+                if n not in ph.train and self.parts.freeze_modes(n) != (ph.norm, ph.dropout)]
+        if thaw:
+            self.parts.unfreeze(*thaw)
+        if cold:
+            self.parts.freeze(*cold, norm=ph.norm, dropout=ph.dropout)
+
+    def _phase_optimizer(self, ph: Phase) -> torch.optim.Optimizer | OptimizerSet:
+        """The run's optimizer with the phase's options set in place; a new one only when the phase
+        changes the optimizer class or layout — state is then carried where the class stays the same."""
+        opts, default = ph.train_options(), ph.default_options()
+        old = self.optimizer
+        if old is not None and isinstance(old, OptimizerSet) == ph.separate and reconfigure(
+                old, self.parts, opts, default):
+            return old
+        new = build_optimizer(self.parts, per_part=opts, default=default, separate=ph.separate)
+        if old is not None:
+            carry_state(old, new)
+            before = {g["part"]: type(o).__name__ for o in optimizers_of(old) for g in o.param_groups if "part" in g}
+            after = {g["part"]: type(o).__name__ for o in optimizers_of(new) for g in o.param_groups if "part" in g}
+            switched = [f"{p} ({before[p]} -> {after[p]})" for p in ph.train if before.get(p, after.get(p)) != after.get(p)]
+            if switched:
+                warnings.warn(f"phase {ph.name!r} changes the optimizer of {', '.join(switched)}: their optimizer "
+                              "state starts fresh", RuntimeWarning, stacklevel=3)
+        return new
 
     def _setup_cache(self) -> EncoderCache | None:
         """The encoder-output cache for this phase: kept from the previous phase while the encoder
@@ -314,7 +336,8 @@ class Trainer:
 
     def lrs(self) -> dict[str, float]:
         """Current learning rate per part (``lr/<part>``)."""
-        return {f"lr/{g['part']}": g["lr"] for g in self.optimizer.param_groups} if self.optimizer else {}
+        groups = self.optimizer.param_groups if self.optimizer else []
+        return {f"lr/{g['part']}": g["lr"] for g in groups if g["params"] and "part" in g}
 
     def _batches(self, data: Any) -> Any:
         if isinstance(data, torch.utils.data.Dataset):
