@@ -1,7 +1,8 @@
 """The ``partwise`` command line: train, resume, eval, predict, inspect, demo.
 
 Bad input (a missing file, malformed YAML, invalid recipe keys or values, a data file with bad lines,
-an existing run directory, a checkpoint from another model) prints one line starting with
+an existing run directory, a checkpoint from another model or plan; any
+:class:`~partwise.PartwiseError`) prints one line starting with
 ``partwise: error:`` and exits with code 2, without a traceback and without overwriting anything.
 """
 
@@ -103,11 +104,9 @@ def _bad(message: str) -> Exception:
 
 
 def _user_error(e: BaseException) -> bool:
-    from .._errors import ConfigError, PartError
-    from ..data import DataFormatError
+    from .._errors import PartwiseError
 
-    return isinstance(e, ConfigError | PartError | DataFormatError | FileNotFoundError | UnicodeDecodeError
-                      | IsADirectoryError | PermissionError)
+    return isinstance(e, PartwiseError | FileNotFoundError | UnicodeDecodeError | IsADirectoryError | PermissionError)
 
 
 def _one_line(e: BaseException) -> str:
