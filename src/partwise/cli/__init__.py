@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     p = add("resume", "continue an interrupted run exactly where its last checkpoint left it")
     p.add_argument("run_dir")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps in total")
+    p.add_argument("--allow-plan-change", action="store_true",
+                   help="continue although the plan in config.yaml differs from the checkpoint's (e.g. a longer "
+                        "last phase); the change is recorded in plan_changes.txt")
 
     p = add("eval", "score a run's best checkpoint on a split (the task's metrics, e.g. WER and PER)")
     p.add_argument("run_dir")
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise _bad(f"override {words[0]!r} is not key=value (e.g. training.batch_size=32)")
             return cmd.train(args.recipe, args.overrides, args.overwrite, args.max_steps)
         if args.command == "resume":
-            return cmd.resume(args.run_dir, args.max_steps)
+            return cmd.resume(args.run_dir, args.max_steps, args.allow_plan_change)
         if args.command == "eval":
             return cmd.evaluate(args.run_dir, args.split, args.beam)
         if args.command == "predict":

@@ -180,6 +180,8 @@ class StressTask:
     Implements the frozen-encoder cache protocol (:mod:`partwise._cache`).
     """
 
+    metrics = ("loss", "stress_acc", "syllables_acc", "both_acc", "majority_stress_acc", "majority_syllables_acc")
+
     def __init__(self, majority_stress: int = 0, majority_syllables: int = 2) -> None:
         self.majority_stress, self.majority_syllables = majority_stress, majority_syllables
 
