@@ -24,7 +24,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
 from .._checkpoint import resolve_checkpoint
-from .._errors import ConfigError, PartError
+from .._errors import CheckpointError, ConfigError, PartError
 from .._surgery import load_part
 from ..cli._config import Recipe
 from ..cli._kinds import KindData
@@ -334,7 +334,7 @@ class StressKind:
             try:  # the run's best checkpoint (the one its eval scores), else its latest
                 best = opts.run / "checkpoints" / "best"
                 load_part(model, "encoder", resolve_checkpoint(opts.run, "best" if best.is_file() else "latest"))
-            except (PartError, FileNotFoundError) as e:
+            except (PartError, CheckpointError, FileNotFoundError) as e:
                 raise ConfigError([f"task.args.encoder: the encoder of run {str(opts.run)!r} does not fit the "
                                    f"stress model's GRUEncoder(emb {ENCODER_EMB}, hidden {ENCODER_HIDDEN}, "
                                    f"one direction, one layer): {e}"]) from None
