@@ -57,7 +57,8 @@ def test_two_ranks_agree_on_evaluation_best_checkpoint_and_early_stopping(tmp_pa
     run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port,
          str(VALIDATE), str(tmp_path)])
     r0, r1 = (json.loads((tmp_path / f"decisions-rank{r}.json").read_text()) for r in (0, 1))
-    assert r0 == r1  # the same metrics, best value and stopping step on both ranks
+    assert r0 == r1  # the same metrics, best value, stopping step and weights on both ranks
+    assert r0["skipped"] == 1  # rank 1's infinite loss made every rank skip that step
     assert len(r0["history"]) == 3 and r0["step"] == 18  # early stopping fired (the plan has 6 epochs of 6 steps)
     best_epoch = min(r0["history"], key=lambda h: h["val_loss"])
     assert r0["best"] == best_epoch["val_loss"]

@@ -1,4 +1,5 @@
-"""Run by tests/test_distributed.py under torchrun: validation data, a best metric and early stopping.
+"""Run by tests/test_distributed.py under torchrun: validation data, a best metric and early stopping,
+and an infinite loss on rank 1 only (with finite gradients) at step 2, which every rank must skip.
 
 Each rank writes what it decided (history, step, best value) to ``out/decisions-rank{r}.json``.
 """
@@ -6,6 +7,7 @@ Each rank writes what it decided (history, step, best value) to ``out/decisions-
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -28,18 +30,23 @@ def main(out: Path) -> None:
     train, val = TensorDataset(x[:96], y[:96]), TensorDataset(x[96:], y[96:])
     plan = pw.Plan([pw.Phase("all", epochs=6, train={"head": 0.1, "body": 0.05})])
 
+    rank = int(os.environ.get("RANK", "0"))  # the process group starts with the Trainer
+    calls = {"n": 0}
+
     def loss(m: nn.Module, batch) -> torch.Tensor:
         xb, yb = batch
-        return nn.functional.cross_entropy(m.head(m.body(xb)), yb)
+        calls["n"] += 1
+        inf_on_rank1 = float("inf") if rank == 1 and calls["n"] == 3 else 0.0  # gradients stay finite
+        return nn.functional.cross_entropy(m.head(m.body(xb)), yb) + inf_on_rank1
 
     # the validation loss falls, so in "max" mode it stops improving after epoch 1: early stopping
     # fires at epoch 3 (patience 2), while the best checkpoint by ("loss", "min") keeps moving
     trainer = pw.Trainer(model, pw.Parts(model), plan, loss, batch_size=16, seed=5, run_dir=out / "run",
                          best_metric=("loss", "min"), early_stopping=pw.EarlyStopping("loss", "max", patience=2))
     history = trainer.fit(train, val)
-    rank = dist.get_rank() if dist.is_initialized() else 0
     decisions = {"history": [{k: v for k, v in h.items() if k != "seconds"} for h in history],
-                 "step": trainer.step, "best": trainer.best}
+                 "step": trainer.step, "best": trainer.best, "skipped": trainer.skipped_steps,
+                 "weights": [p.double().sum().item() for p in model.parameters()]}
     (out / f"decisions-rank{rank}.json").write_text(json.dumps(decisions), encoding="utf-8")
     if dist.is_initialized():
         dist.destroy_process_group()
