@@ -67,10 +67,9 @@ def _device(device: Any) -> tuple[torch.device | None, str | None]:
         d = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
         return None, f"device: {device!r} is not a device; use 'auto', 'cpu' or 'cuda' (or 'cuda:N')"
-    backend = getattr(torch, d.type, None) if d.type != "cpu" else None
-    if backend is None and d.type == "mps":
-        backend = torch.backends.mps
-    if d.type != "cpu" and (backend is None or not backend.is_available()):
+    available = getattr(getattr(torch, d.type, None), "is_available", None) or getattr(
+        getattr(torch.backends, d.type, None), "is_available", None)
+    if d.type != "cpu" and (available is None or not available()):
         return None, f"device: {device!r} is not available on this machine; use 'auto' or 'cpu'"
     if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
         return None, f"device: {device!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)"
@@ -181,8 +180,8 @@ class Trainer:
         if clip is None:
             return []
         if not isinstance(clip, Mapping):
-            return [] if _is_positive(clip) else [f"grad_clip: {clip!r} must be a number > 0, a part -> max norm "
-                                                  "mapping, or None"]
+            return [] if _is_positive(clip) else [f"grad_clip: {clip!r} must be a number > 0 or a part -> max norm "
+                                                  "mapping (None turns clipping off)"]
         out = [f"grad_clip: unknown part {p!r}; parts are {self.parts.names}" for p in clip if p not in self.parts]
         out += [f"grad_clip.{p}: {v!r} must be a number > 0" for p, v in clip.items() if not _is_positive(v)]
         return out
