@@ -49,6 +49,7 @@ def main(out: Path) -> None:
                  "weights": [p.double().sum().item() for p in model.parameters()]}
     (out / f"decisions-rank{rank}.json").write_text(json.dumps(decisions), encoding="utf-8")
     if dist.is_initialized():
+        dist.barrier()  # both ranks done before either tears the group down
         dist.destroy_process_group()
 
 
