@@ -3,6 +3,7 @@ and match one process with the same global batch."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+
+import partwise as pw
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_train.py"
 
@@ -43,3 +46,21 @@ def test_two_ranks_identical_and_equal_to_one_process(tmp_path):
     torch.manual_seed(0)
     initial_body = nn.Sequential(nn.Linear(6, 16), nn.Tanh())  # same init as the script's
     assert not torch.equal(initial_body[0].weight, r0["body.0.weight"]), "the body unfrozen in phase 2 must have trained"
+
+
+VALIDATE = Path(__file__).parent / "scripts" / "ddp_validate.py"
+
+
+@pytest.mark.slow
+def test_two_ranks_agree_on_evaluation_best_checkpoint_and_early_stopping(tmp_path):
+    port = str(free_port())
+    run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port,
+         str(VALIDATE), str(tmp_path)])
+    r0, r1 = (json.loads((tmp_path / f"decisions-rank{r}.json").read_text()) for r in (0, 1))
+    assert r0 == r1  # the same metrics, best value, stopping step and weights on both ranks
+    assert r0["skipped"] == 1  # rank 1's infinite loss made every rank skip that step
+    assert len(r0["history"]) == 3 and r0["step"] == 18  # early stopping fired (the plan has 6 epochs of 6 steps)
+    best_epoch = min(r0["history"], key=lambda h: h["val_loss"])
+    assert r0["best"] == best_epoch["val_loss"]
+    best = pw.resolve_checkpoint(tmp_path / "run", "best")
+    assert pw._checkpoint.read_meta(best)["step"] == best_epoch["step"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from partwise import PartError, Parts
+from partwise import CheckpointError, PartError, Parts
 from partwise._checkpoint import save_checkpoint
 from partwise._surgery import load_part, replace_module, transfer_state
 from partwise.data import Vocab
@@ -211,7 +211,7 @@ def test_load_part_missing_part_names_what_the_checkpoint_has(tmp_path: Path):
     saved, model = gru(seed=1), gru(seed=2)
     ckpt = save_checkpoint(tmp_path, "step-1", saved, Parts(saved, {"enc": "encoder", "dec": "decoder"}), {}, {})
     before = tensors(model)
-    with pytest.raises(PartError, match=r"no part 'encoder'; it has \['dec', 'enc'\].*source_part"):
+    with pytest.raises(CheckpointError, match=r"no part 'encoder'; it has \['dec', 'enc'\].*source_part"):
         load_part(model, "encoder", ckpt)
     with pytest.raises(PartError, match="no part 'encodr'"):
         load_part(model, "encodr", ckpt)
@@ -224,18 +224,18 @@ def test_load_part_wrong_shapes_or_names_list_every_problem(tmp_path: Path):
     wide, model = gru(hidden=24, seed=1), gru(hidden=16, seed=2)
     wide_ckpt = save_checkpoint(tmp_path / "a", "step-1", wide, Parts(wide), {}, {})
     before = tensors(model)
-    with pytest.raises(PartError) as info:
+    with pytest.raises(CheckpointError) as info:
         load_part(model, "decoder", wide_ckpt)
     message = str(info.value)
-    assert "decoder.rnn.weight_hh_l0: checkpoint (72, 24) vs model (48, 16)" in message
-    assert "decoder.out.weight: checkpoint (12, 24) vs model (12, 16)" in message
+    assert "decoder.rnn.weight_hh_l0: checkpoint shape (72, 24) vs model (48, 16)" in message
+    assert "decoder.out.weight: checkpoint shape (12, 24) vs model (12, 16)" in message
 
     split = gru(seed=3)  # its "decoder" part was saved without the output layer
     spec = {"encoder": "encoder", "decoder": ["decoder", "!decoder.out"], "head": "decoder.out"}
     split_ckpt = save_checkpoint(tmp_path / "b", "step-1", split, Parts(split, spec), {}, {})
-    with pytest.raises(PartError, match="decoder.out.weight is missing from the checkpoint"):
+    with pytest.raises(CheckpointError, match=r"decoder.out.weight \(part 'decoder'\) is missing from the checkpoint"):
         load_part(model, "decoder", split_ckpt)
-    with pytest.raises(PartError, match="decoder.embed.weight is not in part 'head'"):
+    with pytest.raises(CheckpointError, match="decoder.embed.weight is in the checkpoint but not in part 'head'"):
         load_part(model, "head", split_ckpt, parts=Parts(model, spec), source_part="decoder")
     assert_same(tensors(model), before)
 

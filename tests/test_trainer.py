@@ -200,8 +200,10 @@ def test_loading_into_a_different_model_lists_mismatches(tmp_path):
     other = nn.Module()
     other.body = nn.Sequential(nn.Linear(6, 12))
     other.head = nn.Linear(12, 3)
-    with pytest.raises(pw.PartError, match=r"body.0.weight: checkpoint \(24, 6\) vs model \(12, 6\)"):
+    with pytest.raises(pw.CheckpointError, match=r"body.0.weight: checkpoint shape \(24, 6\) vs model \(12, 6\)") as e:
         pw.load_weights(other, pw.Parts(other), tmp_path)
+    assert "head.weight (part 'head') is missing from the checkpoint" in e.value.problems
+    assert "head.0.weight is in the checkpoint but not in the model" in e.value.problems
     assert other.body[0].weight.shape == (12, 6)
 
 

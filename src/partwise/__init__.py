@@ -12,7 +12,15 @@
 """
 
 from ._checkpoint import load_weights, resolve_checkpoint
-from ._errors import ConfigError, FrozenPartChanged, PartError
+from ._errors import (
+    CacheRefused,
+    CheckpointError,
+    CheckpointNotFound,
+    ConfigError,
+    FrozenPartChanged,
+    PartError,
+    PartwiseError,
+)
 from ._freezing import freeze, unfreeze
 from ._guard import FrozenGuard, GradReport, fingerprint, grad_report
 from ._optim import (
@@ -44,7 +52,11 @@ from ._trainer import EarlyStopping, NonFiniteLoss, Trainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "CacheRefused",
+    "CheckpointError",
+    "CheckpointNotFound",
     "ConfigError",
+    "PartwiseError",
     "EarlyStopping",
     "LRSchedule",
     "LossTask",

@@ -26,13 +26,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ._errors import CacheRefused
+
 __all__ = ["EncoderCache", "CacheRefused", "supports_cache", "cache_blockers"]
 
 _METHODS = ("encoder_of", "encode", "loss_from_encoding", "split_encoding", "merge_encoding", "row_ids")
-
-
-class CacheRefused(RuntimeError):
-    """The encoder's outputs cannot be cached; the message says why."""
 
 
 def supports_cache(task: Any) -> bool:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +27,22 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ._errors import PartError
+from ._errors import CheckpointError, CheckpointNotFound
 from ._parts import REST, Parts
 
-__all__ = ["part_tensors", "save_checkpoint", "resolve_checkpoint", "load_weights", "load_state", "read_meta"]
+__all__ = ["part_tensors", "save_checkpoint", "resolve_checkpoint", "load_weights", "load_state", "read_meta",
+           "read_part", "part_file_problems"]
 
 META, STATE = "meta.json", "state.pt"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]*")
+_SHOWN = 10  # mismatches shown in one error message (all are in ``CheckpointError.problems``)
+
+
+def part_file_problems(names: list[str]) -> list[str]:
+    """Part names that cannot name a checkpoint file (``part-<name>.safetensors``), one message each."""
+    return [f"part name {n!r} cannot name a checkpoint file (part-{n}.safetensors); use letters, digits, "
+            "'_', '.', '-' only, e.g. " + repr(re.sub(r"[^A-Za-z0-9_.-]", "_", n).lstrip(".") or "part")
+            for n in names if not _SAFE_NAME.fullmatch(n) or len(n) > 200]
 
 
 def part_tensors(model: nn.Module, parts: Parts) -> dict[str, dict[str, torch.Tensor]]:
@@ -72,13 +84,17 @@ def save_checkpoint(
     A process killed at any moment leaves the previous complete checkpoint and its pointer intact.
     Older checkpoints beyond ``keep`` (not named by any pointer) are removed afterwards.
     """
+    tensors_by_part = part_tensors(model, parts)
+    bad = part_file_problems(list(tensors_by_part))
+    if bad:
+        raise CheckpointError("cannot write a checkpoint: " + "; ".join(bad), bad)
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".{name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     files = {}
-    for part, tensors in part_tensors(model, parts).items():
+    for part, tensors in tensors_by_part.items():
         fname = f"part-{part}.safetensors"
         save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp / fname), metadata={"part": part})
         files[part] = fname
@@ -109,7 +125,8 @@ def _prune(root: Path, keep: int) -> None:
 def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:
     """A checkpoint directory from a run directory, its ``checkpoints/`` folder or the checkpoint itself.
 
-    Raises ``FileNotFoundError`` with what was looked for when there is none.
+    Raises :class:`~partwise.CheckpointNotFound` (a ``FileNotFoundError``) with what was looked for
+    when there is none.
     """
     p = Path(path)
     if (p / META).exists():
@@ -124,48 +141,101 @@ def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:
             complete = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and (d / META).exists())
             if complete and which == "latest":
                 return complete[-1]
-    raise FileNotFoundError(f"no complete checkpoint at {str(p)!r} (looked for {which!r} under it and under checkpoints/); "
-                            "give a run directory written by partwise or a checkpoint folder")
+    raise CheckpointNotFound(f"no complete checkpoint at {str(p)!r} (looked for {which!r} under it and under "
+                             "checkpoints/); give a run directory written by partwise or a checkpoint folder")
 
 
 def read_meta(ckpt: Path) -> dict[str, Any]:
-    return json.loads((ckpt / META).read_text(encoding="utf-8"))
+    """The checkpoint's ``meta.json``; :class:`~partwise.CheckpointError` if it is unreadable."""
+    try:
+        meta = json.loads((ckpt / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {str(ckpt)!r}: {META} is unreadable ({e}); the checkpoint is damaged, "
+                              "resume from an older one") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("parts"), dict):
+        raise CheckpointError(f"checkpoint {str(ckpt)!r}: {META} has no 'parts' table; it was not written by partwise")
+    return meta
 
 
-def load_weights(model: nn.Module, parts: Parts, ckpt: str | Path, only: list[str] | None = None) -> list[str]:
-    """Load the weights of ``only`` these parts (default: all in the checkpoint) into ``model``.
+def read_part(ckpt: Path, fname: str) -> dict[str, torch.Tensor]:
+    """Every tensor of one part file; :class:`~partwise.CheckpointError` if it is missing or damaged."""
+    try:
+        with safe_open(str(ckpt / fname), framework="pt") as f:
+            return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has keys(), not iteration)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        raise CheckpointError(f"checkpoint {str(ckpt)!r}: {fname} cannot be read ({type(e).__name__}: {e}); "
+                              "the checkpoint is damaged, resume from an older one") from None
 
-    Checks names and shapes first and raises :class:`~partwise.PartError` listing every mismatch,
-    leaving the model untouched. Returns the part names loaded.
+
+def tensor_problems(stored: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                    model: dict[str, torch.Tensor], where: dict[str, str], scope: str = "the model") -> list[str]:
+    """Every difference between checkpoint tensors and the model's: tensors ``expected`` but not
+    stored, stored tensors not in the ``model``, and shapes and dtypes. ``where``: tensor -> part."""
+    problems = []
+    for k, t in stored.items():
+        if k in model and tuple(t.shape) != tuple(model[k].shape):
+            problems.append(f"{k}: checkpoint shape {tuple(t.shape)} vs model {tuple(model[k].shape)}")
+        elif k in model and t.dtype != model[k].dtype:
+            problems.append(f"{k}: checkpoint dtype {t.dtype} vs model {model[k].dtype}")
+    problems += [f"{k} (part {where.get(k, '?')!r}) is missing from the checkpoint" for k in expected if k not in stored]
+    problems += [f"{k} is in the checkpoint but not in {scope}" for k in stored if k not in model]
+    return problems
+
+
+def mismatch_error(what: str, problems: list[str], fix: str) -> CheckpointError:
+    """One :class:`~partwise.CheckpointError` listing (the first few of) ``problems``."""
+    shown = "; ".join(problems[:_SHOWN]) + (f" (+{len(problems) - _SHOWN} more)" if len(problems) > _SHOWN else "")
+    return CheckpointError(f"{what} ({len(problems)} problem(s)): {shown}; {fix}", problems)
+
+
+def load_weights(model: nn.Module, parts: Parts, ckpt: str | Path, only: list[str] | None = None,
+                 strict: bool = True) -> list[str]:
+    """Load the weights of ``only`` these parts (default: all) from a checkpoint into ``model``.
+
+    Complete or refused: every tensor of the loaded parts must be in the checkpoint and every
+    checkpoint tensor in the model, with the same shape and dtype. Otherwise
+    :class:`~partwise.CheckpointError` lists every mismatch (``.problems``) and the model is left
+    untouched. With ``strict=False`` what fits is loaded and the rest reported in a warning.
+    Returns the part names loaded.
+
+    >>> import tempfile
+    >>> a, b = nn.Sequential(nn.Linear(2, 2)), nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    >>> ckpt = save_checkpoint(tempfile.mkdtemp(), "step-1", a, Parts(a), {}, {})
+    >>> load_weights(b, Parts(b), ckpt)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    partwise._errors.CheckpointError: checkpoint ... 1.weight (part '1') is missing from the checkpoint; ...
     """
     ckpt = resolve_checkpoint(ckpt)
     files: dict[str, str] = read_meta(ckpt)["parts"]
-    wanted = only if only is not None else list(files)
-    missing_parts = [p for p in wanted if p not in files]
-    if missing_parts:
-        raise PartError(f"checkpoint {str(ckpt)!r} has no part(s) {missing_parts}; it has {sorted(files)}")
-    current = {k: t for tensors in part_tensors(model, parts).values() for k, t in tensors.items()}
-    loaded: dict[str, torch.Tensor] = {}
-    problems = []
-    for part in wanted:
-        with safe_open(str(ckpt / files[part]), framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 (safe_open has keys(), not iteration)
-                t = f.get_tensor(key)
-                if key not in current:
-                    problems.append(f"{key} (part {part!r}) is not in the model")
-                elif tuple(current[key].shape) != tuple(t.shape):
-                    problems.append(f"{key}: checkpoint {tuple(t.shape)} vs model {tuple(current[key].shape)}")
-                else:
-                    loaded[key] = t
+    wanted = list(files) if only is None else list(only)
+    absent = [p for p in wanted if p not in files]
+    if absent:
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} has no part(s) {absent}; it has {sorted(files)}")
+    by_part = part_tensors(model, parts)
+    where = {k: part for part, tensors in by_part.items() for k in tensors}
+    everything = {k: t for tensors in by_part.values() for k, t in tensors.items()}
+    expected = everything if only is None else {k: t for p in wanted for k, t in by_part.get(p, {}).items()}
+    stored = {k: t for part in wanted for k, t in read_part(ckpt, files[part]).items()}
+    problems = tensor_problems(stored, expected, everything, where)
+    if problems and strict:
+        raise mismatch_error(f"checkpoint {str(ckpt)!r} does not fit this model", problems,
+                             "load it into the model it was saved from, or pass strict=False to load what fits")
     if problems:
-        raise PartError(f"checkpoint {str(ckpt)!r} does not fit this model: " + "; ".join(problems[:8])
-                        + (f" (+{len(problems) - 8} more)" if len(problems) > 8 else ""))
+        warnings.warn(f"load_weights(strict=False): loaded what fits from {str(ckpt)!r}; not loaded "
+                      f"({len(problems)}): " + "; ".join(problems), RuntimeWarning, stacklevel=2)
     with torch.no_grad():
-        for key, t in loaded.items():
-            current[key].copy_(t)
+        for key, t in stored.items():
+            target = everything.get(key)
+            if target is not None and target.shape == t.shape and target.dtype == t.dtype:
+                target.copy_(t)
     return wanted
 
 
 def load_state(ckpt: str | Path) -> dict[str, Any]:
     """The training state of a checkpoint, loaded with ``weights_only=True`` (no arbitrary unpickling)."""
-    return torch.load(resolve_checkpoint(ckpt) / STATE, map_location="cpu", weights_only=True)
+    path = resolve_checkpoint(ckpt) / STATE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a truncated or foreign file
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: {e}); "
+                              "the checkpoint is damaged, resume from an older one") from None

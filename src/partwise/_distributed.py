@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as tdist
 from torch import nn
 
-__all__ = ["rank_and_world", "init_from_env", "wrap", "all_true"]
+T = TypeVar("T")
+
+__all__ = ["rank_and_world", "init_from_env", "wrap", "all_true", "loss_and_norm", "broadcast_object"]
 
 
 def init_from_env() -> None:
@@ -62,3 +64,23 @@ def all_true(flag: bool, world: int, device: torch.device) -> bool:
     t = torch.tensor([0.0 if flag else 1.0], device=device)
     tdist.all_reduce(t)
     return bool(t.item() == 0.0)
+
+
+def loss_and_norm(loss: torch.Tensor, norm: torch.Tensor | None, world: int) -> tuple[float, float | None]:
+    """A step's loss and gradient norm, averaged over ranks and read to the host in one sync (one
+    all-reduce). A NaN or inf on any rank makes the mean non-finite on every rank, so all decide alike."""
+    t = torch.stack([loss.detach().float().reshape(()), *([] if norm is None else [norm.detach().float().reshape(())])])
+    if world > 1:
+        tdist.all_reduce(t)
+        t = t / world
+    values = t.tolist()
+    return values[0], (values[1] if norm is not None else None)
+
+
+def broadcast_object(obj: T, world: int) -> T:
+    """Rank 0's ``obj`` on every rank (identity in one process)."""
+    if world <= 1:
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler, Sampler
 
-__all__ = ["ShuffledBatches", "TrainerBatches", "make_loader", "move_to"]
+from ._errors import ConfigError
+
+__all__ = ["ShuffledBatches", "TrainerBatches", "make_loader", "start_epoch", "move_to", "eval_batches"]
 
 
 class ShuffledBatches:
@@ -35,7 +37,7 @@ class ShuffledBatches:
 
     def __iter__(self) -> Iterator[list[int]]:
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            g = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
@@ -45,14 +47,19 @@ class ShuffledBatches:
 
 class TrainerBatches:
     """Wraps any batch sampler: skips the batches a resumed run already consumed, and gives each
-    rank its slice of every global batch (so N ranks see the same global batch as one process)."""
+    rank its slice of every global batch (so N ranks see the same global batch as one process).
+    A ``generator`` it is given (the DataLoader's, for worker seeds) is reseeded by ``(seed, epoch)``."""
 
-    def __init__(self, inner: Iterable[list[int]], rank: int = 0, world: int = 1):
+    def __init__(self, inner: Iterable[list[int]], rank: int = 0, world: int = 1,
+                 generator: torch.Generator | None = None, seed: int = 0):
         self.inner, self.rank, self.world, self.skip = inner, rank, world, 0
+        self.generator, self.seed = generator, seed  # the loader's own generator (worker seeds), if ours
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.inner, "set_epoch"):
             self.inner.set_epoch(epoch)
+        if self.generator is not None:
+            self.generator.manual_seed(_epoch_seed(self.seed, epoch))
 
     def __len__(self) -> int:
         return len(self.inner)  # type: ignore[arg-type]
@@ -73,22 +80,116 @@ class TrainerBatches:
         self.skip = 0
 
 
+# DataLoader settings a user's loader keeps when the trainer puts its own batch sampler in
+_KEPT = ("num_workers", "pin_memory", "timeout", "worker_init_fn", "multiprocessing_context", "persistent_workers",
+         "pin_memory_device", "in_order")
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+class _EpochShuffled(Sampler[int]):
+    """A ``RandomSampler``'s permutation, fixed by ``(seed, epoch)`` instead of a fresh random draw,
+    so a resumed run replays the epoch it stopped in."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+class _SeededBatches:
+    """A ``BatchSampler`` over an :class:`_EpochShuffled` sampler (forwards ``set_epoch``)."""
+
+    def __init__(self, batches: BatchSampler, sampler: _EpochShuffled):
+        self.batches, self.sampler = batches, sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+
+def _resumable_batches(loader: DataLoader, seed: int) -> Iterable[list[int]]:
+    """The loader's batch sampler; a plain shuffling one (``shuffle=True``) gets an epoch-seeded
+    permutation, which exact resume needs. Samplers with ``set_epoch`` are used as they are."""
+    inner = loader.batch_sampler
+    if type(inner) is BatchSampler and type(inner.sampler) is RandomSampler and not inner.sampler.replacement:
+        sampler = _EpochShuffled(len(inner.sampler), seed)
+        return _SeededBatches(BatchSampler(sampler, inner.batch_size, inner.drop_last), sampler)
+    return inner  # type: ignore[return-value]
+
+
+def _is_map_style(data: Any) -> bool:
+    """What ``DataLoader`` accepts as a map-style dataset: indexable with a length (a list included)."""
+    return (hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, IterableDataset)
+            and not isinstance(data, str | bytes | Mapping))
+
+
+def _data_problem(data: Any) -> str | None:
+    if isinstance(data, DataLoader):
+        if isinstance(data.dataset, IterableDataset):
+            return ("train_data: a DataLoader over an IterableDataset cannot be resumed exactly or split over "
+                    "ranks; give a map-style dataset (with __getitem__ and __len__)")
+        if data.batch_sampler is None:
+            return "train_data: a DataLoader with batch_size=None yields single items; give it a batch_size"
+        return None
+    if not _is_map_style(data):
+        return (f"train_data: {type(data).__name__} is neither a map-style dataset (__getitem__ and __len__, "
+                "e.g. a list or TensorDataset) nor a DataLoader")
+    return None
+
+
 def make_loader(
     data: Any, batch_size: int, seed: int, collate_fn: Any = None, rank: int = 0, world: int = 1, shuffle: bool = True
 ) -> DataLoader:
-    """A DataLoader over ``data`` (a map-style Dataset, or a DataLoader whose batch sampler is reused)
-    with a :class:`TrainerBatches` batch sampler and its own generator (so creating an iterator never
-    consumes the global RNG, which resume relies on)."""
+    """A DataLoader over ``data`` with a :class:`TrainerBatches` batch sampler (resume skipping, rank
+    slicing). ``data`` is any map-style dataset (a list included), shuffled by ``(seed, epoch)``, or
+    a DataLoader, whose batch sampler and settings (workers, pinned memory, persistent workers,
+    worker init, generator, prefetch, timeout, multiprocessing context) are kept.
+
+    Without a generator of its own the loader gets a seeded one (reseeded each epoch by
+    :func:`start_epoch`), so creating an iterator never consumes the global RNG, which resume
+    relies on. Raises :class:`~partwise.ConfigError` for data it cannot train on.
+    """
+    problem = _data_problem(data)
+    if problem:
+        raise ConfigError([problem])
+    settings: dict[str, Any] = {}
     if isinstance(data, DataLoader):
-        inner = data.batch_sampler
+        inner = _resumable_batches(data, seed)
         dataset, collate = data.dataset, collate_fn or data.collate_fn
-    elif isinstance(data, Dataset) and isinstance(data, Sized):
-        inner = ShuffledBatches(len(data), batch_size, seed=seed, shuffle=shuffle)
-        dataset, collate = data, collate_fn
+        settings = {k: getattr(data, k) for k in _KEPT if hasattr(data, k)}
+        if data.num_workers > 0:
+            settings["prefetch_factor"] = data.prefetch_factor
+        generator = data.generator
     else:
-        raise TypeError(f"training data must be a map-style Dataset or a DataLoader, got {type(data).__name__}")
-    return DataLoader(dataset, batch_sampler=TrainerBatches(inner, rank, world), collate_fn=collate,
-                      generator=torch.Generator().manual_seed(seed))
+        inner = ShuffledBatches(len(data), batch_size, seed=seed, shuffle=shuffle)
+        dataset, collate, generator = data, collate_fn, None
+    own = generator is None
+    batches = TrainerBatches(inner, rank, world, generator=torch.Generator() if own else None, seed=seed)
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
+                      generator=batches.generator if own else generator, **settings)
+
+
+def start_epoch(loader: DataLoader, epoch: int, skip: int) -> None:
+    """Set up ``loader`` (from :func:`make_loader`) for ``epoch``, skipping its first ``skip`` batches."""
+    batches: TrainerBatches = loader.batch_sampler  # type: ignore[assignment]
+    batches.set_epoch(epoch)
+    batches.skip = skip
 
 
 def move_to(batch: Any, device: torch.device) -> Any:
@@ -104,3 +205,10 @@ def move_to(batch: Any, device: torch.device) -> Any:
     if hasattr(batch, "to"):
         return batch.to(device)
     return batch
+
+
+def eval_batches(data: Any, batch_size: int, collate_fn: Any, device: torch.device) -> Iterator[Any]:
+    """Batches of held-out ``data`` (a DataLoader, a map-style dataset or a list; in order) on ``device``."""
+    if not isinstance(data, DataLoader) and _is_map_style(data):
+        data = DataLoader(data, batch_size=batch_size, collate_fn=collate_fn, generator=torch.Generator())
+    return (move_to(b, device) for b in data)

@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import difflib
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors import safe_open
 from torch import Tensor, nn
 
-from ._checkpoint import part_tensors, read_meta, resolve_checkpoint
-from ._errors import PartError
+from ._checkpoint import (
+    mismatch_error,
+    part_tensors,
+    read_meta,
+    read_part,
+    resolve_checkpoint,
+    tensor_problems,
+)
+from ._errors import CheckpointError, CheckpointNotFound, PartError
 from ._parts import Parts
 
 if TYPE_CHECKING:
@@ -161,9 +168,7 @@ def _checkpoint_tensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     ckpt = resolve_checkpoint(path)
     out: dict[str, Tensor] = {}
     for fname in read_meta(ckpt)["parts"].values():
-        with safe_open(str(ckpt / fname), framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 (safe_open has keys(), not iteration)
-                out[key] = f.get_tensor(key)
+        out.update(read_part(ckpt, fname))
     return out
 
 
@@ -237,6 +242,33 @@ def _remap_rows(name: str, src: Tensor, tgt: Tensor, old: list[str], new: list[s
     return out, VocabTransfer(name, len(kept), fresh, len(set(old) - set(new)))
 
 
+def _settle_tied(values: dict[str, Tensor], targets: Mapping[str, Tensor], vocab_map: Mapping[str, object],
+                 renamed: Mapping[str, tuple[str, Tensor]]) -> set[str]:
+    """Several values for one tied target tensor: keep one (a vocabulary-mapped one, else the first),
+    drop the others from ``values`` and warn when they differ. Returns the names whose differing
+    values were not copied."""
+    groups: dict[int, list[str]] = {}
+    for name in values:
+        groups.setdefault(id(targets[name]), []).append(name)
+    conflicts: set[str] = set()
+    for names in groups.values():
+        if len(names) < 2:
+            continue
+        keep = next((n for n in names if n in vocab_map), names[0])
+        differ = [n for n in names if n != keep and not torch.equal(values[n].cpu(), values[keep].cpu())]
+        for n in names:
+            if n != keep:
+                del values[n]
+        conflicts.update(differ)
+        if differ:
+            sources = ", ".join(repr(renamed[n][0]) for n in [keep, *differ])
+            warnings.warn(
+                f"transfer_state(): target tensors {[keep, *differ]} are one tied tensor, but the source "
+                f"has different values for them ({sources}); copied {renamed[keep][0]!r} only. Untie the "
+                "target, or rename= the source tensor you want onto the tied one", RuntimeWarning, stacklevel=3)
+    return conflicts
+
+
 def transfer_state(
     source: Source,
     target: nn.Module,
@@ -257,6 +289,10 @@ def transfer_state(
             *name*; tokens absent from the old vocabulary get the mean of the old rows. A
             vocabulary is a :class:`~partwise.data.Vocab` or a list of tokens in id order.
         strict_shapes: raise instead of skipping tensors whose shapes differ.
+
+    Several target names of one tied tensor (a shared embedding) receive one value: a
+    vocabulary-mapped one if any, else the first; a ``RuntimeWarning`` names the source tensors
+    whose different values were not copied.
 
     Raises:
         PartError: ``vocab_map`` names a tensor missing on either side, two source names rename
@@ -308,11 +344,13 @@ def transfer_state(
     if strict_shapes and skipped:
         raise PartError("transfer_state(strict_shapes=True): shapes differ for "
                         + "; ".join(f"{n}: source {s} vs target {t}" for n, s, t in skipped))
-    with torch.no_grad():  # vocabulary-mapped last: they win over a plain copy into a tied alias
-        for name in sorted(values, key=lambda n: n in vocab_map):
+    candidates = list(values)
+    conflicts = _settle_tied(values, targets, vocab_map, renamed)
+    with torch.no_grad():
+        for name in values:
             targets[name].copy_(values[name])
     return TransferReport(
-        copied=tuple(values), skipped_shape=tuple(skipped),
+        copied=tuple(n for n in candidates if n not in conflicts), skipped_shape=tuple(skipped),
         missing=tuple(n for n in targets if n not in renamed), unexpected=tuple(unexpected),
         vocab=tuple(vocab_reports),
     )
@@ -322,8 +360,10 @@ def load_part(model: nn.Module, part: str, checkpoint: str | os.PathLike[str], p
               source_part: str | None = None) -> list[str]:
     """Load the weights of one part from a partwise checkpoint; everything else stays as it is.
 
-    The checkpoint's part file must hold exactly the part's tensors (same names, same shapes):
-    anything else is reported at once and nothing is loaded.
+    The checkpoint's part file must hold exactly the part's tensors (same names, shapes and
+    dtypes): anything else is reported at once (:class:`~partwise.CheckpointError`, every
+    mismatch in ``.problems``) and nothing is loaded. Loading one part is the partial load; the
+    other parts are not looked at.
 
     Args:
         model: the model to fill.
@@ -352,25 +392,20 @@ def load_part(model: nn.Module, part: str, checkpoint: str | os.PathLike[str], p
         raise PartError(f"load_part(): the model has no part {part!r}; its parts are {parts.names}")
     try:
         ckpt = resolve_checkpoint(checkpoint)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"load_part(): {e}") from None
-    stored = source_part or part
+    except CheckpointNotFound as e:
+        raise CheckpointNotFound(f"load_part(): {e}") from None
+    stored_name = source_part or part
     files: dict[str, str] = read_meta(ckpt)["parts"]
-    if stored not in files:
+    if stored_name not in files:
         hint = "" if source_part else "; pass source_part= to load a part saved under another name"
-        raise PartError(f"load_part(): checkpoint {str(ckpt)!r} has no part {stored!r}; it has "
-                        f"{sorted(files)}{hint}")
+        raise CheckpointError(f"load_part(): checkpoint {str(ckpt)!r} has no part {stored_name!r}; it has "
+                              f"{sorted(files)}{hint}")
     current = part_tensors(model, parts).get(part, {})
-    with safe_open(str(ckpt / files[stored]), framework="pt") as f:
-        loaded = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
-    problems = [f"{k} is not in part {part!r}" for k in loaded if k not in current]
-    problems += [f"{k} is missing from the checkpoint" for k in current if k not in loaded]
-    problems += [f"{k}: checkpoint {tuple(t.shape)} vs model {tuple(current[k].shape)}"
-                 for k, t in loaded.items() if k in current and t.shape != current[k].shape]
+    loaded = read_part(ckpt, files[stored_name])
+    problems = tensor_problems(loaded, current, current, dict.fromkeys(current, part), f"part {part!r}")
     if problems:
-        raise PartError(f"load_part(): part {stored!r} of {str(ckpt)!r} does not fit part {part!r} of the "
-                        f"model ({len(problems)} problem(s)): " + "; ".join(problems[:10])
-                        + (" ..." if len(problems) > 10 else ""))
+        raise mismatch_error(f"load_part(): part {stored_name!r} of {str(ckpt)!r} does not fit part {part!r} of "
+                             "the model", problems, "load it into the part it was saved from")
     with torch.no_grad():
         for key, t in loaded.items():
             current[key].copy_(t)

@@ -9,7 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["StepContext", "Task", "LossTask", "as_task"]
+__all__ = ["StepContext", "Task", "LossTask", "as_task", "declared_metrics"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,10 @@ class Task(Protocol):
 
     ``evaluate`` runs in eval mode under the trainer; ``dataset`` is the held-out dataset the batches
     come from (for tasks that score against references stored with it), or ``None``.
+
+    A task may declare ``metrics: tuple[str, ...]``, the names ``evaluate`` returns; the trainer then
+    checks a ``best_metric`` or early-stopping metric before the first step instead of after the
+    first evaluation.
     """
 
     def loss(self, model: nn.Module, batch: Any, ctx: StepContext) -> Tensor: ...
@@ -42,6 +46,8 @@ class LossTask:
     >>> task.evaluate(nn.Linear(2, 1), [(torch.zeros(3, 2),)])["loss"] >= 0
     True
     """
+
+    metrics: tuple[str, ...] = ("loss",)
 
     def __init__(self, loss_fn: Callable[[nn.Module, Any], Tensor]):
         self.loss_fn = loss_fn
@@ -64,3 +70,19 @@ def as_task(task_or_loss_fn: Task | Callable[[nn.Module, Any], Tensor]) -> Task:
     if callable(task_or_loss_fn):
         return LossTask(task_or_loss_fn)
     raise TypeError(f"expected a Task (loss + evaluate) or a loss_fn(model, batch), got {type(task_or_loss_fn).__name__}")
+
+
+def declared_metrics(task: Any) -> tuple[str, ...] | None:
+    """The metric names ``task`` declares (its ``metrics`` attribute), or ``None`` if it declares none.
+
+    >>> declared_metrics(LossTask(lambda model, batch: batch))
+    ('loss',)
+    """
+    names = getattr(task, "metrics", None)
+    if names is None:
+        return None
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        from ._errors import ConfigError
+
+        raise ConfigError([f"task.metrics: {names!r} must be a tuple of metric names, e.g. ('loss', 'wer')"])
+    return tuple(names)

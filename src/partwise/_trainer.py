@@ -16,17 +16,18 @@ from torch import nn
 from . import _checkpoint as ckpt
 from . import _distributed as dist
 from ._cache import CacheRefused, EncoderCache, cache_blockers, supports_cache
-from ._errors import ConfigError
-from ._loader import make_loader, move_to
+from ._errors import ConfigError, PartwiseError
+from ._fingerprint import plan_differences, plan_fingerprint
+from ._loader import eval_batches, make_loader, move_to, start_epoch
 from ._optim import OptimizerSet, build_optimizer, carry_state, load_state_by_name, optimizers_of, reconfigure
 from ._parts import Parts
 from ._plan import Phase, PhaseSpan, Plan
-from ._task import StepContext, Task, as_task
+from ._task import StepContext, Task, as_task, declared_metrics
 
 __all__ = ["Trainer", "NonFiniteLoss", "EarlyStopping"]
 
 
-class NonFiniteLoss(FloatingPointError):
+class NonFiniteLoss(PartwiseError, FloatingPointError):
     """The loss or gradient norm became NaN or infinite (``on_nonfinite="stop"``)."""
 
 
@@ -34,29 +35,75 @@ class EarlyStopping:
     """Stop when ``metric`` has not improved for ``patience`` evaluations."""
 
     def __init__(self, metric: str = "loss", mode: str = "min", patience: int = 3):
+        errors = []
+        if not isinstance(metric, str) or not metric:
+            errors.append(f"EarlyStopping metric={metric!r} must name a metric, e.g. 'loss'")
         if mode not in ("min", "max"):
-            raise ValueError(f"mode={mode!r} must be 'min' or 'max'")
+            errors.append(f"EarlyStopping mode={mode!r} must be 'min' or 'max'")
+        if not _is_int(patience) or patience < 1:
+            errors.append(f"EarlyStopping patience={patience!r} must be a whole number >= 1")
+        if errors:
+            raise ConfigError(errors)
         self.metric, self.mode, self.patience = metric, mode, patience
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _better(value: float, best: float | None, mode: str) -> bool:
+    return best is None or (value < best if mode == "min" else value > best)
+
+
+def _device(device: Any) -> tuple[torch.device | None, str | None]:
+    """The torch device for ``device``, or a message saying why it cannot be used here."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu"), None
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        return None, f"device: {device!r} is not a device; use 'auto', 'cpu' or 'cuda' (or 'cuda:N')"
+    available = getattr(getattr(torch, d.type, None), "is_available", None) or getattr(
+        getattr(torch.backends, d.type, None), "is_available", None)
+    if d.type != "cpu" and (available is None or not available()):
+        return None, f"device: {device!r} is not available on this machine; use 'auto' or 'cpu'"
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        return None, f"device: {device!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return d, None
+
+
 class Trainer:
-    """Train ``model`` by ``plan``: zero_grad -> forward -> backward -> clip -> step -> schedule.
+    """Train ``model`` by ``plan``. Per optimizer step: forward and backward of ``grad_accum``
+    micro-batches -> (fp16: unscale) -> clip and measure the gradient norm -> read loss and norm to
+    the host once (averaged over ranks) -> skip a non-finite step, or schedule the LR and step ->
+    zero_grad. Every argument, the plan and the metrics early stopping and ``best_metric`` need are
+    checked before the first step, all problems reported at once (:class:`~partwise.ConfigError`).
 
     Args:
         model, parts, plan: the model, its part registry and the plan to follow.
         task: a :class:`~partwise.Task` or a plain ``loss_fn(model, batch) -> loss``.
         run_dir: where checkpoints go (``None``: no checkpoints).
-        batch_size, collate_fn: used when ``fit`` gets a Dataset rather than a DataLoader.
+        batch_size, collate_fn: used when ``fit`` gets a dataset (or a list) rather than a DataLoader.
         seed: seeds torch and the data order.
-        device: ``"auto"`` (CUDA if available, else CPU), or any torch device.
+        device: ``"auto"`` (CUDA if available, else CPU), or any torch device available here.
         precision: ``"fp32"``, ``"bf16"`` (CPU or CUDA autocast) or ``"fp16"`` (CUDA, with loss scaling).
         grad_clip: max global gradient norm, or part -> max norm (per-part clipping).
         grad_accum: micro-batches per optimizer step.
-        on_nonfinite: ``"skip"`` the step or ``"stop"`` with :class:`NonFiniteLoss`.
+        on_nonfinite: a NaN/inf loss or gradient norm (with or without clipping) skips the step
+            (``"skip"``: counted in ``skipped_steps``, with a warning) or raises :class:`NonFiniteLoss`
+            (``"stop"``). Under fp16 an overflowing gradient is the loss scaler's business: it skips
+            the step and lowers the scale (counted in ``skipped_steps``, never a stop).
         early_stopping / best_metric: stop on a plateau; keep the best checkpoint by ``(metric, mode)``.
+            A metric is ``train_loss`` or one the task's ``evaluate`` returns (``"wer"`` or ``"val_wer"``).
+            Under DDP rank 0 evaluates and every rank takes its metrics, so all decide alike.
         save_every: also checkpoint every N optimizer steps (always at each epoch end).
-        callbacks: objects with any of ``on_step_end(trainer, logs)``, ``on_epoch_end(trainer, metrics)``,
-            ``on_phase_start(trainer, span)``.
+        callbacks: objects with any of ``on_step_end(trainer, logs)`` (``logs["grad_norm"]`` is the real
+            norm, ``None`` when there were no gradients), ``on_epoch_end(trainer, metrics)``,
+            ``on_phase_start(trainer, span)``, ``on_plan_change(trainer, changes)``.
         guard: wrap training in a :class:`~partwise.FrozenGuard` re-armed at each phase.
         cache: frozen-encoder output cache (see :mod:`partwise._cache`): ``"auto"`` uses it whenever the
             task supports it and the encoder is frozen, in eval mode and deterministic; ``"on"`` makes
@@ -71,27 +118,23 @@ class Trainer:
         early_stopping: EarlyStopping | None = None, best_metric: tuple[str, str] | None = None,
         save_every: int | None = None, callbacks: Sequence[Any] = (), guard: bool = False, cache: str = "auto",
     ):
-        errors = []
-        if precision not in ("fp32", "bf16", "fp16"):
-            errors.append(f"precision: {precision!r} must be 'fp32', 'bf16' or 'fp16'")
-        if on_nonfinite not in ("skip", "stop"):
-            errors.append(f"on_nonfinite: {on_nonfinite!r} must be 'skip' or 'stop'")
-        if grad_accum < 1:
-            errors.append(f"grad_accum: {grad_accum!r} must be >= 1")
-        if cache not in ("auto", "on", "off"):
-            errors.append(f"cache: {cache!r} must be 'auto', 'on' or 'off'")
-        if errors:
-            raise ConfigError(errors)
-        plan.check(parts)
-        self.model, self.parts, self.plan, self.task = model, parts, plan, as_task(task)
+        self.model, self.parts, self.plan = model, parts, plan
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.batch_size, self.collate_fn, self.seed = batch_size, collate_fn, seed
-        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-        if precision == "fp16" and self.device.type != "cuda":
-            raise ConfigError(["precision: 'fp16' needs CUDA; use 'bf16' on CPU"])
         self.precision, self.grad_clip, self.grad_accum, self.on_nonfinite = precision, grad_clip, grad_accum, on_nonfinite
         self.early_stopping, self.best_metric, self.save_every = early_stopping, best_metric, save_every
-        self.callbacks, self.use_guard, self.cache_mode = list(callbacks), guard, cache
+        self.use_guard, self.cache_mode = guard, cache
+        device_, device_problem = _device(device)
+        errors = self._option_problems() + ([device_problem] if device_problem else [])
+        if device_ is not None and precision == "fp16" and device_.type != "cuda":
+            errors.append(f"precision: 'fp16' needs CUDA, but device is {str(device_)!r}; use 'bf16' on CPU")
+        try:
+            plan.check(parts)
+        except ConfigError as e:
+            errors += e.errors
+        if errors:
+            raise ConfigError(errors)
+        self.task, self.device, self.callbacks = as_task(task), device_, list(callbacks)
         self.cache: EncoderCache | None = None
         self._guard: Any = None
         self._train_loader: Any = None
@@ -99,11 +142,68 @@ class Trainer:
         self.rank, self.world = dist.rank_and_world()
         self.step, self.epoch, self.span, self.optimizer = 0, 0, None, None
         self.history: list[dict[str, Any]] = []
-        self.best: float | None = None
-        self.skipped_steps, self._stale_evals = 0, 0
+        self.best: float | None = None  # best value of best_metric
+        self.skipped_steps, self._stale_evals, self._stop_best = 0, 0, None  # _stop_best: early stopping's best
+        self.plan_changes: list[str] = []  # accepted on resume with allow_plan_change=True
         self._epoch_loss = (0.0, 0)  # sum and count of this epoch's step losses
-        self._saved_at = -1
+        self._saved_at, self._steps_per_epoch = -1, 0
         self.model.to(self.device)
+
+    def _option_problems(self) -> list[str]:
+        """Every argument of ``__init__`` that has a wrong type or value, one message each."""
+        out = []
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            out.append(f"precision: {self.precision!r} must be 'fp32', 'bf16' or 'fp16'")
+        if self.on_nonfinite not in ("skip", "stop"):
+            out.append(f"on_nonfinite: {self.on_nonfinite!r} must be 'skip' or 'stop'")
+        for name in ("batch_size", "grad_accum"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                out.append(f"{name}: {getattr(self, name)!r} must be a whole number >= 1")
+        if self.save_every is not None and (not _is_int(self.save_every) or self.save_every < 1):
+            out.append(f"save_every: {self.save_every!r} must be a whole number >= 1, or None")
+        if not _is_int(self.seed):
+            out.append(f"seed: {self.seed!r} must be a whole number")
+        if self.cache_mode not in ("auto", "on", "off"):
+            out.append(f"cache: {self.cache_mode!r} must be 'auto', 'on' or 'off'")
+        if not isinstance(self.use_guard, bool):
+            out.append(f"guard: {self.use_guard!r} must be True or False")
+        if self.early_stopping is not None and not isinstance(self.early_stopping, EarlyStopping):
+            out.append(f"early_stopping: {self.early_stopping!r} must be an EarlyStopping(metric, mode, patience)")
+        bm = self.best_metric
+        if bm is not None and not (isinstance(bm, tuple | list) and len(bm) == 2 and isinstance(bm[0], str)
+                                   and bm[1] in ("min", "max")):
+            out.append(f"best_metric: {bm!r} must be (metric name, 'min' or 'max'), e.g. ('loss', 'min')")
+        return out + self._clip_problems() + self._part_name_problems()
+
+    def _clip_problems(self) -> list[str]:
+        clip = self.grad_clip
+        if clip is None:
+            return []
+        if not isinstance(clip, Mapping):
+            return [] if _is_positive(clip) else [f"grad_clip: {clip!r} must be a number > 0 or a part -> max norm "
+                                                  "mapping (None turns clipping off)"]
+        out = [f"grad_clip: unknown part {p!r}; parts are {self.parts.names}" for p in clip if p not in self.parts]
+        out += [f"grad_clip.{p}: {v!r} must be a number > 0" for p, v in clip.items() if not _is_positive(v)]
+        return out
+
+    def _part_name_problems(self) -> list[str]:
+        if self.run_dir is None:
+            return []
+        return [f"parts: {m}" for m in ckpt.part_file_problems([*self.parts.names, ckpt.REST])]
+
+    def _metric_problems(self, has_val: bool) -> list[str]:
+        """Metrics early stopping and ``best_metric`` need, against what the task declares it returns."""
+        declared = declared_metrics(self.task)
+        known = {"train_loss"} | ({f"val_{m}" for m in declared or ()} if has_val else set())
+        rules = [("best_metric", self.best_metric[0])] if self.best_metric else []
+        rules += [("early_stopping.metric", self.early_stopping.metric)] if self.early_stopping else []
+        out = []
+        for where, name in rules:
+            if name in known or f"val_{name}" in known or (has_val and declared is None):
+                continue  # a task that declares no metrics is checked at its first evaluation
+            why = "no val_data given" if not has_val else f"task {type(self.task).__name__} returns {sorted(declared or ())}"
+            out.append(f"{where}: metric {name!r} will not be produced ({why}); choose one of {sorted(known)}")
+        return out
 
     # -- phases ------------------------------------------------------------------------------
     def _enter_phase(self, span: PhaseSpan) -> None:
@@ -198,59 +298,46 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, train_data: Any, val_data: Any = None, resume: str | Path | None = None,
-            max_steps: int | None = None, max_minutes: float | None = None) -> list[dict[str, Any]]:
+            max_steps: int | None = None, max_minutes: float | None = None,
+            allow_plan_change: bool = False) -> list[dict[str, Any]]:
         """Train until the plan ends, early stopping fires, or ``max_steps`` optimizer steps or
         ``max_minutes`` of wall time are done (a checkpoint is then written, as if the run were
-        interrupted, and ``resume`` continues it). Returns the epoch history."""
+        interrupted, and ``resume`` continues it). Returns the epoch history.
+
+        ``train_data``: a map-style dataset (a list included) or a DataLoader, whose settings are
+        kept. ``resume``: a run directory or checkpoint; it must have been trained under this plan,
+        unless ``allow_plan_change`` (e.g. to extend the last phase), which is then recorded.
+        """
+        self._check_fit(val_data, max_steps, max_minutes)
         torch.manual_seed(self.seed)
         loader = make_loader(train_data, self.batch_size, self.seed, self.collate_fn, self.rank, self.world)
         self._train_loader = loader
-        steps_per_epoch = len(loader) // self.grad_accum
+        steps_per_epoch = self._steps_per_epoch = len(loader) // self.grad_accum
+        if steps_per_epoch < 1:
+            raise ConfigError([f"train_data: {len(loader)} batch(es) per epoch make no optimizer step with "
+                               f"grad_accum={self.grad_accum}; give more data or a smaller batch size"])
         total = self.plan.total_steps(steps_per_epoch)
         if resume is not None:
-            self._restore(resume, steps_per_epoch)
+            self._restore(resume, steps_per_epoch, allow_plan_change)
         stop_at = total if max_steps is None else min(total, max_steps)
         deadline = None if max_minutes is None else time.perf_counter() + 60.0 * max_minutes
-        micro, bad, t0, timed_out = 0, None, time.perf_counter(), False
+        micro, loss_sum, t0, timed_out = 0, None, time.perf_counter(), False
         while self.step < stop_at:
             self.epoch = self.step // steps_per_epoch
-            loader.batch_sampler.set_epoch(self.epoch)
-            loader.batch_sampler.skip = (self.step - self.epoch * steps_per_epoch) * self.grad_accum
+            start_epoch(loader, self.epoch, skip=(self.step - self.epoch * steps_per_epoch) * self.grad_accum)
             self.parts.train()  # model.train(); frozen parts' norm/dropout stay pinned to eval
             for batch in loader:
                 span = self.plan.span_at(self.step, steps_per_epoch)
                 if self.span is None or span.index != self.span.index:
                     self._enter_phase(span)
                     self.parts.train()
-                batch = move_to(batch, self.device)
-                ctx = StepContext(self.step, self.epoch, span.phase.name, span.phase.teacher_forcing)
-                with self._autocast():
-                    loss = self.wrapped(batch, ctx)
-                loss_value = float(loss.detach())
-                if dist.all_true(math.isfinite(loss_value), self.world, self.device):
-                    scaled = loss / self.grad_accum
-                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-                else:
-                    bad = bad or f"loss is {loss_value}"
+                loss_sum = self._forward_backward(batch, span, loss_sum)
                 micro += 1
                 if micro < self.grad_accum:
                     continue
-                norm = self._clip() if bad is None else math.nan
-                if bad is None and not math.isfinite(norm):  # only measured when clipping is on
-                    bad = f"gradient norm is {norm}"
-                if bad is None:
-                    span.phase.schedule.apply(self.optimizer.param_groups, self.step, span.end)
-                    self._optimizer_step()
-                    self._epoch_loss = (self._epoch_loss[0] + loss_value, self._epoch_loss[1] + 1)
-                else:
-                    self._nonfinite(bad)
-                self.optimizer.zero_grad(set_to_none=True)
-                micro, bad, self.step = 0, None, self.step + 1
-                logs = {"step": self.step, "loss": loss_value, "grad_norm": norm, **self.lrs()}
-                for cb in self.callbacks:
-                    getattr(cb, "on_step_end", lambda *a: None)(self, logs)
-                if self.save_every and self.step % self.save_every == 0:
-                    self.save()
+                loss_value, norm = self._step(span, loss_sum)
+                micro, loss_sum, self.step = 0, None, self.step + 1
+                self._end_step(loss_value, norm)
                 if deadline is not None and time.perf_counter() > deadline:
                     stop_at, timed_out = self.step, True
                 if self.step >= stop_at or self.step % steps_per_epoch == 0:
@@ -267,31 +354,70 @@ class Trainer:
             self._guard.check()
         return self.history
 
+    def _check_fit(self, val_data: Any, max_steps: Any, max_minutes: Any) -> None:
+        """What ``fit`` is given, checked before anything runs; all problems at once."""
+        errors = self._metric_problems(val_data is not None)
+        if max_steps is not None and (not _is_int(max_steps) or max_steps < 0):
+            errors.append(f"max_steps: {max_steps!r} must be a whole number >= 0, or None")
+        if max_minutes is not None and not _is_positive(max_minutes):
+            errors.append(f"max_minutes: {max_minutes!r} must be a number > 0, or None")
+        if errors:
+            raise ConfigError(errors)
+
+    def _end_step(self, loss_value: float, norm: float | None) -> None:
+        logs = {"step": self.step, "loss": loss_value, "grad_norm": norm, **self.lrs()}
+        for cb in self.callbacks:
+            getattr(cb, "on_step_end", lambda *a: None)(self, logs)
+        if self.save_every and self.step % self.save_every == 0:
+            self.save()
+
     def _end_epoch(self, val_data: Any, seconds: float) -> bool:
+        """Evaluate (rank 0; its metrics go to every rank), keep the best checkpoint, and say whether
+        early stopping fires (the same answer on every rank)."""
         total, n = self._epoch_loss
         self._epoch_loss = (0.0, 0)
         metrics: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step, "phase": self.span.phase.name,
                                    "train_loss": total / max(n, 1), "seconds": seconds, **self.lrs()}
-        if val_data is not None and self.rank == 0:
-            self.model.eval()
-            dataset = val_data.dataset if isinstance(val_data, torch.utils.data.DataLoader) else val_data
-            scores = self.task.evaluate(self.model, self._batches(val_data), dataset)
-            metrics.update({f"val_{k}": v for k, v in scores.items()})
+        if val_data is not None:
+            scores = self._evaluate(val_data) if self.rank == 0 else None
+            metrics.update({f"val_{k}": v for k, v in dist.broadcast_object(scores, self.world).items()})
         self.history.append(metrics)
-        improved = False
-        if self.best_metric or self.early_stopping:
-            name, mode = self.best_metric or (self.early_stopping.metric, self.early_stopping.mode)
-            key = name if name in metrics else f"val_{name}"
-            if key not in metrics:
-                raise ConfigError([f"best/early-stopping metric {name!r} not produced; have {sorted(metrics)}"])
-            value = metrics[key]
-            improved = self.best is None or (value < self.best if mode == "min" else value > self.best)
-            self.best = value if improved else self.best
-            self._stale_evals = 0 if improved else self._stale_evals + 1
-        self.save(best=improved and self.best_metric is not None)
+        improved, stop = self._decide(metrics)
+        self.save(best=improved)
         for cb in self.callbacks:
             getattr(cb, "on_epoch_end", lambda *a: None)(self, metrics)
-        return self.early_stopping is not None and self._stale_evals >= self.early_stopping.patience
+        return stop
+
+    def _evaluate(self, val_data: Any) -> dict[str, Any]:
+        self.model.eval()
+        dataset = val_data.dataset if isinstance(val_data, torch.utils.data.DataLoader) else val_data
+        batches = eval_batches(val_data, self.batch_size, self.collate_fn, self.device)
+        return dict(self.task.evaluate(self.model, batches, dataset))
+
+    def _decide(self, metrics: dict[str, Any]) -> tuple[bool, bool]:
+        """``(best_metric improved, early stopping fires)`` from this epoch's metrics."""
+        improved = False
+        if self.best_metric:
+            name, mode = self.best_metric
+            value = self._metric(metrics, name)
+            improved = _better(value, self.best, mode)
+            self.best = value if improved else self.best
+        if self.early_stopping is None:
+            return improved, False
+        es = self.early_stopping
+        value = self._metric(metrics, es.metric)
+        if _better(value, self._stop_best, es.mode):
+            self._stop_best, self._stale_evals = value, 0
+        else:
+            self._stale_evals += 1
+        return improved, self._stale_evals >= es.patience
+
+    def _metric(self, metrics: dict[str, Any], name: str) -> float:
+        key = name if name in metrics else f"val_{name}"
+        if key not in metrics:
+            raise ConfigError([f"best/early-stopping metric {name!r} not produced by {type(self.task).__name__}; "
+                               f"have {sorted(metrics)}; choose one of those, or declare the task's metrics"])
+        return float(metrics[key])
 
     # -- pieces of a step --------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -300,29 +426,80 @@ class Trainer:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _clip(self) -> float:
+    def _forward_backward(self, batch: Any, span: PhaseSpan, loss_sum: torch.Tensor | None) -> torch.Tensor:
+        """Forward and backward of one micro-batch. Returns the running sum of the micro-batch losses,
+        detached and left on the device (the loss is read to the host once per optimizer step)."""
+        batch = move_to(batch, self.device)
+        ctx = StepContext(self.step, self.epoch, span.phase.name, span.phase.teacher_forcing)
+        with self._autocast():
+            loss = self.wrapped(batch, ctx)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise ConfigError([f"task.loss: returned {got}; it must return a scalar tensor (e.g. loss.mean())"])
+        scaled = loss / self.grad_accum
+        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        detached = loss.detach().float().reshape(())
+        return detached if loss_sum is None else loss_sum + detached
+
+    def _step(self, span: PhaseSpan, loss_sum: torch.Tensor) -> tuple[float, float | None]:
+        """Apply the accumulated gradients unless the loss or their norm is NaN/inf; then zero them.
+        Returns the step's loss (mean over micro-batches and ranks) and the gradient norm."""
         if self.scaler is not None:
             for opt in self._optimizers():
-                self.scaler.unscale_(opt)
+                self.scaler.unscale_(opt)  # once per step; scaler.step() knows and does not unscale again
+        norm = self._grad_norm()
+        loss_value, norm_value = dist.loss_and_norm(loss_sum / self.grad_accum, norm, self.world)
+        finite_grads = norm_value is None or math.isfinite(norm_value)
+        if not math.isfinite(loss_value):
+            self._nonfinite(f"loss is {loss_value}")
+        elif self.scaler is not None:
+            self._scaled_step(span, finite_grads, loss_value)
+        elif not finite_grads:
+            self._nonfinite(f"gradient norm is {norm_value}")
+        else:
+            span.phase.schedule.apply(self.optimizer.param_groups, self.step, span.end)
+            self.optimizer.step()
+            self._epoch_loss = (self._epoch_loss[0] + loss_value, self._epoch_loss[1] + 1)
+        if self.scaler is not None:
+            self.scaler.update()  # after every unscale_(): lowers the scale after an overflow
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value, norm_value
+
+    def _scaled_step(self, span: PhaseSpan, finite_grads: bool, loss_value: float) -> None:
+        """fp16: ``scaler.step`` applies finite gradients and skips an overflow (which is no error:
+        the scale is too high, and ``update`` lowers it)."""
+        if finite_grads:
+            span.phase.schedule.apply(self.optimizer.param_groups, self.step, span.end)
+            self._epoch_loss = (self._epoch_loss[0] + loss_value, self._epoch_loss[1] + 1)
+        else:
+            self.skipped_steps += 1
+        for opt in self._optimizers():
+            self.scaler.step(opt)
+
+    def _grad_norm(self) -> torch.Tensor | None:
+        """The global norm of the trained parameters' gradients (on the device), clipping on the way
+        when ``grad_clip`` is set; ``None`` when no parameter has a gradient."""
+        by_part: dict[str, list[torch.Tensor]] = {}
+        for g in self.optimizer.param_groups:
+            by_part.setdefault(g["part"], []).extend(p for p in g["params"] if p.grad is not None)
+        by_part = {k: v for k, v in by_part.items() if v}
+        if not by_part:
+            return None
         if isinstance(self.grad_clip, Mapping):
-            norms = [torch.nn.utils.clip_grad_norm_(self.parts[p].parameters, c) for p, c in self.grad_clip.items()
-                     if not self.parts.is_frozen(p)]
-            return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
-        if not self.grad_clip:
-            return 0.0  # no clipping: skip the extra pass over the gradients (the loss is still checked)
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        return float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip))
+            norms = []
+            for part, params in by_part.items():
+                norm = nn.utils.get_total_norm([p.grad for p in params])
+                if part in self.grad_clip:
+                    nn.utils.clip_grads_with_norm_(params, self.grad_clip[part], norm)
+                norms.append(norm)
+            return torch.linalg.vector_norm(torch.stack(norms))
+        params = [p for ps in by_part.values() for p in ps]
+        if self.grad_clip:
+            return nn.utils.clip_grad_norm_(params, self.grad_clip)
+        return nn.utils.get_total_norm([p.grad for p in params])
 
     def _optimizers(self) -> list[torch.optim.Optimizer]:
         return list(self.optimizer) if isinstance(self.optimizer, OptimizerSet) else [self.optimizer]
-
-    def _optimizer_step(self) -> None:
-        if self.scaler is None:
-            self.optimizer.step()
-            return
-        for opt in self._optimizers():
-            self.scaler.step(opt)
-        self.scaler.update()
 
     def _nonfinite(self, what: str) -> None:
         """A NaN/inf loss or gradient: drop the gradients; stop, or count the step as skipped (the
@@ -339,11 +516,6 @@ class Trainer:
         groups = self.optimizer.param_groups if self.optimizer else []
         return {f"lr/{g['part']}": g["lr"] for g in groups if g["params"] and "part" in g}
 
-    def _batches(self, data: Any) -> Any:
-        if isinstance(data, torch.utils.data.Dataset):
-            data = torch.utils.data.DataLoader(data, batch_size=self.batch_size, collate_fn=self.collate_fn)
-        return (move_to(b, self.device) for b in data)
-
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         rng = {"cpu": torch.get_rng_state()}
@@ -352,8 +524,9 @@ class Trainer:
         return {"step": self.step, "epoch": self.epoch, "phase": self.span.index if self.span else -1,
                 "optimizer": self.optimizer.state_dict() if self.optimizer else {}, "parts": self.parts.state_dict(),
                 "rng": rng, "history": self.history, "best": self.best, "stale_evals": self._stale_evals,
-                "skipped_steps": self.skipped_steps, "scaler": self.scaler.state_dict() if self.scaler else {},
-                "epoch_loss": list(self._epoch_loss)}
+                "stop_best": self._stop_best, "skipped_steps": self.skipped_steps,
+                "scaler": self.scaler.state_dict() if self.scaler else {}, "epoch_loss": list(self._epoch_loss),
+                "plan": plan_fingerprint(self.plan, self._steps_per_epoch), "plan_changes": list(self.plan_changes)}
 
     def save(self, best: bool = False) -> Path | None:
         """Write a checkpoint (rank 0 only) atomically; returns its directory."""
@@ -365,23 +538,44 @@ class Trainer:
         return ckpt.save_checkpoint(self.run_dir / "checkpoints", f"step-{self.step:08d}", self.model, self.parts,
                                     self.state_dict(), meta, pointers=("latest", "best") if best else ("latest",))
 
-    def _restore(self, source: str | Path, steps_per_epoch: int) -> None:
+    def _restore(self, source: str | Path, steps_per_epoch: int, allow_plan_change: bool) -> None:
         state = ckpt.load_state(source)
-        ckpt.load_weights(self.model, self.parts, source)
+        self._check_plan(state, steps_per_epoch, allow_plan_change)
+        ckpt.load_weights(self.model, self.parts, source)  # complete or refused
         self.step, self.history, self.best = state["step"], state["history"], state["best"]
         self.epoch = self.step // steps_per_epoch
         self._stale_evals, self.skipped_steps = state["stale_evals"], state["skipped_steps"]
+        self._stop_best = state.get("stop_best", state["best"])
         self._epoch_loss = (float(state["epoch_loss"][0]), int(state["epoch_loss"][1]))
-        span = self.plan.span_at(self.step, steps_per_epoch)
-        # saved in the phase the plan gives, or right at its end (the transition had not run yet)
-        allowed = {span.index} | ({span.index - 1} if self.step == span.start else set())
-        if state["phase"] not in allowed:
-            raise ConfigError([f"checkpoint is in phase {state['phase']} at step {self.step}, but the plan puts that "
-                               f"step in phase {span.index}; resume with the plan the run was started with"])
-        self._enter_phase(span)  # the freeze state comes from the plan, never from what happens to be set
+        self._enter_phase(self.plan.span_at(self.step, steps_per_epoch))  # the freeze state comes from the plan
         load_state_by_name(self.optimizer, state["optimizer"])
         if self.scaler is not None and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["cpu"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def _check_plan(self, state: dict[str, Any], steps_per_epoch: int, allow_plan_change: bool) -> None:
+        """Refuse a resume under another plan than the checkpoint's, unless ``allow_plan_change``
+        (then the change is warned about, kept in ``plan_changes`` and told to callbacks)."""
+        step = state["step"]
+        self.plan_changes = list(state.get("plan_changes", []))
+        if "plan" in state:
+            changes = plan_differences(state["plan"], plan_fingerprint(self.plan, steps_per_epoch))
+        else:  # a checkpoint from before plan fingerprints: its phase index must fit the plan
+            span = self.plan.span_at(step, steps_per_epoch)
+            allowed = {span.index} | ({span.index - 1} if step == span.start else set())
+            changes = [] if state["phase"] in allowed else [
+                f"the checkpoint is in phase {state['phase']} at step {step}, the plan puts that step in phase {span.index}"]
+        if not changes:
+            return
+        if not allow_plan_change:
+            raise ConfigError([f"resume: {c}" for c in changes] + [
+                "resume with the plan the run was started with, or pass allow_plan_change=True "
+                "(partwise resume --allow-plan-change) to continue under this one"])
+        recorded = [f"step {step}: {c}" for c in changes]
+        self.plan_changes += recorded
+        warnings.warn("resuming under a changed plan (allow_plan_change=True): " + "; ".join(changes),
+                      RuntimeWarning, stacklevel=4)
+        for cb in self.callbacks:
+            getattr(cb, "on_plan_change", lambda *a: None)(self, recorded)

@@ -142,3 +142,18 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("partwise: error:")
     helped = subprocess.run([str(exe), "train", "--help"], capture_output=True, text=True)
     assert helped.returncode == 0 and "example:" in helped.stdout and "partwise train recipes/g2p.yaml" in helped.stdout
+
+
+def test_resume_under_an_edited_plan_needs_allow_plan_change(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, {**TINY, "plan": [{"name": "x", "steps": 2, "train": {"decoder": 1e-3}}]})
+    run = tmp_path / "run"
+    assert run_cli(capsys, "train", str(recipe))[0] == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["plan"][0]["steps"] = 3  # extend the last phase
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    code, _, err = run_cli(capsys, "resume", str(run))
+    assert code == 2 and "phase 0 ('x').steps: checkpoint 2, now 3" in err and "--allow-plan-change" in err
+    with pytest.warns(RuntimeWarning, match="resuming under a changed plan"):
+        code, _, err = run_cli(capsys, "resume", str(run), "--allow-plan-change")
+    assert code == 0, err
+    assert (run / "plan_changes.txt").read_text() == "step 2: phase 0 ('x').steps: checkpoint 2, now 3\n"

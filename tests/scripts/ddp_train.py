@@ -40,6 +40,7 @@ def main(out: Path) -> None:
     world = dist.get_world_size() if dist.is_initialized() else 1
     torch.save({k: v.clone() for k, v in model.state_dict().items()}, out / f"world{world}-rank{rank}.pt")
     if dist.is_initialized():
+        dist.barrier()  # both ranks done before either tears the group down
         dist.destroy_process_group()
 
 

@@ -1,7 +1,8 @@
 """The ``partwise`` command line: train, resume, eval, predict, inspect, demo.
 
 Bad input (a missing file, malformed YAML, invalid recipe keys or values, a data file with bad lines,
-an existing run directory, a checkpoint from another model) prints one line starting with
+an existing run directory, a checkpoint from another model or plan; any
+:class:`~partwise.PartwiseError`) prints one line starting with
 ``partwise: error:`` and exits with code 2, without a traceback and without overwriting anything.
 """
 
@@ -41,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     p = add("resume", "continue an interrupted run exactly where its last checkpoint left it")
     p.add_argument("run_dir")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps in total")
+    p.add_argument("--allow-plan-change", action="store_true",
+                   help="continue although the plan in config.yaml differs from the checkpoint's (e.g. a longer "
+                        "last phase); the change is recorded in plan_changes.txt")
 
     p = add("eval", "score a run's best checkpoint on a split (the task's metrics, e.g. WER and PER)")
     p.add_argument("run_dir")
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise _bad(f"override {words[0]!r} is not key=value (e.g. training.batch_size=32)")
             return cmd.train(args.recipe, args.overrides, args.overwrite, args.max_steps)
         if args.command == "resume":
-            return cmd.resume(args.run_dir, args.max_steps)
+            return cmd.resume(args.run_dir, args.max_steps, args.allow_plan_change)
         if args.command == "eval":
             return cmd.evaluate(args.run_dir, args.split, args.beam)
         if args.command == "predict":
@@ -103,11 +107,9 @@ def _bad(message: str) -> Exception:
 
 
 def _user_error(e: BaseException) -> bool:
-    from .._errors import ConfigError, PartError
-    from ..data import DataFormatError
+    from .._errors import PartwiseError
 
-    return isinstance(e, ConfigError | PartError | DataFormatError | FileNotFoundError | UnicodeDecodeError
-                      | IsADirectoryError | PermissionError)
+    return isinstance(e, PartwiseError | FileNotFoundError | UnicodeDecodeError | IsADirectoryError | PermissionError)
 
 
 def _one_line(e: BaseException) -> str:

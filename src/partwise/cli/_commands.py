@@ -65,7 +65,7 @@ def _device_batches(loader: Iterable[Any] | None, device: torch.device) -> Itera
 
 
 def run_recipe(recipe: Recipe, run_dir: Path, *, resume: bool = False, max_steps: int | None = None,
-               title: str = "partwise run") -> dict[str, Any]:
+               title: str = "partwise run", allow_plan_change: bool = False) -> dict[str, Any]:
     """Build everything from a validated recipe and train (or continue) it; returns the summary."""
     kind = get_kind(recipe.task.name)
     if recipe.training.threads:
@@ -86,7 +86,7 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, resume: bool = False, max_steps
     t0 = time.perf_counter()
     try:
         trainer.fit(train_loader, dev_loader, resume=run_dir if resume else None, max_steps=max_steps,
-                    max_minutes=recipe.training.max_minutes)
+                    max_minutes=recipe.training.max_minutes, allow_plan_change=allow_plan_change)
     finally:
         for cb in trainer.callbacks:
             cb.close()  # flush the last step rows and TensorBoard, clear the bar
@@ -141,11 +141,12 @@ def _run_config(run_dir: Path) -> Recipe:
     return validate(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))
 
 
-def resume(run_dir: str, max_steps: int | None) -> int:
+def resume(run_dir: str, max_steps: int | None, allow_plan_change: bool = False) -> int:
     path = Path(run_dir)
     recipe = _run_config(path)
     _checkpoint.resolve_checkpoint(path)  # a clear error when there is nothing to resume
-    run_recipe(recipe, path, resume=True, max_steps=max_steps, title=f"partwise resume {run_dir}")
+    run_recipe(recipe, path, resume=True, max_steps=max_steps, title=f"partwise resume {run_dir}",
+               allow_plan_change=allow_plan_change)
     return 0
 
 

@@ -20,6 +20,7 @@ from typing import Any
 __all__ = ["RunLog", "read_rows", "teacher_forcing_ratio", "span_steps_per_epoch"]
 
 METRICS, STEPS, PHASES = "metrics.csv", "steps.csv", "phases.csv"
+PLAN_CHANGES = "plan_changes.txt"  # one line per plan change accepted on resume
 PHASE_COLUMNS = ("index", "name", "start_step", "end_step", "start_epoch")
 _FLUSH_EVERY = 1000  # buffered step rows written before an epoch ends (long epochs)
 
@@ -170,6 +171,13 @@ class RunLog:
         _, rows = read_rows(path)
         rows = [r for r in rows if r.get("index") != str(span.index)] + [row]  # a resume re-enters a phase
         _write_atomic(path, PHASE_COLUMNS, sorted(rows, key=lambda r: int(r["index"])))
+
+    def on_plan_change(self, trainer: Any, changes: Sequence[str]) -> None:
+        """A resume accepted a changed plan (``--allow-plan-change``): append it to ``plan_changes.txt``."""
+        if getattr(trainer, "rank", 0) != 0:
+            return
+        with open(self.run_dir / PLAN_CHANGES, "a", encoding="utf-8") as f:
+            f.writelines(f"{line}\n" for line in changes)
 
     def on_step_end(self, trainer: Any, logs: Mapping[str, Any]) -> None:
         if getattr(trainer, "rank", 0) != 0:

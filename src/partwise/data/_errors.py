@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from .._errors import PartwiseError
+
 __all__ = ["DataFormatError"]
 
 
-class DataFormatError(ValueError):
+class DataFormatError(PartwiseError, ValueError):
     """A data file has lines that do not follow its expected format.
 
     The message lists every offending line number, shows the first few lines, names the file

@@ -38,6 +38,11 @@ class Seq2SeqTask:
         self.teacher_forcing, self.label_smoothing = teacher_forcing, label_smoothing
         self.tgt_vocab, self.beam_size, self.max_len_ratio = tgt_vocab, beam_size, max_len_ratio
 
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """What :meth:`evaluate` returns (WER and PER need ``tgt_vocab`` and references in the dataset)."""
+        return ("loss", "token_acc", "wer", "per") if self.tgt_vocab is not None else ("loss", "token_acc")
+
     def logits(self, model: nn.Module, batch: Any, ctx: StepContext | None = None, memory: Memory | None = None) -> Tensor:
         if memory is None:
             memory = model.encode(batch.src, batch.src_mask)

@@ -168,6 +168,8 @@ class DigitsCycleTask:
     True
     """
 
+    metrics = ("recon_mse", "cycle_loss", "pixel_mse", "untrained_cycle_loss", "untrained_pixel_mse")
+
     def __init__(self, autoencoder_phases: Sequence[str] = ("autoencoder",), seed: int = 0):
         if isinstance(autoencoder_phases, str) or not all(isinstance(p, str) for p in autoencoder_phases):
             raise TypeError(f"autoencoder_phases={autoencoder_phases!r} must be a list of phase names "

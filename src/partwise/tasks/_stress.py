@@ -24,7 +24,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
 from .._checkpoint import resolve_checkpoint
-from .._errors import ConfigError, PartError
+from .._errors import CheckpointError, ConfigError, PartError
 from .._surgery import load_part
 from ..cli._config import Recipe
 from ..cli._kinds import KindData
@@ -180,6 +180,8 @@ class StressTask:
     Implements the frozen-encoder cache protocol (:mod:`partwise._cache`).
     """
 
+    metrics = ("loss", "stress_acc", "syllables_acc", "both_acc", "majority_stress_acc", "majority_syllables_acc")
+
     def __init__(self, majority_stress: int = 0, majority_syllables: int = 2) -> None:
         self.majority_stress, self.majority_syllables = majority_stress, majority_syllables
 
@@ -332,7 +334,7 @@ class StressKind:
             try:  # the run's best checkpoint (the one its eval scores), else its latest
                 best = opts.run / "checkpoints" / "best"
                 load_part(model, "encoder", resolve_checkpoint(opts.run, "best" if best.is_file() else "latest"))
-            except (PartError, FileNotFoundError) as e:
+            except (PartError, CheckpointError, FileNotFoundError) as e:
                 raise ConfigError([f"task.args.encoder: the encoder of run {str(opts.run)!r} does not fit the "
                                    f"stress model's GRUEncoder(emb {ENCODER_EMB}, hidden {ENCODER_HIDDEN}, "
                                    f"one direction, one layer): {e}"]) from None

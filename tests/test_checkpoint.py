@@ -1,0 +1,110 @@
+"""Checkpoint loading is complete or refused: both directions, shapes and dtypes, every mismatch listed;
+partial loads only when asked; damaged files are a CheckpointError; tied targets are not overwritten."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import partwise as pw
+from partwise._checkpoint import load_state, save_checkpoint
+
+
+def net(norm: bool = False) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.encoder = nn.Sequential(nn.Linear(4, 8), *([nn.BatchNorm1d(8)] if norm else []))
+    model.decoder = nn.Linear(8, 3)
+    return model
+
+
+def saved(tmp_path, model: nn.Module):
+    return save_checkpoint(tmp_path, "step-1", model, pw.Parts(model), {}, {})
+
+
+def test_a_checkpoint_missing_a_batchnorm_is_refused_listing_every_tensor(tmp_path):
+    ckpt = saved(tmp_path, net(norm=False))
+    model = net(norm=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(pw.CheckpointError, match="5 problem") as e:
+        pw.load_weights(model, pw.Parts(model), ckpt)
+    assert sorted(e.value.problems) == sorted(
+        f"encoder.1.{k} (part 'encoder') is missing from the checkpoint"
+        for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
+
+
+def test_unexpected_tensors_and_dtypes_are_mismatches_too(tmp_path):
+    ckpt = saved(tmp_path, net(norm=True))
+    small = net(norm=False).double()
+    with pytest.raises(pw.CheckpointError) as e:
+        pw.load_weights(small, pw.Parts(small), ckpt)
+    problems = e.value.problems
+    assert "encoder.0.weight: checkpoint dtype torch.float32 vs model torch.float64" in problems
+    assert "encoder.1.running_mean is in the checkpoint but not in the model" in problems
+
+
+def test_strict_false_loads_what_fits_and_reports_the_rest(tmp_path):
+    source = net(norm=False)
+    ckpt = saved(tmp_path, source)
+    model = net(norm=True)
+    with torch.no_grad():
+        model.decoder.weight.zero_()
+    with pytest.warns(RuntimeWarning, match=r"not loaded \(5\): encoder.1.weight \(part 'encoder'\) is missing"):
+        pw.load_weights(model, pw.Parts(model), ckpt, strict=False)
+    assert torch.equal(model.decoder.weight, source.decoder.weight)
+
+
+def test_loading_only_some_parts_checks_those_parts_completely(tmp_path):
+    ckpt = saved(tmp_path, net(norm=False))
+    model = net(norm=True)
+    assert pw.load_weights(model, pw.Parts(model), ckpt, only=["decoder"]) == ["decoder"]
+    with pytest.raises(pw.CheckpointError, match="encoder.1.running_var"):
+        pw.load_weights(model, pw.Parts(model), ckpt, only=["encoder"])
+
+
+def test_a_damaged_checkpoint_is_a_checkpoint_error(tmp_path):
+    ckpt = saved(tmp_path, net())
+    (ckpt / "part-decoder.safetensors").write_bytes(b"\x00garbage")
+    model = net()
+    with pytest.raises(pw.CheckpointError, match="part-decoder.safetensors cannot be read.*damaged"):
+        pw.load_weights(model, pw.Parts(model), ckpt)
+    (ckpt / "state.pt").write_bytes(b"not a torch file")
+    with pytest.raises(pw.CheckpointError, match="state.pt' cannot be read"):
+        load_state(ckpt)
+    with pytest.raises(pw.CheckpointNotFound):
+        pw.load_weights(model, pw.Parts(model), tmp_path / "nowhere")
+
+
+def test_a_part_name_that_cannot_name_a_file_is_refused_before_writing(tmp_path):
+    model = net()
+    parts = pw.Parts(model, {"enc/dec": ["encoder", "decoder"]})
+    with pytest.raises(pw.CheckpointError, match="part name 'enc/dec' cannot name a checkpoint file"):
+        save_checkpoint(tmp_path, "step-1", model, parts, {}, {})
+    assert not any(tmp_path.iterdir())
+
+
+class Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(5, 4)
+        self.out = nn.Linear(4, 5, bias=False)
+        self.out.weight = self.embed.weight  # one tensor under two names
+
+
+def test_transfer_state_warns_when_two_source_tensors_map_onto_one_tied_target():
+    target = Tied()
+    source = {"embed.weight": torch.ones(5, 4), "out.weight": torch.zeros(5, 4)}
+    with pytest.warns(RuntimeWarning, match=r"one tied tensor.*copied 'embed.weight' only"):
+        report = pw.transfer_state(source, target)
+    assert torch.equal(target.embed.weight, torch.ones(5, 4))  # the first name, not whichever came last
+    assert report.copied == ("embed.weight",)
+    agreeing = {"embed.weight": torch.ones(5, 4), "out.weight": torch.ones(5, 4)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # equal values for a tied target: nothing to warn about
+        report = pw.transfer_state(agreeing, Tied())
+    assert report.copied == ("embed.weight", "out.weight")
+
