@@ -10,6 +10,7 @@ as one :class:`~partwise.ConfigError`, with its path in the recipe.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -27,20 +28,27 @@ __all__ = ["check_recipe", "device_problems", "optimizer_problems", "grad_clip_p
 DEVICE_FIX = "use device: auto (CUDA when available, else CPU) or cpu"
 
 
-def check_recipe(recipe: Recipe) -> None:
-    """Raise one :class:`ConfigError` listing every problem of ``recipe`` found without its data."""
+def check_recipe(recipe: Recipe, source: str | None = None) -> None:
+    """Raise one :class:`ConfigError` listing every problem of ``recipe`` found without its data
+    (``source``: the file the recipe came from, named in the message)."""
+    try:
+        problems = _problems(recipe)
+    except ConfigError as e:  # the kind's checks, or parts and plan that cannot be built
+        raise ConfigError(e.errors, e.source or source) from None
+    if problems:
+        raise ConfigError(problems, source)
+
+
+def _problems(recipe: Recipe) -> list[str]:
     kind = get_kind(recipe.task.name)
     kind.check(recipe)
     problems = device_problems(recipe)
-    if hasattr(kind, "model_for_check"):
-        parts = build.build_parts(recipe, kind.model_for_check(recipe))
-        plan = build.build_plan(recipe, parts)
-        problems += optimizer_problems(plan, parts) + grad_clip_problems(recipe, parts)
-        problems += metric_problems(recipe, kind, parts.names)
-    else:
-        problems += metric_problems(recipe, kind, None)
-    if problems:
-        raise ConfigError(problems)
+    if not hasattr(kind, "model_for_check"):
+        return problems + metric_problems(recipe, kind, None)
+    parts = build.build_parts(recipe, kind.model_for_check(recipe))
+    plan = build.build_plan(recipe, parts)
+    return (problems + optimizer_problems(plan, parts) + grad_clip_problems(recipe, parts)
+            + metric_problems(recipe, kind, parts.names))
 
 
 def device_problems(recipe: Recipe) -> list[str]:
@@ -92,9 +100,16 @@ def optimizer_problems(plan: Plan, parts: Parts) -> list[str]:
             build_optimizer(parts, per_part=ph.train_options(), default={"name": "adamw", **ph.optimizer},
                             separate=ph.separate)
         except (PartError, ConfigError, ValueError, TypeError, KeyError) as e:
-            why = " ".join(str(e).split())
+            why = _per_part_once(" ".join(str(e).split()))
             problems.append(f"plan.{i} ({ph.name!r}): optimizer: {why}; fix optimizer or plan.{i}.optimizer / plan.{i}.train")
     return problems
+
+
+def _per_part_once(message: str) -> str:
+    """``part 'a': X | part 'b': X`` -> ``X`` (the same problem for every part is said once)."""
+    pieces = message.split(" | ")
+    bodies = {re.sub(r"^part '[^']*': ", "", p) for p in pieces}
+    return bodies.pop() if len(bodies) == 1 else message
 
 
 def grad_clip_problems(recipe: Recipe, parts: Parts) -> list[str]:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .. import _checkpoint
-from .._errors import ConfigError
+from .._errors import ConfigError, PartError
 from .._plan import Plan
 from .._trainer import Trainer
 from ..data import DataFormatError
@@ -191,7 +191,7 @@ def _train_new(recipe: Recipe, run_dir: Path, *, max_steps: int | None, title: s
 
 def train(recipe_path: str, overrides: list[str], overwrite: bool, max_steps: int | None) -> int:
     recipe, _ = load_recipe(recipe_path, overrides)
-    check_recipe(recipe)
+    check_recipe(recipe, recipe_path)
     run_dir = Path(recipe.run_dir)
     prior = plan_run_dir(run_dir, overwrite)  # read-only: refuses before the data is even read
     try:
@@ -226,6 +226,18 @@ def read_artifacts(run_dir: Path) -> dict[str, Any]:
     return saved
 
 
+def _load_weights(model: Any, parts: Any, ckpt: Path, run_dir: Path) -> None:
+    try:
+        _checkpoint.load_weights(model, parts, ckpt)
+    except PartError as e:
+        raise BadFileError(f"{_one_line(e)}; {run_dir / 'config.yaml'} does not describe the model this checkpoint "
+                           "was trained with: restore the run's own config.yaml") from None
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
 def _finished(built: Built, state: dict[str, Any]) -> str | None:
     """Why a run needs no more training (``None`` if it does)."""
     step, total = state["step"], built.total_steps
@@ -240,12 +252,12 @@ def _finished(built: Built, state: dict[str, Any]) -> str | None:
 def resume(run_dir: str, max_steps: int | None) -> int:
     path = run_folder(Path(run_dir), "resume")
     recipe = read_run_config(path)
-    check_recipe(recipe)
+    check_recipe(recipe, str(path / "config.yaml"))
     ckpt = checkpoint_dir(path, "latest")
     check_weight_files(ckpt, read_meta(ckpt))
     state = read_state(ckpt)
     built = build_run(recipe, read_artifacts(path), path / "artifacts.json")
-    _checkpoint.load_weights(built.model, built.parts, ckpt)  # does the checkpoint fit this model? (PartError)
+    _load_weights(built.model, built.parts, ckpt, path)  # does the checkpoint fit this model?
     done = _finished(built, state)
     if done is not None:
         _say(f"{run_dir}: the run is {done}; nothing to resume, nothing changed "
@@ -275,7 +287,7 @@ def load_run(run_dir: Path, which: str = "best", command: str = "eval") -> tuple
     data = _load_data(kind, recipe, read_artifacts(path), path / "artifacts.json")
     model = kind.build_model(recipe, data)
     parts = build.build_parts(recipe, model)
-    _checkpoint.load_weights(model, parts, ckpt)
+    _load_weights(model, parts, ckpt, path)
     return recipe, kind, model.eval(), data, parts
 
 
@@ -328,7 +340,7 @@ def predict(run_dir: str, words: list[str], file: str | None, beam_size: int | N
 
 def inspect(recipe_path: str, overrides: list[str]) -> int:
     recipe, _ = load_recipe(recipe_path, overrides)
-    check_recipe(recipe)
+    check_recipe(recipe, recipe_path)
     built = build_run(recipe)
     model, parts, steps = built.model, built.parts, built.steps_per_epoch
     _say(f"task: {recipe.task.name}; model: {recipe.model.name} ({sum(p.numel() for p in model.parameters()):,} "

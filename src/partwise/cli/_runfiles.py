@@ -211,7 +211,8 @@ def read_state(ckpt: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - refused pickles, truncation, garbage: all "not a training state"
-        why = " ".join(str(e).split("\n")[0].split())[:120]
+        why = " ".join(str(e).split())
+        why = why.split(". ")[0][:120]
         raise BadFileError(f"{path}: not a partwise training state (refused to load it: {why}); {fix}") from None
     missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
