@@ -1,12 +1,11 @@
 """A corpus of bad inputs through every command: each gives exit code 2, one line naming the problem,
 no traceback, and leaves every file as it was (no run directory created, no existing run changed).
 
-One tiny real run is trained once per module; each case damages its own copy of it.
+One tiny real run is trained once per session (conftest.py); each case damages its own copy of it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,52 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-from partwise.cli import main
-
-TINY = {
-    "data": {"name": "cmudict", "limit": 60},  # 67 training rows: 3 steps per epoch
-    "model": {"name": "gru", "args": {"emb": 8, "hidden": 16, "attention": "dot", "dropout": 0.0}},
-    "separate": True,
-    "plan": [
-        {"name": "joint", "epochs": 1, "train": {"encoder": 3e-3, "decoder": 5e-3}},
-        {"name": "decoder", "epochs": 1, "train": {"decoder": 1e-3}},
-    ],
-    "training": {"batch_size": 32, "best_metric": "wer"},
-}
-NEW_RUN = "new_run"  # where every failing `train` case points run_dir: it must never appear
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def tree_hash(root: Path) -> str:
-    """Names, kinds and bytes of everything under ``root``."""
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        h.update(str(path.relative_to(root)).encode())
-        h.update(b"F" + path.read_bytes() if path.is_file() and not path.is_symlink() else b"D")
-    return h.hexdigest()
-
-
-def write_recipe(folder: Path, recipe: dict, name: str = "tiny.yaml") -> Path:
-    path = folder / name
-    path.write_text(yaml.safe_dump({"run_dir": str(folder / NEW_RUN), **recipe}), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory) -> Path:
-    """A real tiny run stopped at step 3 of 6 (resumable), with metrics, logs and a best checkpoint."""
-    folder = tmp_path_factory.mktemp("base")
-    recipe = write_recipe(folder, {**TINY, "run_dir": str(folder / "run")})
-    assert main(["train", str(recipe), "--max-steps", "3", f"run_dir={folder / 'run'}"]) == 0
-    run = folder / "run"
-    assert (run / "metrics.csv").is_file() and (run / "checkpoints" / "best").is_file()
-    return run
+from cli_helpers import NEW_RUN, TINY, run_cli, tree_hash, write_recipe
 
 
 # -- the corpus ------------------------------------------------------------------------------------

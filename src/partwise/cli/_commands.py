@@ -27,8 +27,16 @@ from ._checks import check_recipe
 from ._config import Recipe, dump, load_recipe, validate
 from ._kinds import KindData, get_kind
 from ._rundir import Prior, create_run_dir, discard_attempt, plan_run_dir
-from ._runfiles import (BadFileError, check_weight_files, checkpoint_dir, read_json, read_meta, read_state,
-                        read_yaml, run_folder)
+from ._runfiles import (
+    BadFileError,
+    check_weight_files,
+    checkpoint_dir,
+    read_json,
+    read_meta,
+    read_state,
+    read_yaml,
+    run_folder,
+)
 
 __all__ = ["train", "resume", "evaluate", "predict", "inspect", "run_recipe", "format_metrics", "load_run"]
 
