@@ -163,6 +163,18 @@ def _(run: Path, d: Path) -> list[str]:
     return ["train", str(recipe), f"run_dir={run}", "--overwrite"]
 
 
+@case("run_dir inside a file", "cannot be created", "is a file")
+def _(run: Path, d: Path) -> list[str]:
+    (d / "data.txt").write_text("x")
+    return train_with(d, f"run_dir={d / 'data.txt' / 'run'}")
+
+
+@case("--overwrite through a symbolic link", "--overwrite refused", "symbolic link")
+def _(run: Path, d: Path) -> list[str]:
+    (d / "link").symlink_to(run, target_is_directory=True)
+    return train_with(d, f"run_dir={d / 'link'}", "--overwrite")
+
+
 @case("existing run without --overwrite", "holds a partwise run", "--overwrite", "partwise resume")
 def _(run: Path, d: Path) -> list[str]:
     return train_with(d, f"run_dir={run}")

@@ -10,10 +10,12 @@ as one :class:`~partwise.ConfigError`, with its path in the recipe.
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
 import torch
+from torch import nn
 
 from .._errors import ConfigError, PartError
 from .._optim import build_optimizer
@@ -28,24 +30,32 @@ __all__ = ["check_recipe", "device_problems", "optimizer_problems", "grad_clip_p
 DEVICE_FIX = "use device: auto (CUDA when available, else CPU) or cpu"
 
 
-def check_recipe(recipe: Recipe, source: str | None = None) -> None:
+def check_recipe(recipe: Recipe, source: str | None = None, model: nn.Module | None = None) -> None:
     """Raise one :class:`ConfigError` listing every problem of ``recipe`` found without its data
-    (``source``: the file the recipe came from, named in the message)."""
+    (``source``: the file the recipe came from, named in the message).
+
+    ``model``: a run's model already built from its saved artifacts (``resume``); the checks then run
+    on a copy of it instead of the kind's stand-in, and the kind's own checks are skipped (they look
+    at what only a new run needs, such as a source run to copy an encoder from)."""
     try:
-        problems = _problems(recipe)
+        problems = _problems(recipe, model)
     except ConfigError as e:  # the kind's checks, or parts and plan that cannot be built
         raise ConfigError(e.errors, e.source or source) from None
     if problems:
         raise ConfigError(problems, source)
 
 
-def _problems(recipe: Recipe) -> list[str]:
+def _problems(recipe: Recipe, model: nn.Module | None) -> list[str]:
     kind = get_kind(recipe.task.name)
-    kind.check(recipe)
+    if model is None:
+        kind.check(recipe)
+        model = kind.model_for_check(recipe) if hasattr(kind, "model_for_check") else None
+    else:
+        model = copy.deepcopy(model)  # optimizer_problems freezes and unfreezes its parts
     problems = device_problems(recipe)
-    if not hasattr(kind, "model_for_check"):
+    if model is None:
         return problems + metric_problems(recipe, kind, None)
-    parts = build.build_parts(recipe, kind.model_for_check(recipe))
+    parts = build.build_parts(recipe, model)
     plan = build.build_plan(recipe, parts)
     return (problems + optimizer_problems(plan, parts) + grad_clip_problems(recipe, parts)
             + metric_problems(recipe, kind, parts.names))

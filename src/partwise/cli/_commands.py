@@ -31,6 +31,7 @@ from ._runfiles import (
     BadFileError,
     check_weight_files,
     checkpoint_dir,
+    has_checkpoint,
     read_json,
     read_meta,
     read_state,
@@ -212,7 +213,7 @@ def train(recipe_path: str, overrides: list[str], overwrite: bool, max_steps: in
 
 
 def _interrupted(run_dir: Path) -> None:
-    if run_dir.is_dir() and (run_dir / "checkpoints").is_dir():
+    if run_dir.is_dir() and has_checkpoint(run_dir):
         print(f"partwise: interrupted; the last complete checkpoint is intact: `partwise resume {run_dir}`", file=sys.stderr)
     else:
         print("partwise: interrupted before the first checkpoint; nothing to resume", file=sys.stderr)
@@ -260,11 +261,11 @@ def _finished(built: Built, state: dict[str, Any]) -> str | None:
 def resume(run_dir: str, max_steps: int | None) -> int:
     path = run_folder(Path(run_dir), "resume")
     recipe = read_run_config(path)
-    check_recipe(recipe, str(path / "config.yaml"))
     ckpt = checkpoint_dir(path, "latest")
     check_weight_files(ckpt, read_meta(ckpt))
     state = read_state(ckpt)
     built = build_run(recipe, read_artifacts(path), path / "artifacts.json")
+    check_recipe(recipe, str(path / "config.yaml"), model=built.model)
     _load_weights(built.model, built.parts, ckpt, path)  # does the checkpoint fit this model?
     done = _finished(built, state)
     if done is not None:

@@ -41,6 +41,10 @@ def plan_run_dir(run_dir: Path, overwrite: bool) -> Prior:
     if not run_dir.exists():
         if run_dir.is_symlink():
             raise BadFileError(f"run_dir: {name!r} is a broken link; remove it or set run_dir=... to another path")
+        blocker = next((p for p in run_dir.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise BadFileError(f"run_dir: {name!r} cannot be created: {str(blocker)!r} is a file; set run_dir=... "
+                               "to a folder path")
         return Prior.NEW
     if not run_dir.is_dir():
         raise BadFileError(f"run_dir: {name!r} is a file, not a folder; set run_dir=... to a folder path")
@@ -51,11 +55,15 @@ def plan_run_dir(run_dir: Path, overwrite: bool) -> Prior:
         what = "--overwrite refused" if overwrite else "run_dir"
         raise BadFileError(f"{what}: {name!r} is not a partwise run ({foreign}), so partwise will not write into it "
                            "or remove it; set run_dir=... to a new path")
-    if not has_checkpoint(run_dir) and (run_dir / MARKER).is_file() and not _creator_alive(run_dir):
+    if (not has_checkpoint(run_dir) and (run_dir / MARKER).is_file() and not run_dir.is_symlink()
+            and not _creator_alive(run_dir)):
         return Prior.REPLACE  # an attempt that stopped before its first checkpoint: nothing to resume
     if not overwrite:
         raise BadFileError(f"run_dir: {name!r} holds a partwise run; pass --overwrite to replace it, "
                            f"`partwise resume {run_dir}` to continue it, or set run_dir=... to another path")
+    if run_dir.is_symlink():
+        raise BadFileError(f"--overwrite refused: run_dir {name!r} is a symbolic link; partwise replaces only a run "
+                           "folder itself: give its real path, or set run_dir=... to another path")
     return Prior.REPLACE
 
 
