@@ -6,9 +6,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cli_helpers import TINY, write_recipe
 
 from partwise.cli import main
+
+from .cli_helpers import TINY, write_recipe
 
 
 @pytest.fixture(scope="session")

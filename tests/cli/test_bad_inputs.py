@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from cli_helpers import NEW_RUN, TINY, run_cli, tree_hash, write_recipe
+
+from .cli_helpers import NEW_RUN, TINY, run_cli, tree_hash, write_recipe
 
 
 # -- the corpus ------------------------------------------------------------------------------------

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import NEW_RUN, TINY, run_cli, tree_hash, write_recipe
 
 from partwise.cli._kinds import METRICS
 from partwise.cli._runfiles import MARKER
 from partwise.cli._runlog import read_rows
+
+from .cli_helpers import NEW_RUN, TINY, run_cli, tree_hash, write_recipe
 
 
 def copy_of(run: Path, tmp_path: Path) -> Path:

@@ -194,7 +194,7 @@ def _train_new(recipe: Recipe, run_dir: Path, *, max_steps: int | None, title: s
         return _fit_and_report(built, trainer, run_dir, resume=None, max_steps=max_steps, title=title)
     except BaseException:
         if discard_attempt(run_dir, prior):
-            print(f"partwise: {run_dir} removed: the run stopped before its first checkpoint", file=sys.stderr)
+            _say(f"({run_dir} removed: the run stopped before its first checkpoint, so there is nothing to resume)")
         raise
 
 
