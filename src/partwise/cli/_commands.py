@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .. import _checkpoint
+from .. import _checkpoint, _errors
 from .._errors import ConfigError, PartError
 from .._plan import Plan
 from .._trainer import Trainer
@@ -238,7 +238,7 @@ def read_artifacts(run_dir: Path) -> dict[str, Any]:
 def _load_weights(model: Any, parts: Any, ckpt: Path, run_dir: Path) -> None:
     try:
         _checkpoint.load_weights(model, parts, ckpt)
-    except PartError as e:
+    except (PartError, getattr(_errors, "CheckpointError", PartError)) as e:  # CheckpointError: once the library has it
         raise BadFileError(f"{_one_line(e)}; {run_dir / 'config.yaml'} does not describe the model this checkpoint "
                            "was trained with: restore the run's own config.yaml") from None
 
