@@ -112,9 +112,10 @@ def test_existing_run_dir_is_not_overwritten(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "precious.txt").write_text("keep me")
-    code, _, err = run_cli(capsys, "train", str(recipe))
-    assert code == 2 and "--overwrite" in err
-    assert (run / "precious.txt").read_text() == "keep me"
+    for extra in ([], ["--overwrite"]):  # a folder that is not a partwise run is never written or removed
+        code, _, err = run_cli(capsys, "train", str(recipe), *extra)
+        assert code == 2 and "is not a partwise run" in err and "precious.txt" in err
+        assert (run / "precious.txt").read_text() == "keep me" and len(list(run.iterdir())) == 1
 
 
 def test_eval_of_a_checkpoint_from_another_model(tmp_path, capsys):

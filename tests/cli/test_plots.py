@@ -78,9 +78,10 @@ def test_metric_panel_and_teacher_forcing_plot_only_when_logged(tmp_path):
 def test_plots_need_a_logged_run(tmp_path):
     with pytest.raises(ValueError, match="attach a RunLog"):
         make_plots(tmp_path)
-    RunLog(tmp_path).on_step_end(SimpleNamespace(span=None, task=None), {"step": 1, "loss": 1.0, "lr/a": 0.1})
     (tmp_path / "metrics.csv").write_text("epoch,step,train_loss\n")  # stopped before an epoch ended
-    assert make_plots(tmp_path) == []  # nothing flushed yet: nothing to draw, no error
+    assert make_plots(tmp_path) == []  # no rows yet: nothing to draw, no error
+    RunLog(tmp_path).on_step_end(SimpleNamespace(span=None, task=None), {"step": 1, "loss": 1.0, "lr/a": 0.1})
+    assert [p.name for p in make_plots(tmp_path)] == ["lr.png"]  # step rows are on disk at once; no epoch yet
     with pytest.raises(FileNotFoundError, match="not a folder"):
         make_plots(tmp_path / "missing")
 

@@ -193,3 +193,29 @@ def test_progress_rejects_bad_arguments():
         ProgressBar(total_steps=0)
     with pytest.raises(TypeError, match="enabled='yes'"):
         ProgressBar(enabled="yes")
+
+
+def test_step_rows_are_on_disk_as_soon_as_the_step_is_done(tmp_path):
+    """A run killed mid-epoch keeps every step it logged (resume drops the ones past its checkpoint)."""
+    log = RunLog(tmp_path)
+    fake = SimpleNamespace(rank=0, span=None, task=SimpleNamespace(), step=0, epoch=0)
+    for step in (1, 2, 3):
+        log.on_step_end(fake, {"step": step, "loss": 1.0, "lr/dec": 0.1})
+        assert [r["step"] for r in rows(tmp_path / "steps.csv")[1]] == [str(s) for s in range(1, step + 1)]
+    log.on_step_end(fake, {"step": 4, "loss": 1.0, "lr/dec": 0.1, "lr/enc": 0.2})  # a new column: file rewritten
+    log.on_step_end(fake, {"step": 5, "loss": 1.0, "lr/dec": 0.1, "lr/enc": 0.2})
+    header, logged = rows(tmp_path / "steps.csv")
+    assert header == ["step", "loss", "lr/dec", "lr/enc"] and [r["step"] for r in logged] == ["1", "2", "3", "4", "5"]
+    log.close()
+
+
+def test_a_log_that_saw_no_step_writes_nothing(tmp_path):
+    """A resume that fails while the trainer restores its checkpoint leaves the logs as they were."""
+    (tmp_path / "steps.csv").write_text("step,loss\n1,0.5\n2,0.4\n")
+    (tmp_path / "phases.csv").write_text("index,name,start_step,end_step,start_epoch\n0,a,0,4,1\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    log = RunLog(tmp_path)
+    span = SimpleNamespace(index=0, start=0, end=4, phase=SimpleNamespace(name="a", epochs=None, teacher_forcing=None))
+    log.on_phase_start(SimpleNamespace(rank=0, step=1, epoch=0), span)  # would truncate after step 1
+    log.close()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -1,15 +1,19 @@
 """The ``partwise`` command line: train, resume, eval, predict, inspect, demo.
 
-Bad input (a missing file, malformed YAML, invalid recipe keys or values, a data file with bad lines,
-an existing run directory, a checkpoint from another model or plan; any
-:class:`~partwise.PartwiseError`) prints one line starting with
-``partwise: error:`` and exits with code 2, without a traceback and without overwriting anything.
+Bad input (a bad option, a missing file, malformed YAML, invalid recipe keys or values, an unavailable
+device, a data file with bad lines, an existing run directory, damaged run files, a checkpoint from
+another model) prints one line starting with ``partwise: error:`` (or ``partwise CMD: error:`` for a
+bad option) and exits with code 2, without a traceback; every check runs before anything is written.
+A bug in partwise prints its traceback, says to report it, and exits with code 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
+from collections.abc import Callable
+from typing import NoReturn
 
 __all__ = ["main"]
 
@@ -23,39 +27,77 @@ EXAMPLES = {
 }
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="partwise", description="Train encoder-decoder models part by part.",
-                                     epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``partwise train: error: ... (see partwise train --help)``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+
+def _count(option: str, example: str) -> Callable[[str], int]:
+    """An argparse ``type=`` for whole numbers >= 1, with a message naming the option and an example."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{option} {text!r} must be a whole number >= 1 (e.g. {option} {example})")
+        return value
+
+    parse.__name__ = option  # argparse names the type in some messages
+    return parse
+
+
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"--minutes {text!r} must be a number of minutes > 0 (e.g. --minutes 3)")
+    return value
+
+
+def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    parser = _Parser(prog="partwise", description="Train encoder-decoder models part by part.",
+                     epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()),
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subs: dict[str, argparse.ArgumentParser] = {}
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_, description=help_, epilog=f"example:\n  {EXAMPLES[name]}",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        subs[name] = sub.add_parser(name, help=help_, description=help_, epilog=f"example:\n  {EXAMPLES[name]}",
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        return subs[name]
 
+    max_steps = _count("--max-steps", "100")
     p = add("train", "train a recipe into its run directory")
     p.add_argument("recipe", help="recipe YAML file, e.g. recipes/g2p.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override recipe values (dotted keys)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (resumable)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run directory (only ever a partwise run; see README)")
+    p.add_argument("--max-steps", type=max_steps, default=None, help="stop after N optimizer steps (resumable)")
 
     p = add("resume", "continue an interrupted run exactly where its last checkpoint left it")
     p.add_argument("run_dir")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps in total")
+    p.add_argument("--max-steps", type=max_steps, default=None, help="stop after N optimizer steps in total")
     p.add_argument("--allow-plan-change", action="store_true",
                    help="continue although the plan in config.yaml differs from the checkpoint's (e.g. a longer "
                         "last phase); the change is recorded in plan_changes.txt")
 
+    beam = _count("--beam", "5")
     p = add("eval", "score a run's best checkpoint on a split (the task's metrics, e.g. WER and PER)")
     p.add_argument("run_dir")
     p.add_argument("--split", choices=["dev", "test"], default="test")
-    p.add_argument("--beam", type=int, default=None, help="beam size (default: the recipe's)")
+    p.add_argument("--beam", type=beam, default=None, help="beam size >= 1 (default: the recipe's)")
 
     p = add("predict", "predict outputs for words given as arguments, in a file, or on stdin ('-')")
     p.add_argument("run_dir")
     p.add_argument("words", nargs="*")
     p.add_argument("--file", default=None, help="a file with one word per line ('-' for stdin)")
-    p.add_argument("--beam", type=int, default=None)
+    p.add_argument("--beam", type=beam, default=None, help="beam size >= 1 (default: the recipe's)")
 
     p = add("inspect", "print the parts table and the plan's dry run, without training")
     p.add_argument("recipe")
@@ -63,41 +105,63 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("demo", "train G2P on CMUdict for a few minutes and show the results")
     p.add_argument("--run-dir", default="runs/demo", help="where the demo writes (a previous demo there is replaced)")
-    p.add_argument("--minutes", type=float, default=None, help="training time budget (default: the demo's)")
-    return parser
+    p.add_argument("--minutes", type=_minutes, default=None, help="training time budget (default: the demo's)")
+    return parser, subs
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Options may come anywhere among the positional arguments (``predict RUN --beam 3 word``)."""
+    parser, subs = _parsers()
+    if argv and argv[0] in subs:
+        args = subs[argv[0]].parse_intermixed_args(argv[1:])
+        args.command = argv[0]
+        return args
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``partwise`` console script; returns the exit code."""
-    args = _parser().parse_args(argv)
-    from . import _commands as cmd
-
     try:
-        if args.command == "train":
-            words = [w for w in args.overrides if "=" not in w]
-            if words:
-                raise _bad(f"override {words[0]!r} is not key=value (e.g. training.batch_size=32)")
-            return cmd.train(args.recipe, args.overrides, args.overwrite, args.max_steps)
-        if args.command == "resume":
-            return cmd.resume(args.run_dir, args.max_steps, args.allow_plan_change)
-        if args.command == "eval":
-            return cmd.evaluate(args.run_dir, args.split, args.beam)
-        if args.command == "predict":
-            words = [w for w in args.words if w != "-"]
-            return cmd.predict(args.run_dir, words, "-" if "-" in args.words else args.file, args.beam)
-        if args.command == "inspect":
-            return cmd.inspect(args.recipe, args.overrides)
-        from ._demo import demo
-
-        return demo(args.run_dir, args.minutes)
+        args = parse_args(sys.argv[1:] if argv is None else list(argv))
+    except SystemExit as e:  # --help (0) or a bad argument (2, its one line already printed)
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        return _run(args)
     except KeyboardInterrupt:
-        print("partwise: interrupted; the last complete checkpoint is intact (partwise resume RUN_DIR)", file=sys.stderr)
+        print("partwise: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - user-facing errors become one line and exit code 2
         if not _user_error(e):
-            raise
+            traceback.print_exc()
+            print(f"partwise: internal error ({type(e).__name__}): this is a bug in partwise, not a problem with "
+                  "your input; please report it with the traceback above and the command you ran", file=sys.stderr)
+            return 1
         print(f"partwise: error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import _commands as cmd
+
+    if args.command == "train":
+        words = [w for w in args.overrides if "=" not in w]
+        if words:
+            raise _bad(f"override {words[0]!r} is not key=value (e.g. training.batch_size=32)")
+        return cmd.train(args.recipe, args.overrides, args.overwrite, args.max_steps)
+    if args.command == "resume":
+        return cmd.resume(args.run_dir, args.max_steps, args.allow_plan_change)
+    if args.command == "eval":
+        return cmd.evaluate(args.run_dir, args.split, args.beam)
+    if args.command == "predict":
+        if "-" in args.words and args.file is not None:
+            raise _bad(f"predict: words on stdin ('-') and --file {args.file!r} conflict; give one of them")
+        words = [w for w in args.words if w != "-"]
+        return cmd.predict(args.run_dir, words, "-" if "-" in args.words else args.file, args.beam)
+    if args.command == "inspect":
+        return cmd.inspect(args.recipe, args.overrides)
+    from ._demo import demo
+
+    return demo(args.run_dir, args.minutes)
 
 
 def _bad(message: str) -> Exception:
@@ -107,9 +171,11 @@ def _bad(message: str) -> Exception:
 
 
 def _user_error(e: BaseException) -> bool:
+    """Errors in what the user gave (recipe, files, options, data, a run's files): one line, exit 2."""
     from .._errors import PartwiseError
 
-    return isinstance(e, PartwiseError | FileNotFoundError | UnicodeDecodeError | IsADirectoryError | PermissionError)
+    return isinstance(e, PartwiseError | FileNotFoundError | IsADirectoryError | NotADirectoryError
+                      | PermissionError | UnicodeDecodeError)
 
 
 def _one_line(e: BaseException) -> str:

@@ -1,25 +1,45 @@
-"""The ``partwise`` subcommands: train, resume, eval, predict, inspect (``demo`` is in ``_demo``)."""
+"""The ``partwise`` subcommands: train, resume, eval, predict, inspect (``demo`` is in ``_demo``).
+
+Every command checks everything it can before it writes anything: ``train`` validates the recipe,
+loads the data and builds model, plan and trainer before it creates (or replaces) the run directory;
+``resume`` reads and checks the run's config, artifacts and checkpoint, and loads the checkpoint into
+the model, before the logs are touched; ``eval`` and ``predict`` only read.
+"""
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from .. import _checkpoint
-from .._errors import ConfigError
+from .. import _checkpoint, _errors
+from .._errors import ConfigError, PartError
+from .._plan import Plan
 from .._trainer import Trainer
+from ..data import DataFormatError
 from . import _build as build
+from ._checks import check_recipe
 from ._config import Recipe, dump, load_recipe, validate
 from ._kinds import KindData, get_kind
+from ._rundir import Prior, create_run_dir, discard_attempt, plan_run_dir
+from ._runfiles import (
+    BadFileError,
+    check_weight_files,
+    checkpoint_dir,
+    has_checkpoint,
+    read_json,
+    read_meta,
+    read_state,
+    read_yaml,
+    run_folder,
+)
 
-__all__ = ["train", "resume", "evaluate", "predict", "inspect", "run_recipe", "format_metrics"]
+__all__ = ["train", "resume", "evaluate", "predict", "inspect", "run_recipe", "format_metrics", "load_run"]
 
 PERCENT = ("wer", "per", "acc")
 
@@ -39,23 +59,62 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     return "  ".join(out)
 
 
-def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise ConfigError([f"run_dir: {str(run_dir)!r} exists and is not empty; pass --overwrite to replace it, "
-                               f"`partwise resume {run_dir}` to continue it, or set run_dir=... to another path"])
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+# -- building a run from a recipe, writing nothing --------------------------------------------
+@dataclass
+class Built:
+    """Everything a recipe makes, before anything is written: data, model, parts, plan, task, loaders."""
+
+    recipe: Recipe
+    kind: Any
+    data: KindData
+    model: Any
+    parts: Any
+    plan: Plan
+    task: Any
+    train_loader: Any
+    dev_loader: Any
+    steps_per_epoch: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.plan.total_steps(self.steps_per_epoch)
 
 
-def _callbacks(recipe: Recipe, run_dir: Path, total: int, resume_step: int | None) -> list[Any]:
-    from ._progress import ProgressBar
-    from ._runlog import RunLog
+def build_run(recipe: Recipe, artifacts: dict[str, Any] | None = None, artifacts_path: Path | None = None) -> Built:
+    """Load the data (with a run's saved ``artifacts``) and build everything; raises on any problem."""
+    kind = get_kind(recipe.task.name)
+    if recipe.training.threads:
+        torch.set_num_threads(recipe.training.threads)
+    data = _load_data(kind, recipe, artifacts, artifacts_path)
+    model = kind.build_model(recipe, data)
+    parts = build.build_parts(recipe, model)
+    plan = build.build_plan(recipe, parts)
+    task = kind.build_task(recipe, data)
+    train_loader, dev_loader = kind.loaders(recipe, data)
+    steps = len(train_loader) // recipe.training.grad_accum
+    if steps < 1:
+        raise ConfigError([f"training: {len(train_loader)} training batch(es) of {recipe.training.batch_size} make no "
+                           f"optimizer step with grad_accum {recipe.training.grad_accum}; lower training.batch_size "
+                           "or grad_accum, or give more training data"])
+    return Built(recipe, kind, data, model, parts, plan, task, train_loader, dev_loader, steps)
 
-    log = RunLog(run_dir, tensorboard=recipe.training.tensorboard)
-    if resume_step is not None:
-        log.truncate_after(resume_step)
-    return [ProgressBar(total_steps=total, items_per_step=recipe.training.batch_size), log]
+
+def _load_data(kind: Any, recipe: Recipe, artifacts: dict[str, Any] | None, artifacts_path: Path | None) -> KindData:
+    if artifacts is None:
+        return kind.load_data(recipe, None)
+    try:
+        return kind.load_data(recipe, artifacts)
+    except (ConfigError, DataFormatError, UnicodeDecodeError):
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        why = " ".join(f"{type(e).__name__}: {e}".split())[:120]
+        raise BadFileError(f"{artifacts_path}: does not hold what task {recipe.task.name!r} saved ({why}); the file is "
+                           "damaged: restore it from a backup or train the run again") from None
+
+
+def make_trainer(built: Built, run_dir: Path) -> Trainer:
+    return Trainer(built.model, built.parts, built.plan, built.task, run_dir=run_dir,
+                   **build.trainer_kwargs(built.recipe))
 
 
 def _device_batches(loader: Iterable[Any] | None, device: torch.device) -> Iterable[Any]:
@@ -64,37 +123,31 @@ def _device_batches(loader: Iterable[Any] | None, device: torch.device) -> Itera
     return (move_to(b, device) for b in (loader or []))
 
 
-def run_recipe(recipe: Recipe, run_dir: Path, *, resume: bool = False, max_steps: int | None = None,
-               title: str = "partwise run", allow_plan_change: bool = False) -> dict[str, Any]:
-    """Build everything from a validated recipe and train (or continue) it; returns the summary."""
-    kind = get_kind(recipe.task.name)
-    if recipe.training.threads:
-        torch.set_num_threads(recipe.training.threads)
-    data = kind.load_data(recipe, build.load_artifacts(run_dir) if resume else None)
-    model = kind.build_model(recipe, data)
-    parts = build.build_parts(recipe, model)
-    plan = build.build_plan(recipe, parts)
-    task = kind.build_task(recipe, data)
-    if not resume:
-        _checkpoint.write_text_atomic(run_dir / "config.yaml", dump(recipe))
-        build.save_artifacts(run_dir, kind.artifacts(data))
-    train_loader, dev_loader = kind.loaders(recipe, data)
-    trainer = Trainer(model, parts, plan, task, run_dir=run_dir, **build.trainer_kwargs(recipe))
-    start = _checkpoint.read_meta(_checkpoint.resolve_checkpoint(run_dir))["step"] if resume else None
-    trainer.callbacks = _callbacks(recipe, run_dir, plan.total_steps(len(train_loader) // recipe.training.grad_accum), start)
-    _say(parts.table())
+# -- training and the report ------------------------------------------------------------------
+def _fit_and_report(built: Built, trainer: Trainer, run_dir: Path, *, resume: Path | None, max_steps: int | None,
+                    title: str, allow_plan_change: bool = False) -> dict[str, Any]:
+    """Train (or continue from checkpoint ``resume``), then score the best checkpoint and write the report."""
+    from ._progress import ProgressBar
+    from ._runlog import RunLog
+
+    recipe = built.recipe
+    # RunLog writes nothing until the first step is done: a resume that fails leaves the logs as they were
+    trainer.callbacks = [ProgressBar(total_steps=built.total_steps, items_per_step=recipe.training.batch_size),
+                         RunLog(run_dir, tensorboard=recipe.training.tensorboard)]
+    _say(built.parts.table())
     t0 = time.perf_counter()
     try:
-        trainer.fit(train_loader, dev_loader, resume=run_dir if resume else None, max_steps=max_steps,
+        trainer.fit(built.train_loader, built.dev_loader, resume=resume, max_steps=max_steps,
                     max_minutes=recipe.training.max_minutes, allow_plan_change=allow_plan_change)
     finally:
         for cb in trainer.callbacks:
-            cb.close()  # flush the last step rows and TensorBoard, clear the bar
+            cb.close()  # flush the step rows and TensorBoard, clear the bar
     minutes = (time.perf_counter() - t0) / 60
     which = "best" if (run_dir / "checkpoints" / "best").exists() else "latest"
-    _checkpoint.load_weights(model, parts, _checkpoint.resolve_checkpoint(run_dir, which))
-    model.eval()
-    dev = task.evaluate(model, _device_batches(kind.eval_loader(recipe, data.dev), trainer.device), data.dev)
+    _checkpoint.load_weights(built.model, built.parts, checkpoint_dir(run_dir, which))
+    built.model.eval()
+    dev = built.task.evaluate(built.model, _device_batches(built.kind.eval_loader(recipe, built.data.dev), trainer.device),
+                              built.data.dev)
     summary = {"checkpoint": which, "steps": trainer.step, "training minutes": round(minutes, 2),
                **{f"dev {k}": v for k, v in dev.items()}}
     plots = _plots(run_dir)
@@ -116,57 +169,140 @@ def _plots(run_dir: Path) -> list[Path]:
         return []
 
 
-def _semantic_check(recipe: Recipe) -> None:
-    """Checks before the run directory is touched: the kind's own, then model, parts and plan on a
-    stand-in model when the kind can build one without reading data (``model_for_check``)."""
-    kind = get_kind(recipe.task.name)
-    kind.check(recipe)
-    if hasattr(kind, "model_for_check"):
-        build.build_plan(recipe, build.build_parts(recipe, kind.model_for_check(recipe)))
+def _start_run(built: Built, run_dir: Path, prior: Prior, source: str) -> None:
+    create_run_dir(run_dir, prior, source)
+    _checkpoint.write_text_atomic(run_dir / "config.yaml", dump(built.recipe))
+    build.save_artifacts(run_dir, built.kind.artifacts(built.data))
+
+
+def run_recipe(recipe: Recipe, run_dir: Path, *, max_steps: int | None = None, title: str = "partwise run",
+               prior: Prior = Prior.EMPTY, source: str = "") -> dict[str, Any]:
+    """Check a validated recipe, build everything, create the run in ``run_dir`` and train it.
+
+    Nothing is written before every check has passed; a run that fails before its first checkpoint
+    is removed again (see :mod:`partwise.cli._rundir`)."""
+    check_recipe(recipe)
+    return _train_new(recipe, run_dir, max_steps=max_steps, title=title, prior=prior, source=source or title)
+
+
+def _train_new(recipe: Recipe, run_dir: Path, *, max_steps: int | None, title: str, prior: Prior,
+               source: str) -> dict[str, Any]:
+    built = build_run(recipe)
+    trainer = make_trainer(built, run_dir)
+    _start_run(built, run_dir, prior, source)
+    try:
+        return _fit_and_report(built, trainer, run_dir, resume=None, max_steps=max_steps, title=title)
+    except BaseException:
+        if discard_attempt(run_dir, prior):
+            _say(f"({run_dir} removed: the run stopped before its first checkpoint, so there is nothing to resume)")
+        raise
 
 
 def train(recipe_path: str, overrides: list[str], overwrite: bool, max_steps: int | None) -> int:
     recipe, _ = load_recipe(recipe_path, overrides)
-    _semantic_check(recipe)
+    check_recipe(recipe, recipe_path)
     run_dir = Path(recipe.run_dir)
-    _prepare_run_dir(run_dir, overwrite)
-    run_recipe(recipe, run_dir, max_steps=max_steps, title=f"partwise train {recipe_path}")
+    prior = plan_run_dir(run_dir, overwrite)  # read-only: refuses before the data is even read
+    try:
+        _train_new(recipe, run_dir, max_steps=max_steps, title=f"partwise train {recipe_path}", prior=prior,
+                   source=recipe_path)
+    except KeyboardInterrupt:
+        _interrupted(run_dir)
+        return 130
     return 0
 
 
-def _run_config(run_dir: Path) -> Recipe:
+def _interrupted(run_dir: Path) -> None:
+    if run_dir.is_dir() and has_checkpoint(run_dir):
+        print(f"partwise: interrupted; the last complete checkpoint is intact: `partwise resume {run_dir}`", file=sys.stderr)
+    else:
+        print("partwise: interrupted before the first checkpoint; nothing to resume", file=sys.stderr)
+
+
+# -- reading a run ----------------------------------------------------------------------------
+def read_run_config(run_dir: Path) -> Recipe:
     path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise ConfigError([f"{str(run_dir)!r} is not a run directory (no config.yaml); give the run_dir of `partwise train`"])
-    return validate(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))
+    raw = read_yaml(path, "restore the run's config.yaml (the resolved recipe it was trained with) or train again")
+    return validate(raw, str(path))
+
+
+def read_artifacts(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "artifacts.json"
+    fix = "restore the run's artifacts.json (its vocabularies) from a backup or train the run again"
+    saved = read_json(path, fix)
+    if not isinstance(saved, dict):
+        raise BadFileError(f"{path}: holds a JSON {type(saved).__name__}, not the run's saved mapping; {fix}")
+    return saved
+
+
+def _load_weights(model: Any, parts: Any, ckpt: Path, run_dir: Path) -> None:
+    try:
+        _checkpoint.load_weights(model, parts, ckpt)
+    except (PartError, getattr(_errors, "CheckpointError", PartError)) as e:  # CheckpointError: once the library has it
+        raise BadFileError(f"{_one_line(e)}; {run_dir / 'config.yaml'} does not describe the model this checkpoint "
+                           "was trained with: restore the run's own config.yaml") from None
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def _finished(built: Built, state: dict[str, Any]) -> str | None:
+    """Why a run needs no more training (``None`` if it does)."""
+    step, total = state["step"], built.total_steps
+    if step >= total:
+        return f"finished: step {step} of {total}"
+    stop = built.recipe.training.early_stopping
+    if stop is not None and isinstance(state["stale_evals"], int) and state["stale_evals"] >= stop.patience:
+        return f"stopped early at step {step} of {total} ({stop.metric} did not improve in {stop.patience} evaluations)"
+    return None
 
 
 def resume(run_dir: str, max_steps: int | None, allow_plan_change: bool = False) -> int:
-    path = Path(run_dir)
-    recipe = _run_config(path)
-    _checkpoint.resolve_checkpoint(path)  # a clear error when there is nothing to resume
-    run_recipe(recipe, path, resume=True, max_steps=max_steps, title=f"partwise resume {run_dir}",
-               allow_plan_change=allow_plan_change)
+    path = run_folder(Path(run_dir), "resume")
+    recipe = read_run_config(path)
+    ckpt = checkpoint_dir(path, "latest")
+    check_weight_files(ckpt, read_meta(ckpt))
+    state = read_state(ckpt)
+    built = build_run(recipe, read_artifacts(path), path / "artifacts.json")
+    check_recipe(recipe, str(path / "config.yaml"), model=built.model)
+    _load_weights(built.model, built.parts, ckpt, path)  # does the checkpoint fit this model?
+    done = _finished(built, state)
+    if done is not None:
+        _say(f"{run_dir}: the run is {done}; nothing to resume, nothing changed "
+             f"(`partwise eval {run_dir}` scores it; train a new run to train longer)")
+        return 0
+    if max_steps is not None and max_steps <= state["step"]:
+        _say(f"{run_dir}: the latest checkpoint is at step {state['step']}, already >= --max-steps {max_steps}; "
+             "nothing to do, nothing changed")
+        return 0
+    trainer = make_trainer(built, path)
+    try:
+        _fit_and_report(built, trainer, path, resume=ckpt, max_steps=max_steps, title=f"partwise resume {run_dir}",
+                        allow_plan_change=allow_plan_change)
+    except KeyboardInterrupt:
+        _interrupted(path)
+        return 130
     return 0
 
 
-def load_run(run_dir: Path, which: str = "best") -> tuple[Recipe, Any, Any, KindData, Any]:
-    """A trained run's recipe, kind, model (weights of its best or latest checkpoint, eval mode), data."""
-    recipe = _run_config(run_dir)
+def load_run(run_dir: Path, which: str = "best", command: str = "eval") -> tuple[Recipe, Any, Any, KindData, Any]:
+    """A trained run's recipe, kind, model (weights of its best or latest checkpoint, eval mode), data
+    and parts; every file checked, nothing written."""
+    path = run_folder(run_dir, command)
+    recipe = read_run_config(path)
     kind = get_kind(recipe.task.name)
-    data = kind.load_data(recipe, build.load_artifacts(run_dir))
+    ckpt = checkpoint_dir(path, which)
+    check_weight_files(ckpt, read_meta(ckpt))
+    data = _load_data(kind, recipe, read_artifacts(path), path / "artifacts.json")
     model = kind.build_model(recipe, data)
     parts = build.build_parts(recipe, model)
-    try:
-        ckpt = _checkpoint.resolve_checkpoint(run_dir, which)
-    except FileNotFoundError:
-        ckpt = _checkpoint.resolve_checkpoint(run_dir, "latest")
-    _checkpoint.load_weights(model, parts, ckpt)
+    _load_weights(model, parts, ckpt, path)
     return recipe, kind, model.eval(), data, parts
 
 
 def evaluate(run_dir: str, split: str, beam_size: int | None) -> int:
-    recipe, kind, model, data, _ = load_run(Path(run_dir))
+    recipe, kind, model, data, _ = load_run(Path(run_dir), command="eval")
     dataset = getattr(data, split)
     if dataset is None:
         raise ConfigError([f"--split {split}: this run's data has no {split} split"])
@@ -179,19 +315,34 @@ def evaluate(run_dir: str, split: str, beam_size: int | None) -> int:
     return 0
 
 
-def predict(run_dir: str, words: list[str], file: str | None, beam_size: int | None) -> int:
-    recipe, kind, model, data, _ = load_run(Path(run_dir))
-    if not hasattr(kind, "predict"):
-        raise ConfigError([f"predict: runs of task {recipe.task.name!r} have no word predictions"])
+def _words_from(words: list[str], file: str | None) -> list[str]:
+    """The words to predict: arguments, then a file's lines or stdin's ('-'); blank lines skipped."""
+    for i, word in enumerate(words, start=1):
+        if not word.strip():
+            raise ConfigError([f"word {i} is empty; give words such as `partwise predict RUN hello world`"])
     if file == "-" or (not words and file is None and not sys.stdin.isatty()):
-        words = words + [w.strip() for w in sys.stdin if w.strip()]
-    elif file is not None:
+        return words + [w.strip() for w in sys.stdin if w.strip()]
+    if file is not None:
         source = Path(file)
         if not source.is_file():
-            raise ConfigError([f"--file: {file!r} not found"])
-        words = words + [w.strip() for w in source.read_text(encoding="utf-8").splitlines() if w.strip()]
+            raise ConfigError([f"--file: {file!r} {'is not a file' if source.exists() else 'not found'}; "
+                               "give a text file with one word per line"])
+        try:
+            lines = source.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise ConfigError([f"--file: {file!r} is not UTF-8 text (byte {e.start}); give a text file "
+                               "with one word per line"]) from None
+        return words + [w.strip() for w in lines if w.strip()]
+    return words
+
+
+def predict(run_dir: str, words: list[str], file: str | None, beam_size: int | None) -> int:
+    words = _words_from(words, file)
     if not words:
-        raise ConfigError(["no words given: pass words as arguments, --file FILE, or pipe them on stdin"])
+        raise ConfigError(["no words given: pass words as arguments, --file FILE, or pipe them on stdin ('-')"])
+    recipe, kind, model, data, _ = load_run(Path(run_dir), command="predict")
+    if not hasattr(kind, "predict"):
+        raise ConfigError([f"predict: runs of task {recipe.task.name!r} have no word predictions"])
     for word, out in zip(words, kind.predict(recipe, model, data, words, beam_size), strict=True):
         _say(f"{word}\t{out}")
     return 0
@@ -199,16 +350,11 @@ def predict(run_dir: str, words: list[str], file: str | None, beam_size: int | N
 
 def inspect(recipe_path: str, overrides: list[str]) -> int:
     recipe, _ = load_recipe(recipe_path, overrides)
-    kind = get_kind(recipe.task.name)
-    kind.check(recipe)
-    data = kind.load_data(recipe, None)
-    model = kind.build_model(recipe, data)
-    parts = build.build_parts(recipe, model)
-    plan = build.build_plan(recipe, parts)
-    train_loader, _ = kind.loaders(recipe, data)
-    steps = len(train_loader) // recipe.training.grad_accum
+    check_recipe(recipe, recipe_path)
+    built = build_run(recipe)
+    model, parts, steps = built.model, built.parts, built.steps_per_epoch
     _say(f"task: {recipe.task.name}; model: {recipe.model.name} ({sum(p.numel() for p in model.parameters()):,} "
-         f"parameters); data: {recipe.data.name}, {len(data.train):,} training rows, {steps:,} steps per epoch")
+         f"parameters); data: {recipe.data.name}, {len(built.data.train):,} training rows, {steps:,} steps per epoch")
     _say(parts.table())
-    _say(plan.describe(parts, steps_per_epoch=steps))
+    _say(built.plan.describe(parts, steps_per_epoch=steps))
     return 0

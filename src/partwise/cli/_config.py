@@ -170,15 +170,14 @@ def validate(raw: Any, source: str) -> Recipe:
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Recipe, dict[str, Any]]:
     """Read, override and validate a recipe; returns it and the raw (overridden) mapping."""
+    from ._runfiles import read_yaml
+
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ConfigError([f"recipe file not found: {str(p)!r} (give a path such as recipes/g2p.yaml)"])
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"malformed YAML{where}: {getattr(e, 'problem', e)}"], str(p)) from None
+    if not p.is_file():
+        raise ConfigError([f"recipe {str(p)!r} is a folder, not a file (give a path such as recipes/g2p.yaml)"])
+    raw = read_yaml(p, "fix the recipe (see recipes/g2p.yaml for a commented example)")
     raw = apply_overrides(raw if raw is not None else {}, overrides, str(p))
     return validate(raw, str(p)), raw
 

@@ -11,7 +11,10 @@ A kind is any object with these methods (composition, no base class):
 * ``check(recipe) -> None`` — cheap checks before any data is read (raise ``ConfigError``);
 * optionally ``model_for_check(recipe) -> nn.Module`` — the model built without reading data, so parts
   and plan are validated before the run directory is created;
-* optionally ``predict(recipe, model, data, words, beam_size) -> list[str]``.
+* optionally ``predict(recipe, model, data, words, beam_size) -> list[str]``;
+* optionally ``metrics``: the names of what ``build_task(...).evaluate`` returns (the trainer logs
+  them as ``val_<name>``), so that ``best_metric`` and ``early_stopping.metric`` are checked before
+  training; :data:`METRICS` declares them for the built-in kinds.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 from .._errors import ConfigError
 
-__all__ = ["KindData", "get_kind"]
+__all__ = ["KindData", "get_kind", "declared_metrics", "METRICS"]
 
 
 @dataclass
@@ -38,6 +41,19 @@ _KINDS = {
     "stress": ("partwise.tasks._stress", "StressKind"),
     "digits_cycle": ("partwise.tasks._digits", "DigitsCycleKind"),
 }
+
+
+METRICS = {  # what each built-in kind's task.evaluate returns (tests/cli check them against real runs)
+    "seq2seq": ("loss", "token_acc", "wer", "per"),
+    "stress": ("loss", "stress_acc", "syllables_acc", "both_acc", "majority_stress_acc", "majority_syllables_acc"),
+    "digits_cycle": ("recon_mse", "cycle_loss", "pixel_mse", "untrained_cycle_loss", "untrained_pixel_mse"),
+}
+
+
+def declared_metrics(name: str, kind: Any) -> tuple[str, ...] | None:
+    """The validation metrics a kind's task reports (``None``: not declared, not checked)."""
+    declared = getattr(kind, "metrics", None)
+    return tuple(declared) if declared is not None else METRICS.get(name)
 
 
 def get_kind(name: str) -> Any:

@@ -22,7 +22,6 @@ __all__ = ["RunLog", "read_rows", "teacher_forcing_ratio", "span_steps_per_epoch
 METRICS, STEPS, PHASES = "metrics.csv", "steps.csv", "phases.csv"
 PLAN_CHANGES = "plan_changes.txt"  # one line per plan change accepted on resume
 PHASE_COLUMNS = ("index", "name", "start_step", "end_step", "start_epoch")
-_FLUSH_EVERY = 1000  # buffered step rows written before an epoch ends (long epochs)
 
 
 # -- CSV helpers (shared with the plots and the report) ----------------------------------------
@@ -122,13 +121,46 @@ def span_steps_per_epoch(span: Any) -> int | None:
     return n if n > 0 else None
 
 
+class _StepFile:
+    """``steps.csv`` held open for appending: each row is written and flushed to the OS at once, so a
+    killed process loses no logged step. A row with a new column rewrites the file (atomically) with
+    the union of columns; :meth:`close` must be called before anything else rewrites the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: Any = None
+        self._writer: Any = None
+        self._header: list[str] = []
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        if self._file is None:
+            self._header = _header(self.path)
+        if not self._header or any(k not in self._header for k in row):
+            self.close()
+            _append(self.path, [row])  # creates the file or rewrites it with the new columns
+            return
+        if self._file is None:
+            self._file = self.path.open("a", newline="", encoding="utf-8")
+            self._writer = csv.DictWriter(self._file, fieldnames=self._header, restval="")
+        self._writer.writerow({k: _cell(v) for k, v in row.items()})
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file = self._writer = None
+
+
 class RunLog:
     """Trainer callback that logs epochs, steps and phases to CSV files in ``run_dir``.
 
-    Step rows are buffered and written at each epoch end (call :meth:`close` after ``fit`` to
-    write the rows of an unfinished epoch, e.g. after ``max_steps``). A row that brings a new
-    column (a part that starts training in phase 2 adds ``lr/<part>``) makes the file be rewritten
-    with the union of columns, atomically. Only rank 0 writes.
+    Each step row is appended to ``steps.csv`` and flushed as soon as the step is done, so a killed
+    run loses none. A row that brings a new column (a part that starts training in phase 2 adds
+    ``lr/<part>``) makes the file be rewritten with the union of columns, atomically. Only rank 0 writes.
+
+    Nothing is written before the first step (or epoch end) is logged: until then phase rows and the
+    truncation below are only noted. So a resume that fails while the trainer restores its checkpoint
+    leaves every log file as it was.
 
     Resuming: rows logged after the checkpoint's step are dropped by :meth:`truncate_after`, which
     also runs by itself at the first phase start with the trainer's step then (0 for a fresh run,
@@ -153,24 +185,26 @@ class RunLog:
             raise ValueError(f"RunLog run_dir={str(run_dir)!r} is a file; give a folder for the run's logs")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.tensorboard = tensorboard
-        self._steps: list[dict[str, Any]] = []
+        self._steps = _StepFile(self.run_dir / STEPS)
         self._truncated = False
-        self._writer: Any = self._open_writer() if tensorboard else None
+        self._pending_truncate: int | None = None  # noted at the first phase start, done at the first write
+        self._pending_phases: list[dict[str, Any]] = []
+        self._purge_step: int | None = None  # TensorBoard hides events from here on (after a resume)
+        self._writer: Any = None
+        if tensorboard:
+            self._open_writer(check_only=True)  # a missing TensorBoard is reported now, not at the first step
 
     # -- trainer hooks ----------------------------------------------------------------------
     def on_phase_start(self, trainer: Any, span: Any) -> None:
         if getattr(trainer, "rank", 0) != 0:
             return
         if not self._truncated:
-            self.truncate_after(trainer.step)
+            self._truncated = True
+            self._pending_truncate = trainer.step
         spe = span_steps_per_epoch(span)
         start_epoch = span.start // spe + 1 if spe else trainer.epoch + 1
-        row = {"index": span.index, "name": span.phase.name, "start_step": span.start,
-               "end_step": span.end, "start_epoch": start_epoch}
-        path = self.run_dir / PHASES
-        _, rows = read_rows(path)
-        rows = [r for r in rows if r.get("index") != str(span.index)] + [row]  # a resume re-enters a phase
-        _write_atomic(path, PHASE_COLUMNS, sorted(rows, key=lambda r: int(r["index"])))
+        self._pending_phases.append({"index": span.index, "name": span.phase.name, "start_step": span.start,
+                                     "end_step": span.end, "start_epoch": start_epoch})
 
     def on_plan_change(self, trainer: Any, changes: Sequence[str]) -> None:
         """A resume accepted a changed plan (``--allow-plan-change``): append it to ``plan_changes.txt``."""
@@ -182,20 +216,23 @@ class RunLog:
     def on_step_end(self, trainer: Any, logs: Mapping[str, Any]) -> None:
         if getattr(trainer, "rank", 0) != 0:
             return
+        self._commit()
         step = int(logs["step"])
         row: dict[str, Any] = {"step": step, "loss": logs["loss"]}
         row.update((k, v) for k, v in logs.items() if k.startswith("lr/"))
         ratio = teacher_forcing_ratio(trainer, step - 1)  # logs["step"] counts the step just done
         if ratio is not None:
             row["tf_ratio"] = ratio
-        self._steps.append(row)
-        if len(self._steps) >= _FLUSH_EVERY:
-            self.flush()
+        self._steps.write(row)
+        if self._writer is not None:
+            for key, value in row.items():
+                if key != "step" and _is_number(value):
+                    self._writer.add_scalar(f"train/{key}", value, step)
 
     def on_epoch_end(self, trainer: Any, metrics: Mapping[str, Any]) -> None:
         if getattr(trainer, "rank", 0) != 0:
             return
-        self.flush()
+        self._commit()
         _append(self.run_dir / METRICS, [dict(metrics)])
         if self._writer is not None:
             step = int(metrics.get("step", 0))
@@ -205,15 +242,25 @@ class RunLog:
             self._writer.flush()
 
     # -- control ----------------------------------------------------------------------------
+    def _commit(self) -> None:
+        """The first write: drop rows past the resumed step, write the noted phase rows, open TensorBoard."""
+        if self._pending_truncate is not None:
+            step, self._pending_truncate = self._pending_truncate, None
+            self.truncate_after(step)
+        if self.tensorboard and self._writer is None:
+            self._writer = self._open_writer(purge_step=self._purge_step)
+        if self._pending_phases:
+            rows, self._pending_phases = self._pending_phases, []
+            path = self.run_dir / PHASES
+            _, old = read_rows(path)
+            indices = {str(r["index"]) for r in rows}
+            old = [r for r in old if r.get("index") not in indices]  # a resume re-enters a phase
+            _write_atomic(path, PHASE_COLUMNS, sorted([*old, *rows], key=lambda r: int(r["index"])))
+
     def flush(self) -> None:
-        """Write buffered step rows to ``steps.csv`` (and TensorBoard)."""
-        rows, self._steps = self._steps, []
-        _append(self.run_dir / STEPS, rows)
+        """Step rows are written as they come; kept for callers that flush before reading the files."""
         if self._writer is not None:
-            for row in rows:
-                for key, value in row.items():
-                    if key != "step" and _is_number(value):
-                        self._writer.add_scalar(f"train/{key}", value, row["step"])
+            self._writer.flush()
 
     def truncate_after(self, step: int) -> None:
         """Drop every logged row past optimizer step ``step`` (call with the checkpoint's step on resume).
@@ -224,7 +271,9 @@ class RunLog:
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"RunLog.truncate_after(step={step!r}): give the resumed checkpoint's step, an int >= 0")
         self._truncated = True
-        self._steps = [r for r in self._steps if r["step"] <= step]
+        self._pending_truncate = None
+        self._purge_step = step + 1
+        self._steps.close()
         _drop_after(self.run_dir / METRICS, "step", step)
         _drop_after(self.run_dir / STEPS, "step", step)
         _drop_after(self.run_dir / PHASES, "start_step", step)
@@ -233,13 +282,13 @@ class RunLog:
             self._writer = self._open_writer(purge_step=step + 1)
 
     def close(self) -> None:
-        """Write what is buffered and close the TensorBoard writer."""
-        self.flush()
+        """Close ``steps.csv`` and the TensorBoard writer (what was logged is already on disk)."""
+        self._steps.close()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
 
-    def _open_writer(self, purge_step: int | None = None) -> Any:
+    def _open_writer(self, purge_step: int | None = None, check_only: bool = False) -> Any:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:  # torch raises ImportError when the tensorboard package is missing
@@ -247,6 +296,8 @@ class RunLog:
                 "RunLog(tensorboard=True) needs TensorBoard: pip install 'partwise[tensorboard]' "
                 "(or turn TensorBoard logging off)"
             ) from exc
+        if check_only:
+            return None
         return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge_step)
 
 

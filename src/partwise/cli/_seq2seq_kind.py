@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,6 +49,12 @@ class Seq2SeqKind:
     def check(self, recipe: Recipe) -> None:
         if recipe.data.name not in ("cmudict", "tsv"):
             raise ConfigError([f"data.name: {recipe.data.name!r} does not fit task 'seq2seq'; use cmudict or tsv"])
+        if recipe.data.name == "tsv":
+            missing = [(split, path) for split in ("train", "dev", "test")
+                       if (path := getattr(recipe.data, split)) and not Path(path).is_file()]
+            if missing:
+                raise ConfigError([f"data.{split}: {path!r} {'is not a file' if Path(path).exists() else 'not found'}; "
+                                   "give a TSV file (source<TAB>target per line)" for split, path in missing])
         model_factory(recipe.model.name, FACTORIES)
 
     def model_for_check(self, recipe: Recipe) -> nn.Module:

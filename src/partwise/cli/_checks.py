@@ -1,0 +1,149 @@
+"""Every check of a recipe that can run before any data is read or any folder is touched.
+
+:func:`check_recipe` runs the task kind's own checks, then builds the recipe's model (a stand-in when
+the kind offers ``model_for_check``), its parts and plan, and checks on them: each phase's optimizer
+(name and options, by building it on a throwaway copy of the parts), ``training.grad_clip`` part
+names, the metric that ``best_metric`` / ``early_stopping`` name (against the kind's declared
+metrics), and that ``training.device`` exists on this machine. Every problem is reported at once,
+as one :class:`~partwise.ConfigError`, with its path in the recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._errors import ConfigError, PartError
+from .._optim import build_optimizer
+from .._parts import Parts
+from .._plan import Plan
+from . import _build as build
+from ._config import Recipe
+from ._kinds import declared_metrics, get_kind
+
+__all__ = ["check_recipe", "device_problems", "optimizer_problems", "grad_clip_problems", "metric_problems"]
+
+DEVICE_FIX = "use device: auto (CUDA when available, else CPU) or cpu"
+
+
+def check_recipe(recipe: Recipe, source: str | None = None, model: nn.Module | None = None) -> None:
+    """Raise one :class:`ConfigError` listing every problem of ``recipe`` found without its data
+    (``source``: the file the recipe came from, named in the message).
+
+    ``model``: a run's model already built from its saved artifacts (``resume``); the checks then run
+    on a copy of it instead of the kind's stand-in, and the kind's own checks are skipped (they look
+    at what only a new run needs, such as a source run to copy an encoder from)."""
+    try:
+        problems = _problems(recipe, model)
+    except ConfigError as e:  # the kind's checks, or parts and plan that cannot be built
+        raise ConfigError(e.errors, e.source or source) from None
+    if problems:
+        raise ConfigError(problems, source)
+
+
+def _problems(recipe: Recipe, model: nn.Module | None) -> list[str]:
+    kind = get_kind(recipe.task.name)
+    if model is None:
+        kind.check(recipe)
+        model = kind.model_for_check(recipe) if hasattr(kind, "model_for_check") else None
+    else:
+        model = copy.deepcopy(model)  # optimizer_problems freezes and unfreezes its parts
+    problems = device_problems(recipe)
+    if model is None:
+        return problems + metric_problems(recipe, kind, None)
+    parts = build.build_parts(recipe, model)
+    plan = build.build_plan(recipe, parts)
+    return (problems + optimizer_problems(plan, parts) + grad_clip_problems(recipe, parts)
+            + metric_problems(recipe, kind, parts.names))
+
+
+def device_problems(recipe: Recipe) -> list[str]:
+    """``training.device`` names a device torch knows and this machine has; fp16 needs CUDA."""
+    spec, precision = recipe.training.device, recipe.training.precision
+    if spec == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(spec)
+        except (RuntimeError, TypeError, ValueError):
+            return [f"training.device: {spec!r} is not a device; {DEVICE_FIX}, cuda or cuda:N"]
+        problem = _unavailable(spec, device)
+        if problem:
+            return [problem]
+    if precision == "fp16" and device.type != "cuda":
+        return [f"training.precision: 'fp16' needs a CUDA device, and training runs on {device.type}; use bf16 or fp32"]
+    return []
+
+
+def _unavailable(spec: str, device: torch.device) -> str | None:
+    if device.type == "cpu":
+        return None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build_ = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            return f"training.device: {spec!r} but CUDA is not available here (torch {torch.__version__}, {build_}); {DEVICE_FIX}"
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            return f"training.device: {spec!r} but this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1}); {DEVICE_FIX}"
+        return None
+    if device.type == "mps":
+        return None if torch.backends.mps.is_available() else f"training.device: 'mps' is not available here; {DEVICE_FIX}"
+    return f"training.device: {spec!r}: partwise trains on cpu, cuda or mps; {DEVICE_FIX}"
+
+
+def optimizer_problems(plan: Plan, parts: Parts) -> list[str]:
+    """Build each phase's optimizer, as the trainer will at the phase's start, on ``parts``'s model
+    (a throwaway: parts are frozen and unfrozen). Problems name the phase."""
+    problems = []
+    for i, ph in enumerate(plan.phases):
+        trained = [n for n in parts.names if n in ph.train]
+        if any(parts.is_frozen(n) for n in trained):
+            parts.unfreeze(*[n for n in trained if parts.is_frozen(n)])
+        frozen = [n for n in parts.names if n not in ph.train]
+        if frozen:
+            parts.freeze(*frozen)
+        try:
+            build_optimizer(parts, per_part=ph.train_options(), default={"name": "adamw", **ph.optimizer},
+                            separate=ph.separate)
+        except (PartError, ConfigError, ValueError, TypeError, KeyError) as e:
+            why = _per_part_once(" ".join(str(e).split()))
+            problems.append(f"plan.{i} ({ph.name!r}): optimizer: {why}; fix optimizer or plan.{i}.optimizer / plan.{i}.train")
+    return problems
+
+
+def _per_part_once(message: str) -> str:
+    """``part 'a': X | part 'b': X`` -> ``X`` (the same problem for every part is said once)."""
+    pieces = message.split(" | ")
+    bodies = {re.sub(r"^part '[^']*': ", "", p) for p in pieces}
+    return bodies.pop() if len(bodies) == 1 else message
+
+
+def grad_clip_problems(recipe: Recipe, parts: Parts) -> list[str]:
+    clip = recipe.training.grad_clip
+    if isinstance(clip, dict):
+        out = [f"training.grad_clip.{p}: unknown part; parts are {parts.names}" for p in clip if p not in parts]
+        return out + [f"training.grad_clip.{p}: {v!r} must be > 0" for p, v in clip.items() if v <= 0]
+    if clip is not None and clip < 0:
+        return [f"training.grad_clip: {clip!r} must be >= 0 (0 or null: no clipping)"]
+    return []
+
+
+def metric_problems(recipe: Recipe, kind: Any, part_names: list[str] | None) -> list[str]:
+    """``best_metric`` and ``early_stopping.metric`` name something the epoch logs will hold."""
+    metrics = declared_metrics(recipe.task.name, kind)
+    if metrics is None:
+        return []
+    known = {"train_loss", "epoch", "step", "seconds", *metrics, *(f"val_{m}" for m in metrics)}
+    lrs = {f"lr/{p}" for p in part_names} if part_names is not None else None
+    t, out = recipe.training, []
+    for where, name in (("training.best_metric", t.best_metric),
+                        ("training.early_stopping.metric", t.early_stopping.metric if t.early_stopping else None)):
+        if name is None or name in known or (name.startswith("lr/") and (lrs is None or name in lrs)):
+            continue
+        out.append(f"{where}: {name!r} is not a metric of task {recipe.task.name!r}; choose one of "
+                   f"{', '.join(metrics)} (validation) or train_loss" + (" (or null)" if where.endswith("best_metric") else ""))
+    return out
