@@ -7,9 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._errors import ConfigError
+from ._errors import ConfigError, PartError
 from ._freezing import Mode
-from ._errors import PartError
 from ._optim import PartConfig, is_no_decay
 from ._parts import Parts
 from ._schedule import LRSchedule

@@ -19,7 +19,14 @@ from ._cache import CacheRefused, EncoderCache, cache_blockers, supports_cache
 from ._errors import ConfigError, PartwiseError
 from ._fingerprint import plan_differences, plan_fingerprint
 from ._loader import eval_batches, make_loader, move_to, start_epoch
-from ._optim import OptimizerSet, build_optimizer, carry_state, load_state_by_name, optimizers_of, reconfigure
+from ._optim import (
+    OptimizerSet,
+    build_optimizer,
+    carry_state,
+    load_state_by_name,
+    optimizers_of,
+    reconfigure,
+)
 from ._parts import Parts
 from ._plan import Phase, PhaseSpan, Plan
 from ._task import StepContext, Task, as_task, declared_metrics
