@@ -39,6 +39,7 @@ from ._teacher_forcing import (
     schedule_from_dict,
 )
 from ._trainer import EarlyStopping, NonFiniteLoss, Trainer
+from ._untie import UntieReport, untie
 
 __version__ = "0.1.0"
 
@@ -85,4 +86,6 @@ __all__ = [
     "optimizer_class",
     "state_bytes",
     "unfreeze",
+    "UntieReport",
+    "untie",
 ]
