@@ -91,8 +91,9 @@ def encoder_inputs(name: str, batch: int = 3, length: int = 7, seed: int = 0) ->
     ids = torch.randint(3, V, (batch, length), generator=g)
     mask = torch.ones(batch, length, dtype=torch.long)
     for i in range(1, batch):
-        ids[i, length - i :] = PAD
-        mask[i, length - i :] = 0
+        n = length - i % min(length - 1, 3)
+        ids[i, n:] = PAD
+        mask[i, n:] = 0
     return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -101,7 +102,7 @@ def labels(batch: int = 3, length: int = 5, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     out = torch.randint(3, V, (batch, length), generator=g)
     for i in range(batch):
-        n = length - i
+        n = length - i % min(length, 3)
         out[i, n - 1] = EOS
         out[i, n:] = -100
     return out

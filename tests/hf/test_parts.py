@@ -9,10 +9,10 @@ import pytest
 
 pytest.importorskip("transformers")
 
+import hf_models as H  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-import hf_models as H  # noqa: E402
 import partwise as pw  # noqa: E402
 import partwise.hf as ph  # noqa: E402
 

@@ -16,6 +16,12 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("partwise.hf needs the transformers package: pip install 'partwise[hf]'") from e
 
+from ._data import Seq2SeqLMCollator, Seq2SeqLMDataset
 from ._parts import PART_NAMES, Structure, parts, spec, structure, untie_parts
+from ._task import Encoding, Seq2SeqLMTask
+from ._teacher_forcing import decoder_logits, shift_right
 
-__all__ = ["PART_NAMES", "Structure", "parts", "spec", "structure", "untie_parts"]
+__all__ = [
+    "PART_NAMES", "Encoding", "Seq2SeqLMCollator", "Seq2SeqLMDataset", "Seq2SeqLMTask", "Structure",
+    "decoder_logits", "parts", "shift_right", "spec", "structure", "untie_parts",
+]
