@@ -91,6 +91,15 @@ class Seq2SeqLMTask:
         self.max_new_tokens, self.max_len_ratio, self.metric_fn = max_new_tokens, max_len_ratio, metric_fn
         self.tgt_vocab, self.generate_kwargs = tgt_vocab, dict(generate_kwargs or {})
 
+    @property
+    def beam_size(self) -> int:
+        """Alias of ``num_beams`` (the name partwise's own seq2seq task uses)."""
+        return self.num_beams
+
+    @beam_size.setter
+    def beam_size(self, value: int) -> None:
+        self.num_beams = value
+
     # -- batches ---------------------------------------------------------------------------------
     def split(self, model: nn.Module, batch: Any) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         """``(encoder inputs, labels with -100 at padding, decoder_input_ids)`` of a batch."""
@@ -170,12 +179,16 @@ class Seq2SeqLMTask:
         """Greedy or beam ``model.generate`` outputs as token-id lists (start token and padding dropped,
         cut at the end-of-sequence token)."""
         enc, labels, _ = self.split(model, batch)
+        return self.generate_from(model, enc, labels.shape[1] + 5)
+
+    def generate_from(self, model: nn.Module, encoder_inputs: Mapping[str, Tensor], fallback_limit: int = 64) -> list[list[int]]:
+        """:meth:`generate` from encoder inputs alone (``input_ids`` ... without labels)."""
         limit = self.max_new_tokens
         if limit is None:
-            ids = enc.get("input_ids")
-            limit = int(ids.shape[1] * self.max_len_ratio) + 5 if ids is not None else labels.shape[1] + 5
+            ids = encoder_inputs.get("input_ids")
+            limit = int(ids.shape[1] * self.max_len_ratio) + 5 if ids is not None else fallback_limit
         kwargs = {"num_beams": self.num_beams, "do_sample": False, "max_new_tokens": limit, **self.generate_kwargs}
-        out = model.generate(**enc, **kwargs)
+        out = model.generate(**encoder_inputs, **kwargs)
         eos, pad = self._special(model)
         return [_cut(row[1:], eos, pad) for row in out.tolist()]
 
