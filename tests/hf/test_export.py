@@ -8,9 +8,9 @@ import pytest
 
 pytest.importorskip("transformers")
 
+import hf_models as H  # noqa: E402
 import torch  # noqa: E402
 
-import hf_models as H  # noqa: E402
 import partwise.hf as ph  # noqa: E402
 
 
