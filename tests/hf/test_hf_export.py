@@ -7,6 +7,8 @@ import json
 import pytest
 
 pytest.importorskip("transformers")
+# EncoderDecoderModel warns on its own labels= loss; these tests use it on purpose
+pytestmark = pytest.mark.filterwarnings("ignore:Version v4.12.0:FutureWarning")
 
 import hf_models as H  # noqa: E402
 import torch  # noqa: E402
