@@ -415,3 +415,33 @@ def test_user_added_param_group_is_saved_and_loaded():
     again.add_param_group({"params": [extra], "lr": 0.1})
     again.load_state_dict(copy.deepcopy(sd))
     assert again.param_groups[-1]["lr"] == 0.5 and torch.equal(again.state[extra]["exp_avg"], opt.state[extra]["exp_avg"])
+
+
+class SharedStack(nn.Module):
+    """A T5-shaped stack: it holds the shared embedding (another part's) and its own dropout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Embedding(10, 4)
+        self.encoder = nn.Module()
+        self.encoder.embed_tokens = self.shared
+        self.encoder.layer = nn.Linear(4, 4)
+        self.encoder.dropout = nn.Dropout(0.5)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.encoder.dropout(self.encoder.layer(self.encoder.embed_tokens(ids)))
+
+
+def test_a_module_shared_by_parts_is_pinned_once_all_of_them_are_frozen():
+    model = SharedStack()
+    parts = pw.Parts(model, {"embeddings": "shared", "encoder": ["encoder", "!encoder.embed_tokens"]})
+    ids = torch.randint(0, 10, (6, 5))
+    parts.freeze("encoder")
+    model.train()
+    assert model.encoder.dropout.training  # the stack also holds the trainable embedding: not pinned
+    parts.freeze("embeddings")
+    model.train()
+    assert torch.equal(model(ids), model(ids)) and not model.encoder.dropout.training
+    parts.unfreeze("embeddings")
+    model.train()
+    assert model.encoder.dropout.training

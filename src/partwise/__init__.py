@@ -48,6 +48,7 @@ from ._teacher_forcing import (
     schedule_from_dict,
 )
 from ._trainer import EarlyStopping, NonFiniteLoss, Trainer
+from ._untie import UntieReport, untie
 
 __version__ = "0.1.0"
 
@@ -99,4 +100,6 @@ __all__ = [
     "optimizer_class",
     "state_bytes",
     "unfreeze",
+    "UntieReport",
+    "untie",
 ]

@@ -64,6 +64,11 @@ class FrozenGuard:
                 for bname, buf in m.named_buffers(recurse=False):
                     if buf is not None:
                         out[f"{path}.{bname}" if path else bname] = (name, buf)
+        if self.include_buffers:
+            for path, m in self.parts.joint_pinned():
+                for bname, buf in m.named_buffers(recurse=False):
+                    if buf is not None:
+                        out[f"{path}.{bname}" if path else bname] = ("+".join(self.parts.frozen_names), buf)
         return out
 
     def snapshot(self) -> None:

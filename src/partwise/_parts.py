@@ -126,6 +126,8 @@ class Parts:
         self._parts: dict[str, Part] = {}
         self._shared: list[SharedTensor] = []
         self._frozen: dict[str, _FrozenState] = {}
+        self._joint: list[tuple[str, nn.Module, frozenset[str]]] = []
+        self._joint_hold = fz.Hold([], [])
         self._build(self._normalise_spec(spec))
         self._identity = self._current_identity()
 
@@ -219,31 +221,54 @@ class Parts:
         self._assign_modules(modules, selections)
 
     def _assign_modules(self, modules: dict[str, nn.Module], selections: dict[str, Any]) -> None:
-        """Cover modules by ownership (see the module docstring) and note partly-owned selections."""
+        """Cover modules by ownership (see the module docstring) and note partly-owned selections.
+
+        A module whose parameters belong to several parts (a stack holding a shared embedding and its
+        own layers, the root) is *joint*: it and its parameter-less children are pinned only while every
+        one of those parts is frozen."""
         part_of = self.part_of()
-        owner_of: dict[int, str | None] = {}
+        owners_of: dict[int, frozenset[str]] = {}
+        joint: dict[int, tuple[str, nn.Module, frozenset[str]]] = {}
 
-        def visit(path: str, m: nn.Module, inherited: str | None) -> None:
-            owners = {part_of[id(p)] for p in m.parameters()}
-            owner = owners.pop() if len(owners) == 1 else (inherited if not owners else None)
-            if id(m) in owner_of and owner_of[id(m)] != owner:
-                owner = None  # one module under two parents with different owners: ambiguous
-            owner_of[id(m)] = owner
-            if owner is not None:
-                self._parts[owner].modules.setdefault(path, m)
+        def visit(path: str, m: nn.Module, inherited: frozenset[str]) -> None:
+            owners = frozenset(part_of[id(p)] for p in m.parameters()) or inherited
+            if id(m) in owners_of and owners_of[id(m)] != owners:
+                owners = owners_of[id(m)] | owners  # one module under two parents: all of their parts
+            owners_of[id(m)] = owners
+            if len(owners) == 1:
+                self._parts[next(iter(owners))].modules.setdefault(path, m)
+            elif owners:
+                joint.setdefault(id(m), (path, m, owners))
             for name, child in m.named_children():
-                visit(f"{path}.{name}" if path else name, child, owner)
+                visit(f"{path}.{name}" if path else name, child, owners)
 
-        visit("", self.model, None)
+        visit("", self.model, frozenset())
         for part in self._parts.values():  # a module reached under two paths keeps its first path only
             seen: set[int] = set()
             part.modules = {p: m for p, m in part.modules.items()
-                            if owner_of.get(id(m)) == part.name and not (id(m) in seen or seen.add(id(m)))}
+                            if owners_of.get(id(m)) == {part.name} and not (id(m) in seen or seen.add(id(m)))}
+        self._joint = [(path, m, owners) for path, m, _ in joint.values() if len(owners := owners_of[id(m)]) > 1]
         for name, sel in selections.items():
             self._parts[name].partial = sorted(
                 p for p in sel.module_paths
-                if owner_of.get(id(modules[p])) != name and any(True for _ in modules[p].parameters())
+                if owners_of.get(id(modules[p])) != {name} and any(True for _ in modules[p].parameters())
             )
+
+    def _sync_joint(self) -> None:
+        """Pin the joint modules all of whose parts are frozen (and whose modes all ask for the pin)."""
+        wanted = [m for _, m, owners in self._joint
+                  if owners <= set(self._frozen)
+                  and all(modules_to_pin([m], self._frozen[o].norm, self._frozen[o].dropout) for o in owners)]
+        if [id(m) for m in wanted] == [id(m) for m in self._joint_hold.modules]:
+            return
+        new = fz.hold([], wanted)
+        fz.release(self._joint_hold, self.model.training)
+        self._joint_hold = new
+
+    def joint_pinned(self) -> list[tuple[str, nn.Module]]:
+        """Modules shared by several frozen parts that are pinned now (their buffers are guarded)."""
+        pinned = {id(m) for m in self._joint_hold.modules}
+        return [(path, m) for path, m, _ in self._joint if id(m) in pinned]
 
     def _current_identity(self) -> dict[str, int]:
         return {n: id(p) for n, p in self.model.named_parameters(remove_duplicate=False)}
@@ -385,6 +410,7 @@ class Parts:
         check_mode(dropout, "dropout")
         self._check_target(set(self._frozen) | set(names), names, "freeze")
         self._apply_freeze({n: (norm, dropout) for n in names}, keep_state)
+        self._sync_joint()
 
     def _apply_freeze(self, targets: Mapping[str, tuple[Mode, Mode]], keep_state: bool) -> None:
         for n, (norm, dropout) in targets.items():
@@ -413,6 +439,7 @@ class Parts:
             state = self._frozen.pop(n, None)
             if state is not None:
                 fz.release(state.hold, self.model.training, restore_state)
+        self._sync_joint()
 
     @contextlib.contextmanager
     def frozen(self, *names: str, norm: Mode = "eval", dropout: Mode = "eval") -> Iterator[Parts]:
@@ -452,6 +479,7 @@ class Parts:
         the pins also re-apply themselves before each forward)."""
         for state in self._frozen.values():
             reapply_pins(state.hold.modules)
+        reapply_pins(self._joint_hold.modules)
 
     def guard(self, include_buffers: bool = True) -> FrozenGuard:
         """A context manager that raises :class:`~partwise.FrozenPartChanged` if a frozen tensor changes."""
@@ -477,6 +505,7 @@ class Parts:
         self._apply_freeze(targets, keep_state=False)
         for n in [n for n in self._frozen if n not in frozen]:
             fz.release(self._frozen.pop(n).hold, self.model.training)
+        self._sync_joint()
 
     # -- reporting ---------------------------------------------------------------------------
     def table(self) -> str:

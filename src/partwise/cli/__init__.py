@@ -1,4 +1,4 @@
-"""The ``partwise`` command line: train, resume, eval, predict, inspect, demo.
+"""The ``partwise`` command line: train, resume, eval, predict, inspect, export, demo.
 
 Bad input (a bad option, a missing file, malformed YAML, invalid recipe keys or values, an unavailable
 device, a data file with bad lines, an existing run directory, damaged run files, a checkpoint from
@@ -23,6 +23,7 @@ EXAMPLES = {
     "eval": "partwise eval runs/g2p --split test --beam 5",
     "predict": "partwise predict runs/g2p partwise pytorch   |   echo tokenizer | partwise predict runs/g2p -",
     "inspect": "partwise inspect recipes/g2p.yaml plan.1.train.encoder=1e-5",
+    "export": "partwise export runs/g2p_t5 models/g2p_t5   # then AutoModelForSeq2SeqLM.from_pretrained('models/g2p_t5')",
     "demo": "partwise demo",
 }
 
@@ -103,6 +104,11 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*", metavar="key=value")
 
+    p = add("export", "write a run's Hugging Face model (model: {name: hf}) as a from_pretrained directory")
+    p.add_argument("run_dir")
+    p.add_argument("out_dir", help="a new directory for config.json and model.safetensors")
+    p.add_argument("--latest", action="store_true", help="export the latest checkpoint instead of the best")
+
     p = add("demo", "train G2P on CMUdict for a few minutes and show the results")
     p.add_argument("--run-dir", default="runs/demo", help="where the demo writes (a previous demo there is replaced)")
     p.add_argument("--minutes", type=_minutes, default=None, help="training time budget (default: the demo's)")
@@ -159,6 +165,10 @@ def _run(args: argparse.Namespace) -> int:
         return cmd.predict(args.run_dir, words, "-" if "-" in args.words else args.file, args.beam)
     if args.command == "inspect":
         return cmd.inspect(args.recipe, args.overrides)
+    if args.command == "export":
+        from ._hf import export_command
+
+        return export_command(args.run_dir, args.out_dir, "latest" if args.latest else "best")
     from ._demo import demo
 
     return demo(args.run_dir, args.minutes)

@@ -32,8 +32,11 @@ def load_artifacts(run_dir: Path) -> dict[str, Any]:
 
 
 def build_parts(recipe: Recipe, model: nn.Module) -> Parts:
+    # HF models get partwise.hf's parts unless the recipe names its own
+    from ._hf import default_spec
+
     try:
-        return Parts(model, recipe.parts)
+        return Parts(model, recipe.parts if recipe.parts is not None else default_spec(model))
     except PartError as e:
         raise ConfigError([f"parts: {e}"]) from None
 

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from .._errors import ConfigError
 from ..data import BucketBatchSampler, Seq2SeqDataset, Vocab, collate, make_g2p_datasets, read_pairs
 from ..seq2seq import Seq2SeqTask, gru_seq2seq, transformer_seq2seq
+from . import _hf
 from ._build import teacher_forcing
 from ._config import Recipe
 from ._kinds import KindData
@@ -55,10 +56,14 @@ class Seq2SeqKind:
             if missing:
                 raise ConfigError([f"data.{split}: {path!r} {'is not a file' if Path(path).exists() else 'not found'}; "
                                    "give a TSV file (source<TAB>target per line)" for split, path in missing])
+        if recipe.model.name == "hf":  # a Hugging Face encoder-decoder (partwise[hf]; see cli/_hf.py)
+            return _hf.check(recipe.model.args)
         model_factory(recipe.model.name, FACTORIES)
 
     def model_for_check(self, recipe: Recipe) -> nn.Module:
         """The recipe's model with stand-in vocabulary sizes (part names do not depend on them)."""
+        if recipe.model.name == "hf":
+            return _hf.build_model(recipe.model.args, 1, 1)  # the data's vocabulary is checked when it is read
         return self.build_model(recipe, KindData(None, None, None, {"src": range(40), "tgt": range(80)}))
 
     def load_data(self, recipe: Recipe, artifacts: dict[str, Any] | None) -> KindData:
@@ -82,14 +87,18 @@ class Seq2SeqKind:
         return {"src": data.extra["src"].to_dict(), "tgt": data.extra["tgt"].to_dict()}
 
     def build_model(self, recipe: Recipe, data: KindData) -> nn.Module:
-        factory = model_factory(recipe.model.name, FACTORIES)
         torch.manual_seed(recipe.seed)
+        if recipe.model.name == "hf":
+            return _hf.build_model(recipe.model.args, len(data.extra["src"]), len(data.extra["tgt"]))
+        factory = model_factory(recipe.model.name, FACTORIES)
         try:
             return factory(len(data.extra["src"]), len(data.extra["tgt"]), **recipe.model.args)
         except (TypeError, ValueError) as e:
             raise ConfigError([f"model.args: {e}"]) from None
 
-    def build_task(self, recipe: Recipe, data: KindData) -> Seq2SeqTask:
+    def build_task(self, recipe: Recipe, data: KindData) -> Any:
+        if recipe.model.name == "hf":
+            return _hf.build_task(recipe, data, teacher_forcing(recipe.teacher_forcing, "teacher_forcing"))
         return Seq2SeqTask(teacher_forcing=teacher_forcing(recipe.teacher_forcing, "teacher_forcing"),
                            label_smoothing=recipe.training.label_smoothing, tgt_vocab=data.extra["tgt"],
                            beam_size=recipe.eval.beam_size, max_len_ratio=recipe.eval.max_len_ratio)
@@ -108,6 +117,8 @@ class Seq2SeqKind:
         if beam_size:
             task.beam_size = beam_size
         tokens = [list(w.lower()) if recipe.data.tokenize == "char" else w.split() for w in words]
+        if recipe.model.name == "hf":
+            return _hf.predict(task, model, data, tokens)
         out = []
         with torch.inference_mode():
             for start in range(0, len(tokens), 256):

@@ -1,0 +1,73 @@
+"""Export: a model (or a partwise run's checkpoint) back into a ``from_pretrained`` directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["export", "export_run"]
+
+
+def _check_reload(model: nn.Module, out: Path) -> None:
+    """Load ``out`` with the model's own class and require every tensor to be equal."""
+    again = type(model).from_pretrained(out, local_files_only=True)
+    theirs = again.state_dict()
+    ours = model.state_dict()
+    problems = [k for k in ours if k not in theirs or not torch.equal(ours[k].cpu(), theirs[k].cpu())]
+    if problems:
+        raise RuntimeError(f"export to {str(out)!r} does not reload identically: {', '.join(problems[:5])} differ")
+
+
+def export(model: nn.Module, out_dir: str | Path, *, check: bool = True, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` with ``save_pretrained`` into ``out_dir`` (created; must be empty or absent).
+
+    With ``check`` the directory is loaded back with the model's own class and every parameter and
+    buffer compared; untied tensors (see :func:`partwise.untie`) stay untied. ``extra`` is written as
+    ``partwise.json`` (where the weights came from, vocabularies).
+
+    >>> import tempfile
+    >>> from transformers import T5Config, T5ForConditionalGeneration
+    >>> model = T5ForConditionalGeneration(T5Config(vocab_size=32, d_model=8, d_kv=4, d_ff=16,
+    ...                                             num_layers=1, num_heads=2))
+    >>> out = export(model, tempfile.mkdtemp() + "/t5")
+    >>> sorted(p.name for p in out.iterdir())
+    ['config.json', 'generation_config.json', 'model.safetensors']
+    """
+    from transformers.utils import logging as hf_logging
+
+    if not callable(getattr(model, "save_pretrained", None)):
+        raise TypeError(f"export needs a Hugging Face model (with save_pretrained), got {type(model).__name__}")
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"export: {str(out)!r} exists and is not an empty directory; choose a new OUT_DIR")
+    out.mkdir(parents=True, exist_ok=True)
+    progress = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(out)
+        if extra:
+            (out / "partwise.json").write_text(json.dumps(extra, indent=2, sort_keys=True), encoding="utf-8")
+        if check:
+            _check_reload(model, out)
+    finally:
+        if progress:
+            hf_logging.enable_progress_bar()
+    return out
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, which: str = "best", check: bool = True) -> Path:
+    """Export the ``best`` (or ``latest``) checkpoint of a run trained with ``model: {name: hf}``."""
+    from ..cli import _build
+    from ..cli._commands import load_run
+
+    run = Path(run_dir)
+    recipe, _, model, _, _ = load_run(run, which)
+    if not callable(getattr(model, "save_pretrained", None)):
+        raise TypeError(f"export: the model of run {str(run)!r} is {recipe.model.name!r}, not a Hugging Face model "
+                        "(model: {name: hf})")
+    artifacts = _build.load_artifacts(run)
+    return export(model, out_dir, check=check, extra={"run_dir": str(run), "checkpoint": which, **artifacts})
