@@ -80,7 +80,7 @@ class _Binding:
             added = [p for p in members if id(p) in resumed and id(p) not in current]
             group["params"] = wanted + [p for p in group["params"] if id(p) not in member_ids]
             for p in added:
-                st = self.kept.pop(p, None) if p in self.kept else None
+                st = self.kept.pop(p, None) if p in self.kept else None  # type: ignore[no-untyped-call]
                 if restore and st is not None:
                     opt.state[p] = st
             fresh = [p for p in added if p not in opt.state]
@@ -141,11 +141,12 @@ def _valid_keys(cls: type[Optimizer]) -> set[str]:
 
 
 def is_no_decay(name: str, p: nn.Parameter, rule: str | Iterable[str] | None) -> bool:
-    if rule is None or rule is False:
+    """Whether parameter ``name`` takes no weight decay under ``rule`` ("auto": 1-d tensors)."""
+    if rule is None:
         return False
-    if rule == "auto":
-        return p.ndim <= 1  # biases, norm scales and shifts, scalars
-    return any(re.fullmatch(rx, name) for rx in rule)  # type: ignore[union-attr]
+    if isinstance(rule, str):
+        return rule == "auto" and p.ndim <= 1  # biases, norm scales and shifts, scalars
+    return any(re.fullmatch(rx, name) for rx in rule)
 
 
 def _option_problems(opts: Mapping[str, Any], cls: type[Optimizer]) -> list[str]:
@@ -166,7 +167,8 @@ class PartConfig:
     def __init__(self, parts: Parts, per_part: Mapping[str, Mapping[str, Any]] | None,
                  default: Mapping[str, Any] | None, no_decay: str | Iterable[str] | None = "auto"):
         self.parts = parts
-        self.no_decay = list(no_decay) if no_decay not in (None, "auto") and not isinstance(no_decay, str) else no_decay
+        self.no_decay: str | list[str] | None = (
+            no_decay if no_decay is None or isinstance(no_decay, str) else list(no_decay))
         base = dict(DEFAULT_OPTIONS if default is None else {"name": "adamw", "lr": 1e-3, **default})
         per_part = dict(per_part or {})
         errors = []
@@ -475,7 +477,7 @@ def kept_state_bytes(optimizer: Optimizer | OptimizerSet, parts: Parts) -> dict[
     out = dict.fromkeys(parts.names, 0)
     for opt in optimizers_of(optimizer):
         binding = _BINDINGS.get(opt)
-        for p, st in (binding.kept.items() if binding else []):
+        for p, st in (binding.kept.items() if binding else []):  # type: ignore[no-untyped-call]
             if id(p) in owner:
                 out[owner[id(p)]] += _nbytes(st)
     return out

@@ -150,7 +150,7 @@ class Parts:
                     f"({REST!r} collects parameters no selector matches)"
                 )
                 continue
-            sels = [sel] if isinstance(sel, str) else list(sel) if isinstance(sel, list | tuple) else [sel]
+            sels: list[Any] = [sel] if isinstance(sel, str) else list(sel) if isinstance(sel, list | tuple) else [sel]
             bad = [s for s in sels if not isinstance(s, str)]
             if bad:
                 errors.append(f"part {name!r}: selector {bad[0]!r} is a {type(bad[0]).__name__}; selectors are "
@@ -244,14 +244,17 @@ class Parts:
 
         visit("", self.model, frozenset())
         for part in self._parts.values():  # a module reached under two paths keeps its first path only
-            seen: set[int] = set()
-            part.modules = {p: m for p, m in part.modules.items()
-                            if owners_of.get(id(m)) == {part.name} and not (id(m) in seen or seen.add(id(m)))}
+            mine = frozenset({part.name})
+            kept: dict[str, nn.Module] = {}
+            for path, m in part.modules.items():
+                if owners_of.get(id(m)) == mine and all(m is not k for k in kept.values()):
+                    kept[path] = m
+            part.modules = kept
         self._joint = [(path, m, owners) for path, m, _ in joint.values() if len(owners := owners_of[id(m)]) > 1]
         for name, sel in selections.items():
             self._parts[name].partial = sorted(
                 p for p in sel.module_paths
-                if owners_of.get(id(modules[p])) != {name} and any(True for _ in modules[p].parameters())
+                if owners_of.get(id(modules[p])) != frozenset({name}) and any(True for _ in modules[p].parameters())
             )
 
     def _sync_joint(self) -> None:

@@ -13,6 +13,7 @@ import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -91,7 +92,7 @@ def replace_module(model: nn.Module, path: str, new: nn.Module, match_device: bo
     if any(id(m) in ancestors for m in new.modules()):
         raise PartError(f"replace_module(): the new module for {path!r} contains a module above that "
                         "slot, which would make the model contain itself; pass a fresh module")
-    old = parent._modules.get(name)
+    old: nn.Module | None = parent._modules.get(name)
     if match_device:
         ref = _first_tensor(old) if old is not None else None
         ref = ref if ref is not None else _first_tensor(parent)
@@ -165,7 +166,7 @@ class TransferReport:
 
 
 def _checkpoint_tensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    ckpt = resolve_checkpoint(path)
+    ckpt = resolve_checkpoint(Path(path))
     out: dict[str, Tensor] = {}
     for fname in read_meta(ckpt)["parts"].values():
         out.update(read_part(ckpt, fname))
@@ -391,7 +392,7 @@ def load_part(model: nn.Module, part: str, checkpoint: str | os.PathLike[str], p
     if part not in parts:
         raise PartError(f"load_part(): the model has no part {part!r}; its parts are {parts.names}")
     try:
-        ckpt = resolve_checkpoint(checkpoint)
+        ckpt = resolve_checkpoint(Path(checkpoint))
     except CheckpointNotFound as e:
         raise CheckpointNotFound(f"load_part(): {e}") from None
     stored_name = source_part or part

@@ -17,6 +17,7 @@ import copy
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -121,7 +122,7 @@ def untie(model: nn.Module, *module_paths: str) -> UntieReport:
     return report
 
 
-def _hf_models(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
+def _hf_models(model: nn.Module) -> Iterable[tuple[str, Any]]:
     for prefix, sub in model.named_modules():
         if callable(getattr(sub, "get_expanded_tied_weights_keys", None)) and getattr(sub, "config", None) is not None:
             yield prefix, sub
@@ -131,7 +132,7 @@ def _update_tie_bookkeeping(model: nn.Module) -> list[str]:
     """Drop untied pairs from Hugging Face-style tie mappings; turn a config's tie flag off when none
     of its pairs is tied any more. Returns what changed, one line each."""
     changes: list[str] = []
-    configs: dict[int, tuple[object, list[bool]]] = {}
+    configs: dict[int, tuple[Any, list[bool]]] = {}
     for prefix, sub in _hf_models(model):
         try:
             mapping = dict(sub.get_expanded_tied_weights_keys(all_submodels=False))
@@ -151,6 +152,7 @@ def _update_tie_bookkeeping(model: nn.Module) -> list[str]:
         if not any(any_kept) and getattr(config, "tie_word_embeddings", False):
             config.tie_word_embeddings = False
             changes.append(f"{type(config).__name__}.tie_word_embeddings: True -> False")
-    if callable(getattr(model, "get_expanded_tied_weights_keys", None)) and hasattr(model, "all_tied_weights_keys"):
-        model.all_tied_weights_keys = model.get_expanded_tied_weights_keys(all_submodels=True)
+    hf: Any = model  # a Hugging Face PreTrainedModel, duck-typed
+    if callable(getattr(hf, "get_expanded_tied_weights_keys", None)) and hasattr(hf, "all_tied_weights_keys"):
+        hf.all_tied_weights_keys = hf.get_expanded_tied_weights_keys(all_submodels=True)
     return changes
