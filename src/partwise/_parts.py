@@ -3,9 +3,9 @@
 Ownership is by identity. Every parameter belongs to exactly one part. A module is *covered* by a
 part when every parameter below it belongs to that part; a module without parameters (a Dropout, a
 ``BatchNorm1d(affine=False)``) is covered by the part that covers its nearest ancestor with
-parameters. Freezing a part pins every module it covers — however the part was selected — and
-nothing else: a module whose parameters are split between parts (the root, a container a selector
-cuts with ``!``) is never pinned.
+parameters. Freezing a part pins every module it covers — however the part was selected. A module
+whose parameters are split between parts (the root, a stack holding another part's shared embedding)
+and its parameter-less children are pinned only while every one of those parts is frozen.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ class SharedTensor:
 class Part:
     """A named piece of a model: the parameters it owns and the modules it covers.
 
-    ``partial`` lists modules a selector named whose parameters are only partly this part's: their own
-    train/eval mode is never pinned by this part.
+    ``partial`` lists modules a selector named whose parameters are only partly this part's: they are
+    pinned to eval only while every part owning them is frozen.
     """
 
     name: str
@@ -539,7 +539,8 @@ class Parts:
         for part in self._parts.values():
             if part.partial:
                 lines.append(f"note: part {part.name!r} owns only some parameters of module(s) "
-                             f"{', '.join(map(repr, part.partial[:4]))}; their own train/eval mode is not pinned")
+                             f"{', '.join(map(repr, part.partial[:4]))}; they are pinned to eval only while every "
+                             "part owning them is frozen")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
