@@ -1,4 +1,4 @@
-"""Export: a model (or a partwise run's checkpoint) back into a ``from_pretrained`` directory."""
+"""Export: a model back into a ``from_pretrained`` directory (a run's checkpoint: ``partwise export``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["export", "export_run"]
+__all__ = ["export"]
 
 
 def _check_reload(model: nn.Module, out: Path) -> None:
@@ -57,17 +57,3 @@ def export(model: nn.Module, out_dir: str | Path, *, check: bool = True, extra: 
         if progress:
             hf_logging.enable_progress_bar()
     return out
-
-
-def export_run(run_dir: str | Path, out_dir: str | Path, which: str = "best", check: bool = True) -> Path:
-    """Export the ``best`` (or ``latest``) checkpoint of a run trained with ``model: {name: hf}``."""
-    from ..cli import _build
-    from ..cli._commands import load_run
-
-    run = Path(run_dir)
-    recipe, _, model, _, _ = load_run(run, which)
-    if not callable(getattr(model, "save_pretrained", None)):
-        raise TypeError(f"export: the model of run {str(run)!r} is {recipe.model.name!r}, not a Hugging Face model "
-                        "(model: {name: hf})")
-    artifacts = _build.load_artifacts(run)
-    return export(model, out_dir, check=check, extra={"run_dir": str(run), "checkpoint": which, **artifacts})
