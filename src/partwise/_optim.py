@@ -197,7 +197,7 @@ class PartConfig:
         not-decayed parameters. Members are the part's parameters that are trainable by nature;
         a group holds those that train now."""
         opts = self.options[part]
-        named = [(n, p) for n, p in self.parts[part].named_parameters.items() if fz.trainable_by_nature(p)]
+        named = [(n, p) for n, p in self.parts[part].named_parameters() if fz.trainable_by_nature(p)]
         decay_on = float(opts.get("weight_decay", 0.0) or 0.0) != 0.0
         out = []
         for no_decay in (False, True):
@@ -355,7 +355,7 @@ def check_optimizer(optimizer: Optimizer | OptimizerSet, parts: Parts) -> None:
     for g in optimizer.param_groups:
         for p in g["params"]:
             seen[id(p)] = seen.get(id(p), 0) + 1
-    trainable = {id(p) for part in parts for p in part.parameters if p.requires_grad}
+    trainable = {id(p) for part in parts for p in part.parameters() if p.requires_grad}
     twice = [names.get(i, "?") for i, c in seen.items() if c > 1]
     missing = [names[i] for i in trainable if i not in seen]
     frozen = [names.get(i, "?") for i in seen if i not in trainable]
