@@ -11,7 +11,6 @@ and its parameter-less children are pinned only while every one of those parts i
 from __future__ import annotations
 
 import contextlib
-import difflib
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from torch import nn
 from . import _freezing as fz
 from ._errors import PartError
 from ._freezing import Mode, check_mode, modules_to_pin, reapply_pins
+from ._names import closest
 from ._selectors import resolve
 
 if TYPE_CHECKING:
@@ -117,11 +117,6 @@ class _FrozenState:
     dropout: Mode
     hold: fz.Hold
     kept_state: bool
-
-
-def closest(word: str, names: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(names), n=3, cutoff=0.4) or list(names)[:5]
-    return ", ".join(repr(c) for c in close)
 
 
 class Parts:

@@ -14,7 +14,6 @@ again), and a config whose ties are all gone gets ``tie_word_embeddings = False`
 from __future__ import annotations
 
 import copy
-import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from ._errors import PartError
+from ._names import closest
 
 __all__ = ["untie", "UntieReport", "Untied"]
 
@@ -102,9 +102,8 @@ def untie(model: nn.Module, *module_paths: str) -> UntieReport:
     modules = dict(model.named_modules(remove_duplicate=False))
     for path in module_paths:
         if not isinstance(path, str) or not path or path not in modules:
-            close = difflib.get_close_matches(str(path), [p for p in modules if p], n=3, cutoff=0.5)
-            hint = f"; closest: {', '.join(map(repr, close))}" if close else ""
-            raise PartError(f"untie: no module at path {path!r} (give a submodule path such as 'lm_head'){hint}")
+            raise PartError(f"untie: no module at path {path!r} (give a submodule path such as 'lm_head'); "
+                            f"closest: {closest(str(path), modules)}")
     report = UntieReport()
     for path in module_paths:
         for param, names in list(_names_by_tensor(model).values()):
