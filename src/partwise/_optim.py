@@ -169,7 +169,8 @@ class PartConfig:
         self.parts = parts
         self.no_decay: str | list[str] | None = (
             no_decay if no_decay is None or isinstance(no_decay, str) else list(no_decay))
-        base = dict(DEFAULT_OPTIONS if default is None else {"name": "adamw", "lr": 1e-3, **default})
+        base = dict(DEFAULT_OPTIONS if default is None else {"name": DEFAULT_OPTIONS["name"], "lr": DEFAULT_OPTIONS["lr"],
+                                                            **default})
         per_part = dict(per_part or {})
         errors = []
         unknown = [n for n in per_part if n not in parts]

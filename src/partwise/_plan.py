@@ -9,7 +9,7 @@ from typing import Any
 
 from ._errors import ConfigError, PartError
 from ._freezing import Mode
-from ._optim import PartConfig, is_no_decay
+from ._optim import DEFAULT_OPTIONS, PartConfig, is_no_decay
 from ._parts import Parts
 from ._schedule import LRSchedule
 
@@ -66,7 +66,7 @@ class Phase:
 
     def default_options(self) -> dict[str, Any]:
         """Optimizer options for parts the phase does not list (AdamW unless ``optimizer`` names one)."""
-        return {"name": "adamw", **self.optimizer}
+        return {"name": DEFAULT_OPTIONS["name"], **self.optimizer}
 
     def train_options(self) -> dict[str, dict[str, Any]]:
         """Per trained part: the optimizer options (shared options under the part's own)."""
