@@ -209,7 +209,7 @@ def remove_debris(folder: str | Path) -> list[str]:
 
 def _alive(pid: int) -> bool:
     """Whether process ``pid`` exists (this process included; unknowable answers count as alive)."""
-    if pid == os.getpid():
+    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill(pid, 0) would end the process
         return True
     if pid <= 0:
         return False

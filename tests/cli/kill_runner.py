@@ -19,16 +19,17 @@ def _child(args: list[str], env: dict[str, str], log: str) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.environ.update(env)
-    code = 1
+    code = 3  # an exception escaped: its traceback is in the log
     try:
         from partwise.cli import main
 
         code = main(args)
-    except BaseException as e:  # noqa: BLE001 - reported through the exit code and the log
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:  # noqa: BLE001 - reported through the exit code and the log
         import traceback
 
         traceback.print_exc()
-        code = 3 if isinstance(e, SystemExit) is False else int(e.code or 0)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

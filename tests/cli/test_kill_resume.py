@@ -13,6 +13,7 @@ transition, anywhere. The runs are forked from one process that imported partwis
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import yaml
 from safetensors.torch import load_file
 
 from partwise._failpoints import KILL_AT, TRACE
+from partwise.cli._runfiles import has_checkpoint
 from partwise.cli._runlog import read_rows
 
 from .cli_helpers import TINY
@@ -41,6 +43,7 @@ RECIPE = {
     # save_every divides the epoch: a step checkpoint and an epoch end fall on the same step
     "training": {"batch_size": 32, "best_metric": "wer", "save_every": 3, "threads": 1},
 }
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the runner forks its runs (POSIX only)")
 WALL_CLOCK = {"seconds"}  # metrics.csv columns that may differ between runs
 RUNNER = Path(__file__).with_name("kill_runner.py")
 
@@ -172,7 +175,7 @@ def kill_and_resume(runner: Runner, ref: Reference, kill_at: int) -> list[str]:
     run = Path(tempfile.mkdtemp(prefix=f"killed-at-{kill_at}-", dir=ref.run.parent)) / "run"
     code = runner.run("train", str(ref.recipe), f"run_dir={run}", env={KILL_AT: str(kill_at)})
     assert code == -9, f"not killed at point {kill_at} ({ref.trace[kill_at - 1]}): exit {code}"
-    if (run / "checkpoints" / "latest").is_file():
+    if has_checkpoint(run):  # complete, if perhaps not yet named by `latest`
         code = runner.run("resume", str(run))
     else:  # killed before the first checkpoint: nothing to resume, and `train` may start afresh
         code = runner.run("train", str(ref.recipe), f"run_dir={run}")
