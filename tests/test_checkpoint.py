@@ -3,6 +3,10 @@ partial loads only when asked; damaged files are a CheckpointError; tied targets
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -10,7 +14,7 @@ import torch
 from torch import nn
 
 import partwise as pw
-from partwise._checkpoint import load_state, save_checkpoint
+from partwise._checkpoint import load_state, remove_debris, save_checkpoint
 
 
 def net(norm: bool = False) -> nn.Module:
@@ -108,3 +112,52 @@ def test_transfer_state_warns_when_two_source_tensors_map_onto_one_tied_target()
         report = pw.transfer_state(agreeing, Tied())
     assert report.copied == ("embed.weight", "out.weight")
 
+
+
+# -- surviving a kill: debris and pointers ------------------------------------------------------
+def _dead_pid() -> int:
+    """The pid of a process that has exited."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_temporaries_of_dead_writers_are_removed_and_those_of_live_ones_kept(tmp_path):
+    dead, live = _dead_pid(), os.getpid()
+    for name in (f".step-00000003.tmp-{dead}", f".step-00000003.old-{dead}", f".step-00000006.tmp-{live}"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "state.pt").write_bytes(b"half")
+    for name in (f".latest.tmp-{dead}", f".metrics.csv.tmp-{dead}", f".loss.tmp-{dead}.png", "notes.tmp-1", "step-1"):
+        (tmp_path / name).write_text("x")
+    removed = remove_debris(tmp_path)
+    assert sorted(removed) == sorted([f".step-00000003.tmp-{dead}", f".step-00000003.old-{dead}",
+                                      f".latest.tmp-{dead}", f".metrics.csv.tmp-{dead}", f".loss.tmp-{dead}.png"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".step-00000006.tmp-{live}", "notes.tmp-1", "step-1"])
+
+
+def test_a_resave_under_the_name_latest_names_never_leaves_latest_without_a_checkpoint(tmp_path, monkeypatch):
+    model = net()
+    parts = pw.Parts(model)
+    save_checkpoint(tmp_path, "step-00000003", model, parts, {"v": 1}, {}, pointers=("latest", "best"))
+    checked = []
+
+    def pointers_complete(*_: object) -> None:
+        for which in ("latest", "best"):
+            name = (tmp_path / which).read_text().strip()
+            assert (tmp_path / name / "meta.json").is_file(), f"{which} names {name}, which is not complete"
+        checked.append(1)
+
+    replace, rmtree = os.replace, shutil.rmtree
+    monkeypatch.setattr(os, "replace", lambda a, b: (pointers_complete(), replace(a, b), pointers_complete()))
+    monkeypatch.setattr(shutil, "rmtree", lambda p, **kw: (pointers_complete(), rmtree(p, **kw), pointers_complete()))
+    with torch.no_grad():
+        model.decoder.weight.add_(1.0)
+    new = save_checkpoint(tmp_path, "step-00000003", model, parts, {"v": 2}, {})  # latest moves, best stays
+    assert len(checked) >= 6
+    assert new.name == "step-00000003.1" and (tmp_path / "latest").read_text() == "step-00000003.1"
+    assert (tmp_path / "best").read_text() == "step-00000003" and load_state(tmp_path / "step-00000003")["v"] == 1
+    assert load_state(new)["v"] == 2
+    monkeypatch.undo()
+    again = save_checkpoint(tmp_path, "step-00000003", model, parts, {"v": 3}, {}, pointers=("latest", "best"))
+    assert again.name == "step-00000003.2"  # best named step-00000003 and latest .1 until now...
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "latest", "step-00000003.2"]  # ...both are gone

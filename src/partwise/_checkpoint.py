@@ -10,6 +10,11 @@ Layout of a run directory::
         meta.json                        written last: its presence marks the checkpoint complete
     run/checkpoints/latest               name of the newest complete checkpoint
     run/checkpoints/best                 name of the best one (when tracked)
+
+A pointer names a complete checkpoint at every instant (a re-save under a pinned name is written as
+``step-00000120.1`` first, see :func:`save_checkpoint`). A writer killed mid-way leaves a hidden
+``.step-00000120.tmp-<pid>`` folder (or ``.latest.tmp-<pid>`` file), which :func:`remove_debris`
+removes at the next start once that process is gone.
 """
 
 from __future__ import annotations
@@ -27,13 +32,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from . import _failpoints
 from ._errors import CheckpointError, CheckpointNotFound
 from ._parts import REST, Parts
 
 __all__ = ["part_tensors", "save_checkpoint", "resolve_checkpoint", "load_weights", "load_state", "read_meta",
-           "read_part", "part_file_problems"]
+           "read_part", "part_file_problems", "remove_debris", "tidy"]
 
 META, STATE = "meta.json", "state.pt"
+POINTERS = ("latest", "best")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]*")
 _SHOWN = 10  # mismatches shown in one error message (all are in ``CheckpointError.problems``)
 
@@ -81,8 +88,13 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint ``ckpt_root/name`` atomically and point ``pointers`` at it.
 
-    A process killed at any moment leaves the previous complete checkpoint and its pointer intact.
-    Older checkpoints beyond ``keep`` (not named by any pointer) are removed afterwards.
+    A process killed at any moment leaves the previous complete checkpoint and its pointers intact:
+    the checkpoint is written under a temporary name and renamed when complete, then each pointer is
+    switched (``latest`` before ``best``, so ``best`` never names a checkpoint newer than ``latest``).
+    A pointer always names a complete checkpoint: when ``name`` is one that a pointer names (a
+    re-save), the new checkpoint is written beside it as ``name.1`` (or ``.2`` ...), the pointers are
+    switched, and only then is the old one removed. Older checkpoints beyond ``keep`` (not named by
+    any pointer) are removed afterwards. Returns the checkpoint's directory.
     """
     tensors_by_part = part_tensors(model, parts)
     bad = part_file_problems(list(tensors_by_part))
@@ -90,36 +102,124 @@ def save_checkpoint(
         raise CheckpointError("cannot write a checkpoint: " + "; ".join(bad), bad)
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    files = {}
-    for part, tensors in tensors_by_part.items():
-        fname = f"part-{part}.safetensors"
-        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp / fname), metadata={"part": part})
-        files[part] = fname
-    torch.save(state, tmp / STATE)
-    (tmp / META).write_text(json.dumps({**meta, "parts": files}, indent=2, sort_keys=True), encoding="utf-8")
-    final = root / name
-    if final.exists():
-        old = root / f".{name}.old-{os.getpid()}"
+    tmp = _write_tmp(root, name, tensors_by_part, state, meta)
+    final = root / _free_name(root, name)
+    if final.exists():  # an unpinned leftover of the same step (e.g. from a killed run): replaced
+        old = root / f".{final.name}.old-{os.getpid()}"
         os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
+    _failpoints.reached("save.renamed")
     for p in pointers:
-        write_text_atomic(root / p, name)
+        write_text_atomic(root / p, final.name)
+        _failpoints.reached("save.pointer")
+    for stale in _versions(root, name):  # earlier versions of this checkpoint, now named by no pointer
+        if stale != final.name and stale not in _pinned(root):
+            shutil.rmtree(root / stale, ignore_errors=True)
     _prune(root, keep)
+    _failpoints.reached("save.pruned")
     return final
 
 
+def _write_tmp(root: Path, name: str, tensors_by_part: dict[str, dict[str, torch.Tensor]], state: dict[str, Any],
+               meta: dict[str, Any]) -> Path:
+    """The complete checkpoint in a temporary folder ``.name.tmp-<pid>``; ``meta.json`` written last."""
+    tmp = root / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    _failpoints.reached("save.started")
+    files = {}
+    for part, tensors in tensors_by_part.items():
+        fname = f"part-{part}.safetensors"
+        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp / fname), metadata={"part": part})
+        files[part] = fname
+        _failpoints.reached("save.part")
+    torch.save(state, tmp / STATE)
+    _failpoints.reached("save.state")
+    (tmp / META).write_text(json.dumps({**meta, "parts": files}, indent=2, sort_keys=True), encoding="utf-8")
+    _failpoints.reached("save.meta")
+    return tmp
+
+
+def _pinned(root: Path) -> set[str]:
+    """Names of the checkpoints that ``latest`` and ``best`` name."""
+    out = set()
+    for p in POINTERS:
+        try:
+            out.add((root / p).read_text(encoding="utf-8").strip())
+        except (OSError, UnicodeDecodeError):
+            continue
+    return out
+
+
+def _versions(root: Path, name: str) -> list[str]:
+    """``name`` and its re-saved versions ``name.1``, ``name.2`` ... that exist under ``root``."""
+    pattern = re.compile(re.escape(name) + r"(\.[0-9]+)?")
+    return sorted(d.name for d in root.iterdir() if pattern.fullmatch(d.name))
+
+
+def _free_name(root: Path, name: str) -> str:
+    """``name``, unless a pointer names it: then the first ``name.N`` that no pointer names."""
+    pinned = _pinned(root)
+    version = 0
+    while (candidate := name if version == 0 else f"{name}.{version}") in pinned:
+        version += 1
+    return candidate
+
+
 def _prune(root: Path, keep: int) -> None:
-    pinned = {(root / p).read_text().strip() for p in ("latest", "best") if (root / p).exists()}
+    pinned = _pinned(root)
     complete = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and (d / META).exists())
     for d in complete[: max(0, len(complete) - keep)]:
         if d.name not in pinned:
             shutil.rmtree(d, ignore_errors=True)
+
+
+def tidy(ckpt_root: str | Path, keep: int = 1) -> None:
+    """Remove what a killed save left under ``ckpt_root``: debris (see :func:`remove_debris`) and
+    complete checkpoints beyond ``keep`` that no pointer names."""
+    root = Path(ckpt_root)
+    if root.is_dir():
+        remove_debris(root)
+        _prune(root, keep)
+
+
+_DEBRIS = re.compile(r"\..+\.(?:tmp|old)-([0-9]+)(?:\.[A-Za-z0-9]+)?")
+
+
+def remove_debris(folder: str | Path) -> list[str]:
+    """Remove the temporary files and folders (``.NAME.tmp-<pid>``, ``.NAME.old-<pid>``) that writers
+    killed in the middle of an atomic write left in ``folder`` — only those whose process is gone
+    (a live process may still be writing them). Returns the names removed."""
+    folder = Path(folder)
+    removed = []
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+        m = _DEBRIS.fullmatch(entry.name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (this process included; unknowable answers count as alive)."""
+    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill(pid, 0) would end the process
+        return True
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True  # another user's process, or a pid this system cannot even name: leave it alone
+    return True
 
 
 def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:

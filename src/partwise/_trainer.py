@@ -15,6 +15,7 @@ from torch import nn
 
 from . import _checkpoint as ckpt
 from . import _distributed as dist
+from . import _failpoints
 from ._cache import CacheRefused, EncoderCache, cache_blockers, supports_cache
 from ._errors import ConfigError, PartwiseError
 from ._fingerprint import plan_differences, plan_fingerprint
@@ -32,6 +33,8 @@ from ._plan import Phase, PhaseSpan, Plan
 from ._task import StepContext, Task, as_task, declared_metrics
 
 __all__ = ["Trainer", "NonFiniteLoss", "EarlyStopping"]
+
+SELF = "."  # state["best_checkpoint"] of a checkpoint that is itself the best
 
 
 class NonFiniteLoss(PartwiseError, FloatingPointError):
@@ -154,6 +157,7 @@ class Trainer:
         self.plan_changes: list[str] = []  # accepted on resume with allow_plan_change=True
         self._epoch_loss = (0.0, 0)  # sum and count of this epoch's step losses
         self._saved_at, self._steps_per_epoch = -1, 0
+        self._best_name: str | None = None  # the checkpoint the "best" pointer names
         self.model.to(self.device)
 
     def _option_problems(self) -> list[str]:
@@ -233,6 +237,7 @@ class Trainer:
             self._guard.snapshot()
         for cb in self.callbacks:
             getattr(cb, "on_phase_start", lambda *a: None)(self, span)
+        _failpoints.reached("phase.entered")
 
     def _set_frozen(self, ph: Phase) -> None:
         """Exactly the parts the phase does not train are frozen, with the phase's modes; parts whose
@@ -324,6 +329,8 @@ class Trainer:
             raise ConfigError([f"train_data: {len(loader)} batch(es) per epoch make no optimizer step with "
                                f"grad_accum={self.grad_accum}; give more data or a smaller batch size"])
         total = self.plan.total_steps(steps_per_epoch)
+        if self.run_dir is not None and self.rank == 0:
+            ckpt.remove_debris(self.run_dir / "checkpoints")  # what a killed save left
         if resume is not None:
             self._restore(resume, steps_per_epoch, allow_plan_change)
         stop_at = total if max_steps is None else min(total, max_steps)
@@ -344,7 +351,8 @@ class Trainer:
                     continue
                 loss_value, norm = self._step(span, loss_sum)
                 micro, loss_sum, self.step = 0, None, self.step + 1
-                self._end_step(loss_value, norm)
+                _failpoints.reached("step.done")
+                self._end_step(loss_value, norm, ends_epoch=self.step % steps_per_epoch == 0 or self.step >= total)
                 if deadline is not None and time.perf_counter() > deadline:
                     stop_at, timed_out = self.step, True
                 if self.step >= stop_at or self.step % steps_per_epoch == 0:
@@ -371,16 +379,23 @@ class Trainer:
         if errors:
             raise ConfigError(errors)
 
-    def _end_step(self, loss_value: float, norm: float | None) -> None:
+    def _end_step(self, loss_value: float, norm: float | None, ends_epoch: bool) -> None:
+        """Log the step (callbacks), then checkpoint every ``save_every`` steps — except on an epoch's
+        last step, whose checkpoint the epoch end writes after its evaluation: a checkpoint taken
+        before it would resume past an epoch end that never happened."""
         logs = {"step": self.step, "loss": loss_value, "grad_norm": norm, **self.lrs()}
         for cb in self.callbacks:
             getattr(cb, "on_step_end", lambda *a: None)(self, logs)
-        if self.save_every and self.step % self.save_every == 0:
+        _failpoints.reached("step.logged")
+        if self.save_every and self.step % self.save_every == 0 and not ends_epoch:
             self.save()
 
     def _end_epoch(self, val_data: Any, seconds: float) -> bool:
         """Evaluate (rank 0; its metrics go to every rank), keep the best checkpoint, and say whether
-        early stopping fires (the same answer on every rank)."""
+        early stopping fires (the same answer on every rank). In this order: evaluate, add the metrics
+        to the history, decide best and early stopping, checkpoint, then tell the callbacks — so the
+        checkpoint holds the whole epoch end (its history is what ``metrics.csv`` is rebuilt from on
+        resume), and a kill before it replays the epoch end from the previous checkpoint."""
         total, n = self._epoch_loss
         self._epoch_loss = (0.0, 0)
         metrics: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step, "phase": self.span.phase.name,
@@ -388,18 +403,25 @@ class Trainer:
         if val_data is not None:
             scores = self._evaluate(val_data) if self.rank == 0 else None
             metrics.update({f"val_{k}": v for k, v in dist.broadcast_object(scores, self.world).items()})
+        _failpoints.reached("epoch.evaluated")
         self.history.append(metrics)
         improved, stop = self._decide(metrics)
         self.save(best=improved)
+        _failpoints.reached("epoch.saved")
         for cb in self.callbacks:
             getattr(cb, "on_epoch_end", lambda *a: None)(self, metrics)
+        _failpoints.reached("epoch.logged")
         return stop
 
     def _evaluate(self, val_data: Any) -> dict[str, Any]:
+        """The task's evaluation, on a forked RNG: whatever it draws (a DataLoader's base seed, sampling)
+        leaves the training stream as it was, so a run does not depend on whether it evaluated."""
         self.model.eval()
         dataset = val_data.dataset if isinstance(val_data, torch.utils.data.DataLoader) else val_data
-        batches = eval_batches(val_data, self.batch_size, self.collate_fn, self.device)
-        return dict(self.task.evaluate(self.model, batches, dataset))
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+            batches = eval_batches(val_data, self.batch_size, self.collate_fn, self.device)
+            return dict(self.task.evaluate(self.model, batches, dataset))
 
     def _decide(self, metrics: dict[str, Any]) -> tuple[bool, bool]:
         """``(best_metric improved, early stopping fires)`` from this epoch's metrics."""
@@ -533,23 +555,47 @@ class Trainer:
                 "rng": rng, "history": self.history, "best": self.best, "stale_evals": self._stale_evals,
                 "stop_best": self._stop_best, "skipped_steps": self.skipped_steps,
                 "scaler": self.scaler.state_dict() if self.scaler else {}, "epoch_loss": list(self._epoch_loss),
-                "plan": plan_fingerprint(self.plan, self._steps_per_epoch), "plan_changes": list(self.plan_changes)}
+                "plan": plan_fingerprint(self.plan, self._steps_per_epoch), "plan_changes": list(self.plan_changes),
+                "best_checkpoint": self._best_name}
 
     def save(self, best: bool = False) -> Path | None:
-        """Write a checkpoint (rank 0 only) atomically; returns its directory."""
+        """Write a checkpoint (rank 0 only) atomically; returns its directory. Its state records the
+        checkpoint ``best`` should name (``"."``: this one), which a resume restores."""
         if self.run_dir is None or self.rank != 0:
             return None
         self._saved_at = self.step
         meta = {"step": self.step, "epoch": self.epoch, "phase": self.span.phase.name if self.span else None,
                 "model": type(self.model).__qualname__, "history": self.history[-1:] if self.history else []}
-        return ckpt.save_checkpoint(self.run_dir / "checkpoints", f"step-{self.step:08d}", self.model, self.parts,
-                                    self.state_dict(), meta, pointers=("latest", "best") if best else ("latest",))
+        state = self.state_dict()
+        if best:
+            state["best_checkpoint"] = SELF
+        path = ckpt.save_checkpoint(self.run_dir / "checkpoints", f"step-{self.step:08d}", self.model, self.parts,
+                                    state, meta, pointers=("latest", "best") if best else ("latest",))
+        if best:
+            self._best_name = path.name
+        return path
+
+    def _restore_best_pointer(self, source: Path, recorded: Any) -> None:
+        """After a kill between a checkpoint's ``latest`` and ``best`` pointers, point ``best`` where the
+        resumed checkpoint says it should (when that checkpoint is in this run and still exists)."""
+        if not isinstance(recorded, str) or self.run_dir is None or self.rank != 0:
+            return
+        root = self.run_dir / "checkpoints"
+        name = source.name if recorded == SELF else recorded
+        if source.parent.resolve() != root.resolve() or not (root / name / ckpt.META).is_file():
+            return
+        self._best_name = name
+        pointer = root / "best"
+        if not pointer.is_file() or pointer.read_text(encoding="utf-8").strip() != name:
+            ckpt.write_text_atomic(pointer, name)
 
     def _restore(self, source: str | Path, steps_per_epoch: int, allow_plan_change: bool) -> None:
+        source = ckpt.resolve_checkpoint(source)
         state = ckpt.load_state(source)
         self._check_plan(state, steps_per_epoch, allow_plan_change)
         ckpt.load_weights(self.model, self.parts, source)  # complete or refused
         self.step, self.history, self.best = state["step"], state["history"], state["best"]
+        self._saved_at = self.step  # this step's checkpoint exists: no second one at the same step
         self.epoch = self.step // steps_per_epoch
         self._stale_evals, self.skipped_steps = state["stale_evals"], state["skipped_steps"]
         self._stop_best = state.get("stop_best", state["best"])
@@ -561,6 +607,7 @@ class Trainer:
         torch.set_rng_state(state["rng"]["cpu"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self._restore_best_pointer(source, state.get("best_checkpoint"))
 
     def _check_plan(self, state: dict[str, Any], steps_per_epoch: int, allow_plan_change: bool) -> None:
         """Refuse a resume under another plan than the checkpoint's, unless ``allow_plan_change``

@@ -219,3 +219,28 @@ def test_a_log_that_saw_no_step_writes_nothing(tmp_path):
     log.on_phase_start(SimpleNamespace(rank=0, step=1, epoch=0), span)  # would truncate after step 1
     log.close()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_resume_rebuilds_metrics_from_the_checkpoint_and_drops_torn_step_rows(tmp_path):
+    """A kill between the epoch-end checkpoint and the metrics row, and one in the middle of a step row."""
+    straight = tmp_path / "straight"
+    log = RunLog(straight)
+    trainer(straight, [log]).fit(data(), data(16))
+    log.close()
+
+    run = tmp_path / "run"
+    log = RunLog(run)
+    trainer(run, [log]).fit(data(), data(16), max_steps=10)
+    log.close()
+    kept = run / "metrics.csv"
+    kept.write_text("".join(kept.read_text().splitlines(keepends=True)[:-1]))  # epoch 2's row never written
+    with (run / "steps.csv").open("a") as f:
+        f.write("11,0.5")  # the next step's row, cut short
+
+    log = RunLog(run)
+    trainer(run, [log]).fit(data(), data(16), resume=run)
+    log.close()
+    assert (run / "steps.csv").read_text() == (straight / "steps.csv").read_text()
+    drop = {"seconds"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in rows(run / "metrics.csv")[1]] == [
+        {k: v for k, v in r.items() if k not in drop} for r in rows(straight / "metrics.csv")[1]]

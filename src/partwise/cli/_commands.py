@@ -8,6 +8,7 @@ the model, before the logs are touched; ``eval`` and ``predict`` only read.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Iterable
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .. import _checkpoint, _errors
+from .. import _checkpoint, _errors, _failpoints
 from .._errors import ConfigError, PartError
 from .._plan import Plan
 from .._trainer import Trainer
@@ -28,6 +29,7 @@ from ._config import Recipe, dump, load_recipe, validate
 from ._kinds import KindData, get_kind
 from ._rundir import Prior, create_run_dir, discard_attempt, plan_run_dir
 from ._runfiles import (
+    MARKER,
     BadFileError,
     check_weight_files,
     checkpoint_dir,
@@ -142,19 +144,29 @@ def _fit_and_report(built: Built, trainer: Trainer, run_dir: Path, *, resume: Pa
     finally:
         for cb in trainer.callbacks:
             cb.close()  # flush the step rows and TensorBoard, clear the bar
-    minutes = (time.perf_counter() - t0) / 60
+    _failpoints.reached("fit.done")
+    return _report(built, run_dir, title, trainer.step, (time.perf_counter() - t0) / 60, trainer.device)
+
+
+def _report(built: Built, run_dir: Path, title: str, steps: int, minutes: float, device: torch.device) -> dict[str, Any]:
+    """Score the run's best checkpoint (else its latest) on dev, with the recipe's seed, then write
+    the plots and report.md."""
     which = "best" if (run_dir / "checkpoints" / "best").exists() else "latest"
     _checkpoint.load_weights(built.model, built.parts, checkpoint_dir(run_dir, which))
     built.model.eval()
-    dev = built.task.evaluate(built.model, _device_batches(built.kind.eval_loader(recipe, built.data.dev), trainer.device),
-                              built.data.dev)
-    summary = {"checkpoint": which, "steps": trainer.step, "training minutes": round(minutes, 2),
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type="cuda"):
+        torch.manual_seed(built.recipe.seed)  # what evaluation draws (scheduled sampling) is the same on every path
+        dev = built.task.evaluate(built.model, _device_batches(built.kind.eval_loader(built.recipe, built.data.dev),
+                                                               device), built.data.dev)
+    summary = {"checkpoint": which, "steps": steps, "training minutes": round(minutes, 2),
                **{f"dev {k}": v for k, v in dev.items()}}
     plots = _plots(run_dir)
     from ._report import write_report
 
+    _failpoints.reached("report.plots")
     report = write_report(run_dir, title, summary, plots)
-    _say(f"dev: {format_metrics(dev)}  ({which} checkpoint, {trainer.step} steps, {minutes:.1f} min)")
+    _failpoints.reached("report.written")
+    _say(f"dev: {format_metrics(dev)}  ({which} checkpoint, {steps} steps, {minutes:.1f} min)")
     _say(f"run directory: {run_dir}  (report: {report}; plots: {', '.join(p.name for p in plots) or 'none'})")
     return {**summary, "dev": dev}
 
@@ -169,8 +181,8 @@ def _plots(run_dir: Path) -> list[Path]:
         return []
 
 
-def _start_run(built: Built, run_dir: Path, prior: Prior, source: str) -> None:
-    create_run_dir(run_dir, prior, source)
+def _start_run(built: Built, run_dir: Path, prior: Prior, source: str, title: str) -> None:
+    create_run_dir(run_dir, prior, source, title)
     _checkpoint.write_text_atomic(run_dir / "config.yaml", dump(built.recipe))
     build.save_artifacts(run_dir, built.kind.artifacts(built.data))
 
@@ -189,7 +201,7 @@ def _train_new(recipe: Recipe, run_dir: Path, *, max_steps: int | None, title: s
                source: str) -> dict[str, Any]:
     built = build_run(recipe)
     trainer = make_trainer(built, run_dir)
-    _start_run(built, run_dir, prior, source)
+    _start_run(built, run_dir, prior, source, title)
     try:
         return _fit_and_report(built, trainer, run_dir, resume=None, max_steps=max_steps, title=title)
     except BaseException:
@@ -268,6 +280,8 @@ def resume(run_dir: str, max_steps: int | None, allow_plan_change: bool = False)
     check_recipe(recipe, str(path / "config.yaml"), model=built.model)
     _load_weights(built.model, built.parts, ckpt, path)  # does the checkpoint fit this model?
     done = _finished(built, state)
+    if done is not None and not _report_current(path, ckpt):
+        return _finish_report(built, path, state, done)
     if done is not None:
         _say(f"{run_dir}: the run is {done}; nothing to resume, nothing changed "
              f"(`partwise eval {run_dir}` scores it; train a new run to train longer)")
@@ -277,12 +291,46 @@ def resume(run_dir: str, max_steps: int | None, allow_plan_change: bool = False)
              "nothing to do, nothing changed")
         return 0
     trainer = make_trainer(built, path)
+    _checkpoint.remove_debris(path)  # half-written logs or reports of a killed process
     try:
-        _fit_and_report(built, trainer, path, resume=ckpt, max_steps=max_steps, title=f"partwise resume {run_dir}",
+        _fit_and_report(built, trainer, path, resume=ckpt, max_steps=max_steps, title=_title(path),
                         allow_plan_change=allow_plan_change)
     except KeyboardInterrupt:
         _interrupted(path)
         return 130
+    return 0
+
+
+def _title(run_dir: Path) -> str:
+    """The report title of the run: the one of the command that started it (kept in its marker)."""
+    try:
+        title = json.loads((run_dir / MARKER).read_text(encoding="utf-8")).get("title")
+    except (OSError, ValueError, AttributeError):
+        title = None
+    return title if isinstance(title, str) and title else f"partwise resume {run_dir}"
+
+
+def _report_current(run_dir: Path, ckpt: Path) -> bool:
+    """Whether ``report.md`` was written after the latest checkpoint (a kill can come in between)."""
+    report = run_dir / "report.md"
+    return report.is_file() and report.stat().st_mtime_ns >= (ckpt / "meta.json").stat().st_mtime_ns
+
+
+def _finish_report(built: Built, run_dir: Path, state: dict[str, Any], done: str) -> int:
+    """A finished run whose report was not written (the process was killed after its last
+    checkpoint): bring its logs and checkpoints to what the checkpoint holds, then write the report;
+    nothing is trained."""
+    from ._runlog import RunLog
+
+    _say(f"{run_dir}: the run is {done}, but its report was not written; writing it (nothing is trained)")
+    _checkpoint.remove_debris(run_dir)
+    _checkpoint.tidy(run_dir / "checkpoints")
+    log = RunLog(run_dir)
+    history = state["history"]
+    log.truncate_after(state["step"], history if isinstance(history, list) and all(
+        isinstance(row, dict) for row in history) else None)
+    log.close()
+    _report(built, run_dir, _title(run_dir), state["step"], 0.0, make_trainer(built, run_dir).device)
     return 0
 
 

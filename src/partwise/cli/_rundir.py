@@ -84,12 +84,13 @@ def _creator_alive(run_dir: Path) -> bool:
     return True
 
 
-def create_run_dir(run_dir: Path, prior: Prior, recipe_source: str) -> None:
-    """Remove the run being replaced, create the folder and write the run marker first."""
+def create_run_dir(run_dir: Path, prior: Prior, recipe_source: str, title: str | None = None) -> None:
+    """Remove the run being replaced, create the folder and write the run marker first (with the
+    report ``title``, which a resume keeps)."""
     if prior is Prior.REPLACE:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_marker(run_dir, recipe_source)
+    write_marker(run_dir, recipe_source, title)
 
 
 def discard_attempt(run_dir: Path, prior: Prior) -> bool:

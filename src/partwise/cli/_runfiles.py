@@ -124,10 +124,10 @@ def has_checkpoint(run_dir: Path) -> bool:
                                  for d in root.iterdir())
 
 
-def write_marker(run_dir: Path, recipe_source: str) -> None:
+def write_marker(run_dir: Path, recipe_source: str, title: str | None = None) -> None:
     from .. import _checkpoint
 
-    info = {"format": MARKER_FORMAT, "recipe": recipe_source, "pid": os.getpid(),
+    info = {"format": MARKER_FORMAT, "recipe": recipe_source, "pid": os.getpid(), **({"title": title} if title else {}),
             "note": "written by `partwise train`; marks this folder as a run that --overwrite may replace"}
     _checkpoint.write_text_atomic(run_dir / MARKER, json.dumps(info, indent=2) + "\n")
 

@@ -81,10 +81,16 @@ def _append(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def _drop_after(path: Path, column: str, step: int) -> None:
+    """Drop the rows whose ``column`` is past ``step``, and rows cut short by a killed write."""
     header, rows = read_rows(path)
-    kept = [r for r in rows if not _after(r.get(column, ""), step)]
+    kept = [r for r in rows if not _after(r.get(column, ""), step) and not _torn(r)]
     if len(kept) != len(rows):
         _write_atomic(path, header, kept)
+
+
+def _torn(row: Mapping[Any, Any]) -> bool:
+    """A row with fewer or more cells than the header (``csv.DictReader`` fills in ``None``)."""
+    return None in row or any(v is None for v in row.values())
 
 
 def _after(cell: str, step: int) -> bool:
@@ -162,9 +168,11 @@ class RunLog:
     truncation below are only noted. So a resume that fails while the trainer restores its checkpoint
     leaves every log file as it was.
 
-    Resuming: rows logged after the checkpoint's step are dropped by :meth:`truncate_after`, which
-    also runs by itself at the first phase start with the trainer's step then (0 for a fresh run,
-    the checkpoint's step for a resumed one).
+    Resuming: the logs are made to describe exactly what the resumed checkpoint holds, by
+    :meth:`truncate_after`, which also runs by itself at the first phase start with the trainer's step
+    and history then (0 and none for a fresh run, the checkpoint's for a resumed one): step and phase
+    rows logged after the checkpoint's step are dropped, and ``metrics.csv`` is rewritten from the
+    checkpoint's epoch history — so a row lost by a kill between the checkpoint and its append is back.
 
     Args:
         run_dir: the run folder (created if needed).
@@ -188,6 +196,7 @@ class RunLog:
         self._steps = _StepFile(self.run_dir / STEPS)
         self._truncated = False
         self._pending_truncate: int | None = None  # noted at the first phase start, done at the first write
+        self._pending_history: list[Mapping[str, Any]] | None = None  # the trainer's epoch history then
         self._pending_phases: list[dict[str, Any]] = []
         self._purge_step: int | None = None  # TensorBoard hides events from here on (after a resume)
         self._writer: Any = None
@@ -201,6 +210,7 @@ class RunLog:
         if not self._truncated:
             self._truncated = True
             self._pending_truncate = trainer.step
+            self._pending_history = [dict(m) for m in getattr(trainer, "history", None) or []]
         spe = span_steps_per_epoch(span)
         start_epoch = span.start // spe + 1 if spe else trainer.epoch + 1
         self._pending_phases.append({"index": span.index, "name": span.phase.name, "start_step": span.start,
@@ -246,7 +256,7 @@ class RunLog:
         """The first write: drop rows past the resumed step, write the noted phase rows, open TensorBoard."""
         if self._pending_truncate is not None:
             step, self._pending_truncate = self._pending_truncate, None
-            self.truncate_after(step)
+            self.truncate_after(step, self._pending_history)
         if self.tensorboard and self._writer is None:
             self._writer = self._open_writer(purge_step=self._purge_step)
         if self._pending_phases:
@@ -262,19 +272,24 @@ class RunLog:
         if self._writer is not None:
             self._writer.flush()
 
-    def truncate_after(self, step: int) -> None:
+    def truncate_after(self, step: int, history: Sequence[Mapping[str, Any]] | None = None) -> None:
         """Drop every logged row past optimizer step ``step`` (call with the checkpoint's step on resume).
 
         Rows of ``metrics.csv`` and ``steps.csv`` with ``step > step`` and phases starting after it
-        go; TensorBoard hides events from ``step + 1`` on.
+        go, and so do rows a killed write cut short; TensorBoard hides events from ``step + 1`` on.
+        With the checkpoint's epoch ``history`` (non-empty), ``metrics.csv`` is rewritten to hold
+        exactly its rows.
         """
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"RunLog.truncate_after(step={step!r}): give the resumed checkpoint's step, an int >= 0")
         self._truncated = True
-        self._pending_truncate = None
+        self._pending_truncate, self._pending_history = None, None
         self._purge_step = step + 1
         self._steps.close()
-        _drop_after(self.run_dir / METRICS, "step", step)
+        if history:
+            _write_atomic(self.run_dir / METRICS, list(dict.fromkeys(k for row in history for k in row)), history)
+        else:
+            _drop_after(self.run_dir / METRICS, "step", step)
         _drop_after(self.run_dir / STEPS, "step", step)
         _drop_after(self.run_dir / PHASES, "start_step", step)
         if self._writer is not None:
