@@ -43,7 +43,7 @@ from ._runfiles import (
 
 __all__ = ["train", "resume", "evaluate", "predict", "inspect", "run_recipe", "format_metrics", "load_run"]
 
-PERCENT = ("wer", "per", "acc")
+PERCENT = ("wer", "per", "acc", "error")
 
 
 def _say(*args: Any) -> None:
@@ -324,6 +324,8 @@ def load_run(run_dir: Path, which: str = "best", command: str = "eval") -> tuple
     and parts; every file checked, nothing written."""
     path = run_folder(run_dir, command)
     recipe = read_run_config(path)
+    if recipe.training.threads:
+        torch.set_num_threads(recipe.training.threads)  # as in training: small models decode fastest so
     kind = get_kind(recipe.task.name)
     ckpt = checkpoint_dir(path, which)
     check_weight_files(ckpt, read_meta(ckpt))
