@@ -3,6 +3,7 @@ report's per-phase facts, and init: from another run (same and different source 
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -64,7 +65,9 @@ def test_a_pairs_run_reports_task_neutral_metrics_and_what_it_guaranteed(pairs_r
     header = (pairs_run / "metrics.csv").read_text().splitlines()[0]
     assert "val_seq_error" in header and "val_token_error" in header and "val_wer" not in header
     report = (pairs_run / "report.md").read_text()
-    assert "| dev figures from | best checkpoint, step" in report
+    best = (pairs_run / "checkpoints" / "best").read_text().strip()
+    step = json.loads((pairs_run / "checkpoints" / best / "meta.json").read_text())["step"]
+    assert f"| dev figures from | best checkpoint, step {step} of 6 |" in report  # the best's own step
     assert "phase 1 'joint' · guard | armed (nothing frozen), passed" in report
     assert "phase 2 'decoder' · guard | armed, passed" in report
     assert "phase 2 'decoder' · cache | not used: the encoder" not in report  # frozen encoder: cached
@@ -204,6 +207,9 @@ def test_every_args_schema_rejects_an_unknown_key(tmp_path, capsys):
         ({"data": {"name": "pairs", "train": "a.tsv", "dev": "b.tsv", "source": {"tokenize": "regex"}}},
          "data.source.pattern: required"),
         ({"data": {"name": "cmudict", "train": "a.tsv"}}, "data.train"),
+        ({"data": {"name": "pairs", "train": "a.tsv", "dev": "b.tsv", "target": "chars"}},
+         "data.target: unknown tokenize 'chars'; choose one of char, space, regex, hf"),
+        ({"data": {"name": "tsvv"}}, "data: unknown data kind 'tsvv'"),
     ]
     for extra, needle in cases:
         path = tmp_path / "r.yaml"

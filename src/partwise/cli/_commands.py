@@ -203,7 +203,7 @@ def _start_run(built: Built, run_dir: Path, prior: Prior, source: str) -> None:
     _checkpoint.write_text_atomic(run_dir / "config.yaml", dump(built.recipe))
     build.save_artifacts(run_dir, built.kind.artifacts(built.data))
     for line in built.init_log:
-        log_line(run_dir, line)
+        log_line(run_dir, line, echo=False)
 
 
 def run_recipe(recipe: Recipe, run_dir: Path, *, max_steps: int | None = None, title: str = "partwise run",
@@ -221,6 +221,8 @@ def _train_new(recipe: Recipe, run_dir: Path, *, max_steps: int | None, title: s
     built = build_run(recipe)
     if getattr(built.kind, "checks_need_data", lambda r: False)(recipe):  # a custom factory: parts and plan now
         check_recipe(recipe, source, model=built.model)
+    for line in built.init_log:
+        _say(line)
     trainer = make_trainer(built, run_dir)
     _start_run(built, run_dir, prior, source)
     try:
@@ -430,6 +432,8 @@ def inspect(recipe_path: str, overrides: list[str]) -> int:
     recipe, _ = load_recipe(recipe_path, overrides)
     check_recipe(recipe, recipe_path)
     built = build_run(recipe)
+    if getattr(built.kind, "checks_need_data", lambda r: False)(recipe):  # a custom factory: parts and plan now
+        check_recipe(recipe, recipe_path, model=built.model)
     model, parts, steps = built.model, built.parts, built.steps_per_epoch
     _say(f"task: {recipe.task.name}; model: {recipe.model.name} ({sum(p.numel() for p in model.parameters()):,} "
          f"parameters); data: {recipe.data.name}, {len(built.data.train):,} training rows, {steps:,} steps per epoch")

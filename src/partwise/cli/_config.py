@@ -280,6 +280,11 @@ DOCS = {  # where the README documents each section's keys
 _TAGS = {"cmudict", "pairs", "digits", "char", "space", "regex", "hf"}  # union members pydantic names in paths
 
 
+def _get(err: Any, key: str) -> Any:
+    value = err.get("input")
+    return value.get(key) if isinstance(value, dict) else value
+
+
 def _errors_of(e: ValidationError) -> list[str]:
     out = []
     for err in e.errors():
@@ -291,8 +296,10 @@ def _errors_of(e: ValidationError) -> list[str]:
             msg = f"unknown key (check the spelling; the keys are in the {docs})"
         elif err["type"] == "missing":
             msg = f"required (see the {docs})"
-        elif err["type"] == "union_tag_invalid" and loc and loc[0] == "data":
-            msg = f"unknown data kind {err.get('input', {}).get('name')!r}; choose one of cmudict, pairs, digits"
+        elif err["type"] == "union_tag_invalid" and loc == ["data"]:
+            msg = f"unknown data kind {_get(err, 'name')!r}; choose one of cmudict, pairs, digits (see the {docs})"
+        elif err["type"] == "union_tag_invalid" and loc[-1:] in (["source"], ["target"]):
+            msg = f"unknown tokenize {_get(err, 'tokenize')!r}; choose one of char, space, regex, hf (see the {docs})"
         elif err["type"] == "union_tag_invalid":
             msg = f"{msg} (see the {docs})"
         out.append(f"{path}: {msg}")
