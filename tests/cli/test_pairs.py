@@ -242,3 +242,16 @@ def test_options_may_come_anywhere_for_every_command(argv):
         assert args.inputs == ["a", "b"] and args.beam == 3 and args.join == "" and args.max_len == 4
     if argv[0] == "eval":
         assert args.run_dir == "RUN" and args.max_len == 9
+
+
+def test_configs_saved_by_the_previous_version_still_read():
+    from partwise.cli._config import dump, validate
+
+    plan = [{"name": "p", "epochs": 1, "train": {"encoder": 1e-3}}]
+    old = {"name": "cmudict", "stress": False, "limit": None, "train": None, "dev": None, "test": None,
+           "tokenize": "char", "tgt_tokenize": "space"}
+    assert validate({"data": old, "plan": plan}, "old").data.name == "cmudict"
+    old_tsv = {**old, "name": "tsv", "train": "a.tsv", "dev": "b.tsv", "tgt_tokenize": "char"}
+    recipe = validate({"data": old_tsv, "plan": plan}, "old")
+    assert recipe.data.source.tokenize == "char" and recipe.data.target.tokenize == "char"
+    assert yaml.safe_load(dump(recipe))["data"]["name"] == "pairs"

@@ -126,7 +126,8 @@ class PairsData(_Strict):
 
 
 DATA_KINDS = ("cmudict", "pairs", "tsv", "digits")
-_DATA_KEYS = {"cmudict": set(CmudictData.model_fields), "digits": set(DigitsData.model_fields)}
+_DATA_KEYS = {"cmudict": set(CmudictData.model_fields), "digits": set(DigitsData.model_fields),
+              "pairs": {*PairsData.model_fields, "tokenize", "tgt_tokenize"}}
 
 
 def _data_kind(raw: Any) -> str:
@@ -140,10 +141,11 @@ Data = Annotated[Annotated[CmudictData, Tag("cmudict")] | Annotated[PairsData, T
 
 def _drop_older_data_keys(raw: Any) -> Any:
     """Configs saved by older versions hold every data key; drop the unset ones another kind uses."""
-    if not isinstance(raw, dict) or raw.get("name", "cmudict") not in _DATA_KEYS:
+    name = {"tsv": "pairs"}.get(raw.get("name", "cmudict"), raw.get("name")) if isinstance(raw, dict) else None
+    if name not in _DATA_KEYS:
         return raw
-    keys = _DATA_KEYS[raw.get("name", "cmudict")]
-    legacy = {"train": None, "dev": None, "test": None, "tokenize": "char", "tgt_tokenize": "space"}
+    keys = _DATA_KEYS[name]
+    legacy = {"train": None, "dev": None, "test": None, "tokenize": "char", "tgt_tokenize": "space", "stress": False}
     return {k: v for k, v in raw.items() if k in keys or k not in legacy or v != legacy[k]}
 
 
