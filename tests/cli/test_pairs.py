@@ -255,3 +255,20 @@ def test_configs_saved_by_the_previous_version_still_read():
     recipe = validate({"data": old_tsv, "plan": plan}, "old")
     assert recipe.data.source.tokenize == "char" and recipe.data.target.tokenize == "char"
     assert yaml.safe_load(dump(recipe))["data"]["name"] == "pairs"
+
+
+def test_model_args_schemas_match_the_factories_they_describe():
+    import inspect
+
+    from partwise.cli._schemas import MODEL_ARGS
+    from partwise.seq2seq import gru_seq2seq, transformer_seq2seq
+    from partwise.tasks._digits import DigitsCycle
+    from partwise.tasks._stress import stress_model
+
+    def keys(fn, skip):
+        return set(list(inspect.signature(fn).parameters)[skip:])
+
+    assert set(MODEL_ARGS["seq2seq", "gru"].model_fields) == keys(gru_seq2seq, 2)
+    assert set(MODEL_ARGS["seq2seq", "transformer"].model_fields) == keys(transformer_seq2seq, 2)
+    assert set(MODEL_ARGS["stress", "gru"].model_fields) == keys(stress_model, 1) - {"max_syllables"}
+    assert set(MODEL_ARGS["digits_cycle", "mlp"].model_fields) == keys(DigitsCycle, 0) - {"seed"}

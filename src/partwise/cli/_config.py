@@ -125,7 +125,6 @@ class PairsData(_Strict):
         return v
 
 
-DATA_KINDS = ("cmudict", "pairs", "tsv", "digits")
 _DATA_KEYS = {"cmudict": set(CmudictData.model_fields), "digits": set(DigitsData.model_fields),
               "pairs": {*PairsData.model_fields, "tokenize", "tgt_tokenize"}}
 

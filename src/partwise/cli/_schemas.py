@@ -1,16 +1,14 @@
 """Typed schemas for the free-form ``args`` of a recipe: ``task.args`` per task kind, ``model.args`` per
 model. Unknown keys are rejected and every problem is reported at once, with its path.
 
-=================  ============  ============================================================
-task kind          model         ``model.args`` keys
-=================  ============  ============================================================
-``seq2seq``        ``gru``       emb, hidden, layers, bidirectional, attention, dropout
-``seq2seq``        ``transformer``  d_model, heads, enc_layers, dec_layers, ff, dropout, max_len
-``seq2seq``        ``hf``        path | config, untie
-``seq2seq``        ``pkg.mod:fn``   the factory's own keyword arguments (read from its signature)
-``stress``         ``gru``       hidden, dropout
-``digits_cycle``   ``mlp``       latent, hidden, dropout
-=================  ============  ============================================================
+``model.args`` keys, per task kind and model:
+
+* ``seq2seq`` / ``gru``: emb, hidden, layers, bidirectional, attention, dropout
+* ``seq2seq`` / ``transformer``: d_model, heads, enc_layers, dec_layers, ff, dropout, max_len
+* ``seq2seq`` / ``hf``: path or config, untie
+* ``seq2seq`` / ``package.module:factory``: the factory's own keyword arguments (from its signature)
+* ``stress`` / ``gru``: hidden, dropout
+* ``digits_cycle`` / ``mlp``: latent, hidden, dropout
 
 ``task.args``: ``seq2seq`` takes none (start parts from another run with ``init:``); ``stress``:
 ``encoder`` (``g2p_en`` | ``scratch`` | ``run:PATH``), ``max_syllables``; ``digits_cycle``:
