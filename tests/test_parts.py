@@ -28,7 +28,7 @@ def test_default_parts_are_top_level_children_with_parameters(encdec):
     model.add_module("decoder", encdec.decoder)
     parts = pw.Parts(model)
     assert parts.names == ["encoder", "decoder"]
-    assert {id(p) for p in parts["encoder"].parameters} == {id(p) for p in encdec.encoder.parameters()}
+    assert {id(p) for p in parts["encoder"].parameters()} == {id(p) for p in encdec.encoder.parameters()}
     assert parts["decoder"].numel == sum(p.numel() for p in encdec.decoder.parameters())
 
 
@@ -37,8 +37,8 @@ def test_every_parameter_in_exactly_one_part_with_rest(encdec):
     with pytest.warns(UserWarning, match="form part 'rest': scale"):
         parts = pw.Parts(encdec)
     assert parts.names == ["encoder", "decoder", "rest"]
-    assert list(parts["rest"].named_parameters) == ["scale"]
-    seen = [id(p) for part in parts for p in part.parameters]
+    assert [n for n, _ in parts["rest"].named_parameters()] == ["scale"]
+    seen = [id(p) for part in parts for p in part.parameters()]
     assert sorted(seen) == sorted(id(p) for p in encdec.parameters())
 
 
@@ -57,12 +57,12 @@ def test_selector_kinds_glob_regex_type_and_exclusion():
     }
     with pytest.warns(UserWarning, match="rest"):
         parts = pw.Parts(model, spec)
-    assert sorted(parts["embeds"].named_parameters) == ["decoder.layers.0.weight", "encoder.0.weight"]
-    assert sorted(parts["norms"].named_parameters) == ["encoder.2.bias", "encoder.2.weight"]
-    assert sorted(parts["layers"].named_parameters) == [
+    assert sorted(n for n, _ in parts["embeds"].named_parameters()) == ["decoder.layers.0.weight", "encoder.0.weight"]
+    assert sorted(n for n, _ in parts["norms"].named_parameters()) == ["encoder.2.bias", "encoder.2.weight"]
+    assert sorted(n for n, _ in parts["layers"].named_parameters()) == [
         "decoder.layers.0.bias", "decoder.layers.1.bias", "decoder.layers.1.weight"
     ]
-    assert sorted(parts["rest"].named_parameters) == ["encoder.1.bias", "encoder.1.weight"]
+    assert sorted(n for n, _ in parts["rest"].named_parameters()) == ["encoder.1.bias", "encoder.1.weight"]
 
 
 def test_overlapping_selectors_name_parameter_and_both_parts(encdec):
@@ -71,7 +71,7 @@ def test_overlapping_selectors_name_parameter_and_both_parts(encdec):
     msg = str(e.value)
     assert "'decoder.4.weight'" in msg and "'decoder'" in msg and "'head'" in msg
     parts = pw.Parts(encdec, {"encoder": "encoder", "decoder": ["decoder", "!decoder.4"], "head": "decoder.4"})
-    assert list(parts["head"].named_parameters) == ["decoder.4.weight", "decoder.4.bias"]
+    assert [n for n, _ in parts["head"].named_parameters()] == ["decoder.4.weight", "decoder.4.bias"]
 
 
 def test_unknown_path_names_closest_and_leaves_model_untouched(encdec):
@@ -134,3 +134,14 @@ def test_bad_spec_types():
         pw.Parts(nn.Linear(2, 2), {"rest": "weight"})
     with pytest.raises(TypeError, match="nn.Module"):
         pw.Parts("not a model")  # type: ignore[arg-type]
+
+
+def test_a_part_reads_like_an_nn_module(encdec):
+    part = pw.Parts(encdec)["encoder"]
+    assert [id(p) for p in part.parameters()] == [id(p) for p in encdec.encoder.parameters()]
+    assert [n for n, _ in part.named_parameters()][0] == "encoder.0.weight"
+    assert {n for n, _ in part.named_buffers()} >= {"encoder.1.running_mean", "encoder.1.running_var"}
+    assert len(list(part.buffers())) == len(list(encdec.encoder.buffers()))
+    assert encdec.encoder[3] in list(part.modules())  # the Dropout: covered though it has no parameter
+    assert part.num_parameters == len(list(encdec.encoder.parameters()))
+    assert part.numel == sum(p.numel() for p in encdec.encoder.parameters())

@@ -48,8 +48,8 @@ def test_swap_decoder_head_for_a_new_vocabulary_size():
     logits = model(src, src != 0, torch.tensor([[2, 7]]))
     assert logits.shape == (1, 2, 20)
     parts = Parts(model)  # built after surgery: owns the new head's parameters
-    assert any(p is new_head.weight for p in parts["decoder"].parameters)
-    assert not any(p is old_head.weight for p in parts["decoder"].parameters)
+    assert any(p is new_head.weight for p in parts["decoder"].parameters())
+    assert not any(p is old_head.weight for p in parts["decoder"].parameters())
 
 
 def test_numeric_path_components_index_sequential_and_modulelist():

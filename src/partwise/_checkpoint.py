@@ -50,7 +50,7 @@ def part_tensors(model: nn.Module, parts: Parts) -> dict[str, dict[str, torch.Te
     owner = parts.part_of()
     module_part: dict[str, str] = {}
     for part in parts:
-        for path in part.modules:
+        for path, _ in part.named_modules():
             module_part.setdefault(path, part.name)
     seen: set[int] = set()
     out: dict[str, dict[str, torch.Tensor]] = {}

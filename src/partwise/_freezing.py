@@ -36,7 +36,7 @@ Mode = Literal["eval", "train"]
 _MODES = ("eval", "train")
 
 # parameter -> [number of holders, requires_grad before the first hold]
-_HELD: WeakIdKeyDictionary = WeakIdKeyDictionary()
+_HELD: WeakIdKeyDictionary = WeakIdKeyDictionary()  # untyped in torch: read through _entry()
 # module -> [number of pinners, handle of the eval pre-hook]
 _PINNED: weakref.WeakKeyDictionary[nn.Module, list[Any]] = weakref.WeakKeyDictionary()
 # plain modules frozen with pw.freeze -> their hold and the mode they had
@@ -81,6 +81,11 @@ def modules_to_pin(modules: Iterable[nn.Module], norm: Mode, dropout: Mode) -> l
     return [m for m in modules if ((norm == "eval") if is_norm(m) else (dropout == "eval"))]
 
 
+def _entry(p: torch.Tensor) -> list[Any] | None:
+    entry: list[Any] | None = _HELD.get(p)  # type: ignore[no-untyped-call]
+    return entry
+
+
 def is_held(p: torch.Tensor) -> bool:
     """True while some partwise freeze holds ``p``."""
     return p in _HELD
@@ -88,7 +93,7 @@ def is_held(p: torch.Tensor) -> bool:
 
 def trainable_by_nature(p: torch.Tensor) -> bool:
     """The ``requires_grad`` ``p`` has when nobody holds it frozen (``False``: a fixed parameter)."""
-    entry = _HELD.get(p)
+    entry = _entry(p)
     return bool(entry[1]) if entry is not None else p.requires_grad
 
 
@@ -108,7 +113,7 @@ def _drop_held(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None
     if not _HELD:
         return
     state = optimizer.state
-    for p in list(_HELD.keys()):
+    for p in list(_HELD.keys()):  # type: ignore[no-untyped-call]
         p.grad = None
         if p in state:
             del state[p]
@@ -148,7 +153,7 @@ def hold(params: Sequence[nn.Parameter], modules: Sequence[nn.Module], keep_stat
         _STEP_HOOK.append(register_optimizer_step_pre_hook(_drop_held))
     stopped = []
     for p in dict.fromkeys(params):  # a tied tensor listed twice is held once
-        entry = _HELD.get(p)
+        entry = _entry(p)
         if entry is None:
             _HELD[p] = [1, p.requires_grad]
             if p.requires_grad:
@@ -172,7 +177,7 @@ def release(h: Hold, mode: bool, restore_state: bool = False) -> None:
     h.released = True
     resumed = []
     for p in h.params:
-        entry = _HELD.get(p)
+        entry = _entry(p)
         if entry is None:
             continue
         entry[0] -= 1

@@ -52,13 +52,13 @@ class FrozenGuard:
         out: dict[str, tuple[str, torch.Tensor]] = {}
         for name in self.parts.frozen_names:
             part = self.parts[name]
-            for pname, p in part.named_parameters.items():
+            for pname, p in part.named_parameters():
                 out[pname] = (name, p)
             if not self.include_buffers:
                 continue
             modes = self.parts.freeze_modes(name)
             norm_moves = modes is not None and modes[0] == "train"
-            for path, m in part.modules.items():
+            for path, m in part.named_modules():
                 if norm_moves and is_norm(m):
                     continue
                 for bname, buf in m.named_buffers(recurse=False):
@@ -160,7 +160,7 @@ def grad_report(parts: Parts) -> GradReport:
     """
     rows = []
     for part in parts:
-        grads = [p.grad for p in part.parameters if p.grad is not None]
+        grads = [p.grad for p in part.parameters() if p.grad is not None]
         norm = float(torch.linalg.vector_norm(torch.stack([g.detach().float().norm() for g in grads]))) if grads else 0.0
-        rows.append(PartGrad(part.name, parts.is_frozen(part.name), len(part.parameters), len(grads), norm))
+        rows.append(PartGrad(part.name, parts.is_frozen(part.name), part.num_parameters, len(grads), norm))
     return GradReport(rows)

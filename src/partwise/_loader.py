@@ -123,7 +123,7 @@ class _SeededBatches:
         return iter(self.batches)
 
 
-def _resumable_batches(loader: DataLoader, seed: int) -> Iterable[list[int]]:
+def _resumable_batches(loader: DataLoader[Any], seed: int) -> Iterable[list[int]]:
     """The loader's batch sampler; a plain shuffling one (``shuffle=True``) gets an epoch-seeded
     permutation, which exact resume needs. Samplers with ``set_epoch`` are used as they are."""
     inner = loader.batch_sampler
@@ -155,7 +155,7 @@ def _data_problem(data: Any) -> str | None:
 
 def make_loader(
     data: Any, batch_size: int, seed: int, collate_fn: Any = None, rank: int = 0, world: int = 1, shuffle: bool = True
-) -> DataLoader:
+) -> DataLoader[Any]:
     """A DataLoader over ``data`` with a :class:`TrainerBatches` batch sampler (resume skipping, rank
     slicing). ``data`` is any map-style dataset (a list included), shuffled by ``(seed, epoch)``, or
     a DataLoader, whose batch sampler and settings (workers, pinned memory, persistent workers,
@@ -185,7 +185,7 @@ def make_loader(
                       generator=batches.generator if own else generator, **settings)
 
 
-def start_epoch(loader: DataLoader, epoch: int, skip: int) -> None:
+def start_epoch(loader: DataLoader[Any], epoch: int, skip: int) -> None:
     """Set up ``loader`` (from :func:`make_loader`) for ``epoch``, skipping its first ``skip`` batches."""
     batches: TrainerBatches = loader.batch_sampler  # type: ignore[assignment]
     batches.set_epoch(epoch)

@@ -80,7 +80,7 @@ class _Binding:
             added = [p for p in members if id(p) in resumed and id(p) not in current]
             group["params"] = wanted + [p for p in group["params"] if id(p) not in member_ids]
             for p in added:
-                st = self.kept.pop(p, None) if p in self.kept else None
+                st = self.kept.pop(p, None) if p in self.kept else None  # type: ignore[no-untyped-call]
                 if restore and st is not None:
                     opt.state[p] = st
             fresh = [p for p in added if p not in opt.state]
@@ -141,11 +141,12 @@ def _valid_keys(cls: type[Optimizer]) -> set[str]:
 
 
 def is_no_decay(name: str, p: nn.Parameter, rule: str | Iterable[str] | None) -> bool:
-    if rule is None or rule is False:
+    """Whether parameter ``name`` takes no weight decay under ``rule`` ("auto": 1-d tensors)."""
+    if rule is None:
         return False
-    if rule == "auto":
-        return p.ndim <= 1  # biases, norm scales and shifts, scalars
-    return any(re.fullmatch(rx, name) for rx in rule)  # type: ignore[union-attr]
+    if isinstance(rule, str):
+        return rule == "auto" and p.ndim <= 1  # biases, norm scales and shifts, scalars
+    return any(re.fullmatch(rx, name) for rx in rule)
 
 
 def _option_problems(opts: Mapping[str, Any], cls: type[Optimizer]) -> list[str]:
@@ -166,8 +167,10 @@ class PartConfig:
     def __init__(self, parts: Parts, per_part: Mapping[str, Mapping[str, Any]] | None,
                  default: Mapping[str, Any] | None, no_decay: str | Iterable[str] | None = "auto"):
         self.parts = parts
-        self.no_decay = list(no_decay) if no_decay not in (None, "auto") and not isinstance(no_decay, str) else no_decay
-        base = dict(DEFAULT_OPTIONS if default is None else {"name": "adamw", "lr": 1e-3, **default})
+        self.no_decay: str | list[str] | None = (
+            no_decay if no_decay is None or isinstance(no_decay, str) else list(no_decay))
+        base = dict(DEFAULT_OPTIONS if default is None else {"name": DEFAULT_OPTIONS["name"], "lr": DEFAULT_OPTIONS["lr"],
+                                                            **default})
         per_part = dict(per_part or {})
         errors = []
         unknown = [n for n in per_part if n not in parts]
@@ -195,7 +198,7 @@ class PartConfig:
         not-decayed parameters. Members are the part's parameters that are trainable by nature;
         a group holds those that train now."""
         opts = self.options[part]
-        named = [(n, p) for n, p in self.parts[part].named_parameters.items() if fz.trainable_by_nature(p)]
+        named = [(n, p) for n, p in self.parts[part].named_parameters() if fz.trainable_by_nature(p)]
         decay_on = float(opts.get("weight_decay", 0.0) or 0.0) != 0.0
         out = []
         for no_decay in (False, True):
@@ -353,7 +356,7 @@ def check_optimizer(optimizer: Optimizer | OptimizerSet, parts: Parts) -> None:
     for g in optimizer.param_groups:
         for p in g["params"]:
             seen[id(p)] = seen.get(id(p), 0) + 1
-    trainable = {id(p) for part in parts for p in part.parameters if p.requires_grad}
+    trainable = {id(p) for part in parts for p in part.parameters() if p.requires_grad}
     twice = [names.get(i, "?") for i, c in seen.items() if c > 1]
     missing = [names[i] for i in trainable if i not in seen]
     frozen = [names.get(i, "?") for i in seen if i not in trainable]
@@ -475,7 +478,7 @@ def kept_state_bytes(optimizer: Optimizer | OptimizerSet, parts: Parts) -> dict[
     out = dict.fromkeys(parts.names, 0)
     for opt in optimizers_of(optimizer):
         binding = _BINDINGS.get(opt)
-        for p, st in (binding.kept.items() if binding else []):
+        for p, st in (binding.kept.items() if binding else []):  # type: ignore[no-untyped-call]
             if id(p) in owner:
                 out[owner[id(p)]] += _nbytes(st)
     return out

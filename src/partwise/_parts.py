@@ -3,25 +3,26 @@
 Ownership is by identity. Every parameter belongs to exactly one part. A module is *covered* by a
 part when every parameter below it belongs to that part; a module without parameters (a Dropout, a
 ``BatchNorm1d(affine=False)``) is covered by the part that covers its nearest ancestor with
-parameters. Freezing a part pins every module it covers — however the part was selected — and
-nothing else: a module whose parameters are split between parts (the root, a container a selector
-cuts with ``!``) is never pinned.
+parameters. Freezing a part pins every module it covers — however the part was selected. A module
+whose parameters are split between parts (the root, a stack holding another part's shared embedding)
+and its parameter-less children are pinned only while every one of those parts is frozen.
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from . import _freezing as fz
 from ._errors import PartError
 from ._freezing import Mode, check_mode, modules_to_pin, reapply_pins
+from ._names import closest
 from ._selectors import resolve
 
 if TYPE_CHECKING:
@@ -46,40 +47,68 @@ class SharedTensor:
     parts: tuple[str, ...]
 
 
-@dataclass
 class Part:
-    """A named piece of a model: the parameters it owns and the modules it covers.
+    """A named piece of a model: the parameters it owns and the modules it covers, read the way an
+    ``nn.Module`` is read (``parameters()``, ``named_parameters()``, ``buffers()``, ``modules()``).
 
-    ``partial`` lists modules a selector named whose parameters are only partly this part's: their own
-    train/eval mode is never pinned by this part.
+    ``partial`` lists modules a selector named whose parameters are only partly this part's: they are
+    pinned to eval only while every part owning them is frozen.
+
+    >>> model = nn.Sequential(nn.Linear(2, 3), nn.Dropout(0.1))
+    >>> part = Parts(model)["0"]
+    >>> [n for n, _ in part.named_parameters()], part.numel
+    (['0.weight', '0.bias'], 9)
     """
 
-    name: str
-    selectors: tuple[str, ...]
-    named_parameters: dict[str, nn.Parameter] = field(default_factory=dict)
-    modules: dict[str, nn.Module] = field(default_factory=dict)
-    partial: list[str] = field(default_factory=list)
+    def __init__(self, name: str, selectors: tuple[str, ...]):
+        self.name = name
+        self.selectors = selectors
+        self.partial: list[str] = []
+        self._params: dict[str, nn.Parameter] = {}
+        self._modules: dict[str, nn.Module] = {}
 
-    @property
-    def parameters(self) -> list[nn.Parameter]:
-        return list(self.named_parameters.values())
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` for every parameter the part owns (a tied tensor once)."""
+        return iter(self._params.items())
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return iter(self._params.values())
+
+    def named_modules(self) -> Iterator[tuple[str, nn.Module]]:
+        """``(path, module)`` for every module the part covers (see :class:`Parts`)."""
+        return iter(self._modules.items())
+
+    def modules(self) -> Iterator[nn.Module]:
+        return iter(self._modules.values())
+
+    def named_buffers(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Buffers of the modules the part covers."""
+        for path, m in self._modules.items():
+            for bname, buf in m.named_buffers(recurse=False):
+                if buf is not None:
+                    yield (f"{path}.{bname}" if path else bname), buf
+
+    def buffers(self) -> Iterator[torch.Tensor]:
+        return (b for _, b in self.named_buffers())
 
     @property
     def numel(self) -> int:
-        return sum(p.numel() for p in self.named_parameters.values())
+        """Number of elements over the part's parameters."""
+        return sum(p.numel() for p in self._params.values())
+
+    @property
+    def num_parameters(self) -> int:
+        """Number of parameter tensors the part owns."""
+        return len(self._params)
 
     @property
     def fixed(self) -> list[str]:
         """Names of parameters that are not trainable by nature (created with ``requires_grad=False``,
         e.g. sinusoidal position tables): partwise never makes them trainable."""
-        return [n for n, p in self.named_parameters.items() if not fz.trainable_by_nature(p)]
+        return [n for n, p in self._params.items() if not fz.trainable_by_nature(p)]
 
-    def named_buffers(self) -> Iterator[tuple[str, Any]]:
-        """Buffers of the part's modules (not recursing: ``modules`` already lists the subtree)."""
-        for path, m in self.modules.items():
-            for bname, buf in m.named_buffers(recurse=False):
-                if buf is not None:
-                    yield (f"{path}.{bname}" if path else bname), buf
+    def __repr__(self) -> str:
+        return f"Part({self.name!r}, {self.num_parameters} tensors, {self.numel:,} elements)"
 
 
 @dataclass
@@ -88,11 +117,6 @@ class _FrozenState:
     dropout: Mode
     hold: fz.Hold
     kept_state: bool
-
-
-def closest(word: str, names: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(names), n=3, cutoff=0.4) or list(names)[:5]
-    return ", ".join(repr(c) for c in close)
 
 
 class Parts:
@@ -150,7 +174,7 @@ class Parts:
                     f"({REST!r} collects parameters no selector matches)"
                 )
                 continue
-            sels = [sel] if isinstance(sel, str) else list(sel) if isinstance(sel, list | tuple) else [sel]
+            sels: list[Any] = [sel] if isinstance(sel, str) else list(sel) if isinstance(sel, list | tuple) else [sel]
             bad = [s for s in sels if not isinstance(s, str)]
             if bad:
                 errors.append(f"part {name!r}: selector {bad[0]!r} is a {type(bad[0]).__name__}; selectors are "
@@ -196,19 +220,19 @@ class Parts:
             reaching = list(dict.fromkeys(claims[n][0] for n in names if n in claims))
             owner = reaching[0] if reaching else REST
             canonical = next((n for n in names if n in claims), names[0])
-            (rest if owner == REST else self._parts[owner]).named_parameters[canonical] = param
+            (rest if owner == REST else self._parts[owner])._params[canonical] = param
             if len(names) > 1:
                 self._shared.append(SharedTensor(tuple([canonical, *(n for n in names if n != canonical)]),
                                                  owner, tuple(reaching) or (REST,)))
                 unclaimed = [n for n in names if n not in claims]
                 if reaching and unclaimed:
                     aliases.append(f"{canonical!r} (part {owner!r}) is also {', '.join(map(repr, unclaimed))}")
-        if rest.named_parameters:
+        if rest._params:
             self._parts[REST] = rest
             if spec and any(s for s in spec.values()):
                 warnings.warn(
-                    f"{len(rest.named_parameters)} parameter(s) match no selector and form part "
-                    f"{REST!r}: {', '.join(list(rest.named_parameters)[:5])}",
+                    f"{len(rest._params)} parameter(s) match no selector and form part "
+                    f"{REST!r}: {', '.join(list(rest._params)[:5])}",
                     stacklevel=3,
                 )
         if aliases:
@@ -236,7 +260,7 @@ class Parts:
                 owners = owners_of[id(m)] | owners  # one module under two parents: all of their parts
             owners_of[id(m)] = owners
             if len(owners) == 1:
-                self._parts[next(iter(owners))].modules.setdefault(path, m)
+                self._parts[next(iter(owners))]._modules.setdefault(path, m)
             elif owners:
                 joint.setdefault(id(m), (path, m, owners))
             for name, child in m.named_children():
@@ -244,14 +268,17 @@ class Parts:
 
         visit("", self.model, frozenset())
         for part in self._parts.values():  # a module reached under two paths keeps its first path only
-            seen: set[int] = set()
-            part.modules = {p: m for p, m in part.modules.items()
-                            if owners_of.get(id(m)) == {part.name} and not (id(m) in seen or seen.add(id(m)))}
+            mine = frozenset({part.name})
+            kept: dict[str, nn.Module] = {}
+            for path, m in part._modules.items():
+                if owners_of.get(id(m)) == mine and all(m is not k for k in kept.values()):
+                    kept[path] = m
+            part._modules = kept
         self._joint = [(path, m, owners) for path, m, _ in joint.values() if len(owners := owners_of[id(m)]) > 1]
         for name, sel in selections.items():
             self._parts[name].partial = sorted(
                 p for p in sel.module_paths
-                if owners_of.get(id(modules[p])) != {name} and any(True for _ in modules[p].parameters())
+                if owners_of.get(id(modules[p])) != frozenset({name}) and any(True for _ in modules[p].parameters())
             )
 
     def _sync_joint(self) -> None:
@@ -320,11 +347,11 @@ class Parts:
 
     def name_of(self) -> dict[int, str]:
         """``id(parameter) -> canonical name`` for every parameter of the model."""
-        return {id(p): n for part in self._parts.values() for n, p in part.named_parameters.items()}
+        return {id(p): n for part in self._parts.values() for n, p in part.named_parameters()}
 
     def part_of(self) -> dict[int, str]:
         """``id(parameter) -> part name`` for every parameter of the model."""
-        return {id(p): part.name for part in self._parts.values() for p in part.parameters}
+        return {id(p): part.name for part in self._parts.values() for p in part.parameters()}
 
     def is_frozen(self, name: str) -> bool:
         self._check_names([name])
@@ -389,7 +416,7 @@ class Parts:
             )
 
     def _pins_for(self, name: str, norm: Mode, dropout: Mode) -> list[nn.Module]:
-        return modules_to_pin(self._parts[name].modules.values(), norm, dropout)
+        return modules_to_pin(self._parts[name].modules(), norm, dropout)
 
     def freeze(self, *names: str, norm: Mode = "eval", dropout: Mode = "eval", keep_state: bool = False) -> None:
         """Freeze parts: no gradient, out of every optimizer (state dropped), norm and dropout layers
@@ -417,7 +444,7 @@ class Parts:
             old = self._frozen.get(n)
             if old is not None and (old.norm, old.dropout) == (norm, dropout):
                 continue
-            h = fz.hold(self._parts[n].parameters, self._pins_for(n, norm, dropout), keep_state)
+            h = fz.hold(list(self._parts[n].parameters()), self._pins_for(n, norm, dropout), keep_state)
             if old is not None:
                 fz.release(old.hold, self.model.training)
             self._frozen[n] = _FrozenState(norm, dropout, h, keep_state or (old is not None and old.kept_state))
@@ -516,10 +543,10 @@ class Parts:
                 shared_by.setdefault(p, []).append(t.names[0])
         rows = [("part", "params", "fixed", "state", "modes", "shared")]
         for part in self._parts.values():
-            ms = list(part.modules.values())
+            ms = list(part.modules())
             n_train = sum(m.training for m in ms)
             mode = "train" if ms and n_train == len(ms) else ("eval" if n_train == 0 else "mixed")
-            fixed = sum(part.named_parameters[n].numel() for n in part.fixed)
+            fixed = sum(p.numel() for n, p in part.named_parameters() if n in set(part.fixed))
             state = "trainable" if fixed < part.numel else "fixed"
             if part.name in self._frozen:
                 s = self._frozen[part.name]
@@ -536,7 +563,8 @@ class Parts:
         for part in self._parts.values():
             if part.partial:
                 lines.append(f"note: part {part.name!r} owns only some parameters of module(s) "
-                             f"{', '.join(map(repr, part.partial[:4]))}; their own train/eval mode is not pinned")
+                             f"{', '.join(map(repr, part.partial[:4]))}; they are pinned to eval only while every "
+                             "part owning them is frozen")
         return "\n".join(lines)
 
     def __repr__(self) -> str:

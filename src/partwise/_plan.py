@@ -9,7 +9,7 @@ from typing import Any
 
 from ._errors import ConfigError, PartError
 from ._freezing import Mode
-from ._optim import PartConfig, is_no_decay
+from ._optim import DEFAULT_OPTIONS, PartConfig, is_no_decay
 from ._parts import Parts
 from ._schedule import LRSchedule
 
@@ -66,7 +66,7 @@ class Phase:
 
     def default_options(self) -> dict[str, Any]:
         """Optimizer options for parts the phase does not list (AdamW unless ``optimizer`` names one)."""
-        return {"name": "adamw", **self.optimizer}
+        return {"name": DEFAULT_OPTIONS["name"], **self.optimizer}
 
     def train_options(self) -> dict[str, dict[str, Any]]:
         """Per trained part: the optimizer options (shared options under the part's own)."""
@@ -184,7 +184,7 @@ class Plan:
                 continue
             for p in ph.train:
                 fixed = parts[p].fixed
-                if fixed and len(fixed) == len(parts[p].named_parameters):
+                if fixed and len(fixed) == parts[p].num_parameters:
                     errors.append(f"{where}.train: part {p!r} holds only fixed parameters (created with "
                                   "requires_grad=False), which never train; remove it from the phase")
             frozen = [p for p in parts.names if p not in ph.train]
@@ -207,14 +207,13 @@ class Plan:
                 length += f", steps {s.start}-{s.end}"
             opts = ph.train_options()
             config = PartConfig(parts, opts, ph.default_options(), "auto")
-            n_train = sum(parts[p].numel - sum(parts[p].named_parameters[f].numel() for f in parts[p].fixed)
-                          for p in opts)
+            n_train = sum(v.numel() for p in opts for n, v in parts[p].named_parameters() if n not in parts[p].fixed)
             frozen = [p for p in parts.names if p not in opts]
             lines.append(f"phase {i} {ph.name!r}: {length}; trainable {n_train:,} params; frozen: {', '.join(frozen) or '-'}")
             for p in opts:
                 o = config.options[p]
                 wd = float(o.get("weight_decay", 0.0) or 0.0)
-                named = parts[p].named_parameters
+                named = dict(parts[p].named_parameters())
                 nd = sum(v.numel() for n, v in named.items() if wd and is_no_decay(n, v, "auto"))
                 lines.append(
                     f"  {p:<14} {config.classes[p].__name__:<8} lr {o.get('lr', 0):<10.3g} wd {wd:<8.3g}"

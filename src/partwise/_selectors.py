@@ -12,7 +12,6 @@ Prefix any selector with ``!`` to exclude what it matches from the part.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import re
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ._errors import PartError
+from ._names import closest
 
 __all__ = ["Selection", "resolve"]
 
@@ -50,13 +50,6 @@ def _params_under(paths: set[str], param_names: list[str]) -> set[str]:
     return out
 
 
-def _closest(word: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(word, candidates, n=3, cutoff=0.5)
-    if not close:
-        close = sorted(candidates, key=len)[:3]
-    return ", ".join(repr(c) for c in close)
-
-
 def _match_one(
     selector: str, all_modules: dict[str, nn.Module], param_names: list[str], where: str
 ) -> Selection:
@@ -70,7 +63,7 @@ def _match_one(
         if not names:
             raise PartError(
                 f"{where}: regex {selector!r} matches no parameter name (it must match the whole name); "
-                f"names look like {_closest(pattern, param_names)}"
+                f"names look like {closest(pattern, param_names)}"
             )
         owners = {n.rpartition(".")[0] for n in names}
         return Selection(names, owners)
@@ -85,7 +78,7 @@ def _match_one(
             types = sorted({type(m).__name__ for m in all_modules.values()})
             raise PartError(
                 f"{where}: no module of type {type_name!r} in the model; types present: "
-                f"{_closest(type_name, types)}"
+                f"{closest(type_name, types)}"
             )
         paths = set().union(*(_subtree(r, all_modules) for r in roots))
         return Selection(_params_under(paths, param_names), paths)
@@ -95,13 +88,13 @@ def _match_one(
         if not roots:
             raise PartError(
                 f"{where}: glob {selector!r} matches no module path; closest paths: "
-                f"{_closest(selector, module_names)}"
+                f"{closest(selector, module_names)}"
             )
         paths = set().union(*(_subtree(r, all_modules) for r in roots))
         return Selection(_params_under(paths, param_names), paths)
     if selector not in all_modules or selector == "":
         raise PartError(
-            f"{where}: no module at path {selector!r}; closest: {_closest(selector, module_names)}"
+            f"{where}: no module at path {selector!r}; closest: {closest(selector, module_names)}"
         )
     paths = _subtree(selector, all_modules)
     return Selection(_params_under(paths, param_names), paths)

@@ -8,11 +8,11 @@ module's parameters, so build them after surgery.
 
 from __future__ import annotations
 
-import difflib
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,6 +27,7 @@ from ._checkpoint import (
     tensor_problems,
 )
 from ._errors import CheckpointError, CheckpointNotFound, PartError
+from ._names import closest
 from ._parts import Parts
 
 if TYPE_CHECKING:
@@ -37,11 +38,6 @@ __all__ = ["replace_module", "transfer_state", "TransferReport", "VocabTransfer"
 Source = nn.Module | Mapping[str, Tensor] | str | os.PathLike[str]
 Rename = Mapping[str, str] | Callable[[str], "str | None"]
 _SHOWN = 5  # new tokens listed per vocabulary-mapped tensor in a report
-
-
-def _closest(word: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(word, candidates, n=3, cutoff=0.5) or sorted(candidates, key=len)[:3]
-    return ", ".join(repr(c) for c in close)
 
 
 def _first_tensor(module: nn.Module) -> Tensor | None:
@@ -85,13 +81,13 @@ def replace_module(model: nn.Module, path: str, new: nn.Module, match_device: bo
     if parent is None or not (name in parent._modules or empty_slot):
         raise PartError(
             f"replace_module(): model {type(model).__name__} has no submodule {path!r}; closest: "
-            f"{_closest(path, [p for p in modules if p])}"
+            f"{closest(path, [p for p in modules if p])}"
         )
     ancestors = {id(model), *(id(modules[p]) for p in modules if path.startswith(p + "."))}
     if any(id(m) in ancestors for m in new.modules()):
         raise PartError(f"replace_module(): the new module for {path!r} contains a module above that "
                         "slot, which would make the model contain itself; pass a fresh module")
-    old = parent._modules.get(name)
+    old: nn.Module | None = parent._modules.get(name)
     if match_device:
         ref = _first_tensor(old) if old is not None else None
         ref = ref if ref is not None else _first_tensor(parent)
@@ -165,7 +161,7 @@ class TransferReport:
 
 
 def _checkpoint_tensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    ckpt = resolve_checkpoint(path)
+    ckpt = resolve_checkpoint(Path(path))
     out: dict[str, Tensor] = {}
     for fname in read_meta(ckpt)["parts"].values():
         out.update(read_part(ckpt, fname))
@@ -325,7 +321,7 @@ def transfer_state(
     if absent:
         side = "target" if absent[0] not in targets else "source (after rename)"
         raise PartError(f"transfer_state(): vocab_map names {absent[0]!r}, which the {side} lacks; "
-                        f"closest target names: {_closest(absent[0], list(targets))}")
+                        f"closest target names: {closest(absent[0], list(targets))}")
     values: dict[str, Tensor] = {}
     vocab_reports: list[VocabTransfer] = []
     skipped: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
@@ -397,11 +393,11 @@ def load_part(model: nn.Module, part: str, checkpoint: str | os.PathLike[str], p
         raise ValueError(f"load_part(): which={which!r} must be 'best' or 'latest'")
     try:
         try:
-            ckpt = resolve_checkpoint(checkpoint, which)
+            ckpt = resolve_checkpoint(Path(checkpoint), which)
         except CheckpointNotFound:
             if which != "best":
                 raise
-            ckpt = resolve_checkpoint(checkpoint, "latest")  # the run keeps no best checkpoint
+            ckpt = resolve_checkpoint(Path(checkpoint), "latest")  # the run keeps no best checkpoint
     except CheckpointNotFound as e:
         raise CheckpointNotFound(f"load_part(): {e}") from None
     stored_name = source_part or part

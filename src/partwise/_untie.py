@@ -14,13 +14,14 @@ again), and a config whose ties are all gone gets ``tie_word_embeddings = False`
 from __future__ import annotations
 
 import copy
-import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
 from ._errors import PartError
+from ._names import closest
 
 __all__ = ["untie", "UntieReport", "Untied"]
 
@@ -101,9 +102,8 @@ def untie(model: nn.Module, *module_paths: str) -> UntieReport:
     modules = dict(model.named_modules(remove_duplicate=False))
     for path in module_paths:
         if not isinstance(path, str) or not path or path not in modules:
-            close = difflib.get_close_matches(str(path), [p for p in modules if p], n=3, cutoff=0.5)
-            hint = f"; closest: {', '.join(map(repr, close))}" if close else ""
-            raise PartError(f"untie: no module at path {path!r} (give a submodule path such as 'lm_head'){hint}")
+            raise PartError(f"untie: no module at path {path!r} (give a submodule path such as 'lm_head'); "
+                            f"closest: {closest(str(path), modules)}")
     report = UntieReport()
     for path in module_paths:
         for param, names in list(_names_by_tensor(model).values()):
@@ -121,7 +121,7 @@ def untie(model: nn.Module, *module_paths: str) -> UntieReport:
     return report
 
 
-def _hf_models(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
+def _hf_models(model: nn.Module) -> Iterable[tuple[str, Any]]:
     for prefix, sub in model.named_modules():
         if callable(getattr(sub, "get_expanded_tied_weights_keys", None)) and getattr(sub, "config", None) is not None:
             yield prefix, sub
@@ -131,7 +131,7 @@ def _update_tie_bookkeeping(model: nn.Module) -> list[str]:
     """Drop untied pairs from Hugging Face-style tie mappings; turn a config's tie flag off when none
     of its pairs is tied any more. Returns what changed, one line each."""
     changes: list[str] = []
-    configs: dict[int, tuple[object, list[bool]]] = {}
+    configs: dict[int, tuple[Any, list[bool]]] = {}
     for prefix, sub in _hf_models(model):
         try:
             mapping = dict(sub.get_expanded_tied_weights_keys(all_submodels=False))
@@ -151,6 +151,7 @@ def _update_tie_bookkeeping(model: nn.Module) -> list[str]:
         if not any(any_kept) and getattr(config, "tie_word_embeddings", False):
             config.tie_word_embeddings = False
             changes.append(f"{type(config).__name__}.tie_word_embeddings: True -> False")
-    if callable(getattr(model, "get_expanded_tied_weights_keys", None)) and hasattr(model, "all_tied_weights_keys"):
-        model.all_tied_weights_keys = model.get_expanded_tied_weights_keys(all_submodels=True)
+    hf: Any = model  # a Hugging Face PreTrainedModel, duck-typed
+    if callable(getattr(hf, "get_expanded_tied_weights_keys", None)) and hasattr(hf, "all_tied_weights_keys"):
+        hf.all_tied_weights_keys = hf.get_expanded_tied_weights_keys(all_submodels=True)
     return changes

@@ -23,7 +23,7 @@ def test_export_reloads_with_equal_logits(tmp_path, name, untie):
 
     model = H.build(name)
     parts = ph.parts(model, untie=untie)
-    opt = torch.optim.SGD([p for part in parts for p in part.parameters if p.requires_grad], lr=0.5)
+    opt = torch.optim.SGD([p for part in parts for p in part.parameters() if p.requires_grad], lr=0.5)
     model(**H.encoder_inputs(name), labels=H.labels()).loss.backward()
     opt.step()  # trained: untied copies now differ
     out = ph.export(model.eval(), tmp_path / "m", extra={"note": "x"})

@@ -67,14 +67,14 @@ def test_frozen_encoder_bit_identical_while_decoder_learns(name, untie):
     frozen = ["encoder"] + (["embeddings"] if "embeddings" in parts else [])
     parts.freeze(*frozen)
     opt = pw.build_optimizer(parts, default={"name": "adamw", "lr": 1e-2, "weight_decay": 0.1})
-    before = {n: p.detach().clone() for n, p in parts["decoder"].named_parameters.items()}
+    before = {n: p.detach().clone() for n, p in parts["decoder"].named_parameters()}
     with parts.guard():
         for _ in range(2):
             _encoder_step(name, model, opt)
     model.train()  # the frozen encoder's dropout stays off: two passes give the same output
     enc, x = model.get_encoder(), H.encoder_inputs(name)
     assert torch.equal(enc(**x).last_hidden_state, enc(**x).last_hidden_state)
-    moved = [n for n, p in parts["decoder"].named_parameters.items() if p.requires_grad and not torch.equal(p, before[n])]
+    moved = [n for n, p in parts["decoder"].named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
     assert moved
 
 

@@ -113,7 +113,7 @@ def optimizer_problems(plan: Plan, parts: Parts) -> list[str]:
         if frozen:
             parts.freeze(*frozen)
         try:
-            build_optimizer(parts, per_part=ph.train_options(), default={"name": "adamw", **ph.optimizer},
+            build_optimizer(parts, per_part=ph.train_options(), default=ph.default_options(),
                             separate=ph.separate)
         except (PartError, ConfigError, ValueError, TypeError, KeyError) as e:
             why = _per_part_once(" ".join(str(e).split()))

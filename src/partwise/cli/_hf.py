@@ -112,11 +112,24 @@ def predict(task: Any, model: nn.Module, data: Any, tokens: list[list[str]]) -> 
     return out, hits
 
 
+def export_run(run_dir: str | Path, out_dir: str | Path, which: str = "best", check: bool = True) -> Path:
+    """Export the ``best`` (or ``latest``) checkpoint of a run trained with ``model: {name: hf}``."""
+    from ..hf import export
+    from . import _build
+    from ._commands import load_run
+
+    run = Path(run_dir)
+    recipe, _, model, _, _ = load_run(run, which)
+    if not callable(getattr(model, "save_pretrained", None)):
+        raise TypeError(f"the model of run {str(run)!r} is {recipe.model.name!r}, not a Hugging Face model "
+                        "(model: {name: hf})")
+    artifacts = _build.load_artifacts(run)
+    return export(model, out_dir, check=check, extra={"run_dir": str(run), "checkpoint": which, **artifacts})
+
+
 def export_command(run_dir: str, out_dir: str, which: str) -> int:
     """``partwise export RUN_DIR OUT_DIR``: the run's model as a ``from_pretrained`` directory."""
     _transformers()
-    from ..hf import export_run
-
     try:
         out = export_run(run_dir, out_dir, which=which)
     except (FileExistsError, TypeError, RuntimeError) as e:

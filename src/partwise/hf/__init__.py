@@ -17,12 +17,12 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("partwise.hf needs the transformers package: pip install 'partwise[hf]'") from e
 
 from ._data import Seq2SeqLMCollator, Seq2SeqLMDataset
-from ._export import export, export_run
+from ._export import export
 from ._parts import PART_NAMES, Structure, parts, spec, structure, untie_parts
 from ._task import Encoding, Seq2SeqLMTask
 from ._teacher_forcing import decoder_logits, shift_right
 
 __all__ = [
     "PART_NAMES", "Encoding", "Seq2SeqLMCollator", "Seq2SeqLMDataset", "Seq2SeqLMTask", "Structure",
-    "decoder_logits", "export", "export_run", "parts", "shift_right", "spec", "structure", "untie_parts",
+    "decoder_logits", "export", "parts", "shift_right", "spec", "structure", "untie_parts",
 ]

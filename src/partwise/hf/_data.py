@@ -14,7 +14,7 @@ from ._teacher_forcing import IGNORE
 __all__ = ["Seq2SeqLMDataset", "Seq2SeqLMCollator"]
 
 
-class Seq2SeqLMDataset(Dataset):
+class Seq2SeqLMDataset(Dataset[dict[str, Any]]):
     """Rows (dicts of token-id lists or tensors: ``input_ids`` or ``input_features`` ..., ``labels``),
     each returned with its ``index`` (the row id the frozen-encoder cache keys on).
 

@@ -1,4 +1,4 @@
-"""Export: a model (or a partwise run's checkpoint) back into a ``from_pretrained`` directory."""
+"""Export: a model back into a ``from_pretrained`` directory (a run's checkpoint: ``partwise export``)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["export", "export_run"]
+__all__ = ["export"]
 
 
 def _check_reload(model: nn.Module, out: Path) -> None:
     """Load ``out`` with the model's own class and require every tensor to be equal."""
-    again = type(model).from_pretrained(out, local_files_only=True)
+    cls: Any = type(model)  # a Hugging Face PreTrainedModel class
+    again = cls.from_pretrained(out, local_files_only=True)
     theirs = again.state_dict()
     ours = model.state_dict()
     problems = [k for k in ours if k not in theirs or not torch.equal(ours[k].cpu(), theirs[k].cpu())]
@@ -45,29 +46,16 @@ def export(model: nn.Module, out_dir: str | Path, *, check: bool = True, extra: 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"export: {str(out)!r} exists and is not an empty directory; choose a new OUT_DIR")
     out.mkdir(parents=True, exist_ok=True)
+    hf: Any = model
     progress = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
-        model.save_pretrained(out)
+        hf.save_pretrained(out)
         if extra:
             (out / "partwise.json").write_text(json.dumps(extra, indent=2, sort_keys=True), encoding="utf-8")
         if check:
             _check_reload(model, out)
     finally:
         if progress:
-            hf_logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
     return out
-
-
-def export_run(run_dir: str | Path, out_dir: str | Path, which: str = "best", check: bool = True) -> Path:
-    """Export the ``best`` (or ``latest``) checkpoint of a run trained with ``model: {name: hf}``."""
-    from ..cli import _build
-    from ..cli._commands import load_run
-
-    run = Path(run_dir)
-    recipe, _, model, _, _ = load_run(run, which)
-    if not callable(getattr(model, "save_pretrained", None)):
-        raise TypeError(f"export: the model of run {str(run)!r} is {recipe.model.name!r}, not a Hugging Face model "
-                        "(model: {name: hf})")
-    artifacts = _build.load_artifacts(run)
-    return export(model, out_dir, check=check, extra={"run_dir": str(run), "checkpoint": which, **artifacts})

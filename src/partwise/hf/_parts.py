@@ -35,10 +35,7 @@ class Structure:
 def _path_of(model: nn.Module, module: nn.Module | None) -> str | None:
     if module is None:
         return None
-    for name, m in model.named_modules(remove_duplicate=False):
-        if m is module:
-            return name
-    return None
+    return next((name for name, m in model.named_modules(remove_duplicate=False) if m is module), None)
 
 
 def structure(model: nn.Module) -> Structure:
@@ -165,7 +162,7 @@ def untie_parts(model: nn.Module, which: bool | Sequence[str]) -> UntieReport:
     if bad:
         have = [n for n, p in paths.items() if p]
         raise PartError(f"untie: {bad[0]!r} is not a part that can be untied; choose from {have}")
-    return untie(model, *[paths[n] for n in names])
+    return untie(model, *[p for n in names if (p := paths[n]) is not None])
 
 
 def parts(model: nn.Module, untie: bool | Sequence[str] = False) -> Parts:

@@ -62,7 +62,8 @@ def decoder_logits(model: nn.Module, encoding: Any, decoder_input_ids: Tensor, l
     ``tf=None`` means plain teacher forcing (one parallel decoder call).
     """
     if tf is None:
-        return _forward(model, encoding, decoder_input_ids, use_cache=False).logits
+        logits: Tensor = _forward(model, encoding, decoder_input_ids, use_cache=False).logits
+        return logits
     p = tf.ratio(step)
     gold = _gold_mask(labels, p, tf.per, generator)
     real = labels[:, :-1] != IGNORE
@@ -71,14 +72,16 @@ def decoder_logits(model: nn.Module, encoding: Any, decoder_input_ids: Tensor, l
     tf.last_stats = TeacherForcingStats(step=int(step), ratio=p, gold_fraction=fed / choices if choices else 1.0,
                                         parallel=all_gold or tf.mode == "two_pass")
     if all_gold:
-        return _forward(model, encoding, decoder_input_ids, use_cache=False).logits
+        all_gold_logits: Tensor = _forward(model, encoding, decoder_input_ids, use_cache=False).logits
+        return all_gold_logits
     if tf.mode == "two_pass":
         with torch.no_grad():
             first = _forward(model, encoding, decoder_input_ids, use_cache=False).logits
         predicted = tf._choose(first[:, :-1], generator)  # input t is the prediction made at t-1
         mixed = torch.cat([decoder_input_ids[:, :1],
                            torch.where(gold[:, 1:], decoder_input_ids[:, 1:], predicted)], dim=1)
-        return _forward(model, encoding, mixed, use_cache=False).logits
+        mixed_logits: Tensor = _forward(model, encoding, mixed, use_cache=False).logits
+        return mixed_logits
     return _stepwise(model, encoding, decoder_input_ids, gold, tf, generator)
 
 
