@@ -272,3 +272,20 @@ def test_model_args_schemas_match_the_factories_they_describe():
     assert set(MODEL_ARGS["seq2seq", "transformer"].model_fields) == keys(transformer_seq2seq, 2)
     assert set(MODEL_ARGS["stress", "gru"].model_fields) == keys(stress_model, 1) - {"max_syllables"}
     assert set(MODEL_ARGS["digits_cycle", "mlp"].model_fields) == keys(DigitsCycle, 0) - {"seed"}
+
+
+def test_a_recipe_chooses_where_a_phase_schedule_counts_from():
+    from partwise.cli._build import teacher_forcing
+    from partwise.cli._config import validate
+
+    plan = [{"name": "a", "epochs": 1, "train": {"encoder": 1e-3}},
+            {"name": "b", "epochs": 1, "train": {"decoder": 1e-3}, "teacher_forcing": {
+                "schedule": {"name": "linear", "c": 0.1, "k": 1.0}, "count_from": "phase"}}]
+    recipe = validate({"plan": plan}, "r")
+    tf = teacher_forcing(recipe.plan[1].teacher_forcing, "plan.1.teacher_forcing")
+    tf.enter_phase(10)
+    assert tf.count_from == "phase" and tf.ratio(10) == 1.0
+    assert validate({"plan": plan[:1]}, "r").teacher_forcing is None
+    bad = [plan[0], {**plan[1], "teacher_forcing": {"count_from": "epoch"}}]
+    with pytest.raises(Exception, match="plan.1.teacher_forcing.count_from"):
+        validate({"plan": bad}, "r")
