@@ -243,3 +243,17 @@ def test_load_part_wrong_shapes_or_names_list_every_problem(tmp_path: Path):
 def test_load_part_bad_path_is_a_clear_file_not_found(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match=r"load_part\(\): no complete checkpoint at .*nowhere"):
         load_part(gru(), "encoder", tmp_path / "nowhere")
+
+
+def test_load_part_from_a_run_directory_takes_the_best_checkpoint_unless_told(tmp_path: Path):
+    from partwise._checkpoint import save_checkpoint as save
+
+    best, later, model = gru(seed=1), gru(seed=2), gru(seed=3)
+    save(tmp_path / "checkpoints", "step-00000001", best, Parts(best), {}, {}, pointers=("latest", "best"))
+    save(tmp_path / "checkpoints", "step-00000002", later, Parts(later), {}, {}, pointers=("latest",))
+    load_part(model, "encoder", tmp_path)
+    assert torch.equal(model.encoder.embed.weight, best.encoder.embed.weight)
+    load_part(model, "encoder", tmp_path, which="latest")
+    assert torch.equal(model.encoder.embed.weight, later.encoder.embed.weight)
+    with pytest.raises(ValueError, match="which='last'"):
+        load_part(model, "encoder", tmp_path, which="last")

@@ -353,7 +353,7 @@ def transfer_state(
 
 
 def load_part(model: nn.Module, part: str, checkpoint: str | os.PathLike[str], parts: Parts | None = None,
-              source_part: str | None = None) -> list[str]:
+              source_part: str | None = None, which: str = "best") -> list[str]:
     """Load the weights of one part from a partwise checkpoint; everything else stays as it is.
 
     The checkpoint's part file must hold exactly the part's tensors (same names, shapes and
@@ -364,9 +364,12 @@ def load_part(model: nn.Module, part: str, checkpoint: str | os.PathLike[str], p
     Args:
         model: the model to fill.
         part: the part of ``parts`` to load.
-        checkpoint: a checkpoint folder, a run directory or its ``checkpoints/`` folder (latest).
+        checkpoint: a checkpoint folder, a run directory or its ``checkpoints/`` folder.
         parts: the registry naming ``part``; default ``Parts(model)`` (one part per top-level child).
         source_part: the part's name in the checkpoint, when it differs from ``part``.
+        which: for a run directory, ``"best"`` (default: the checkpoint with the best validation
+            score; the latest when the run keeps no best, i.e. trained without ``best_metric``) or
+            ``"latest"``. Ignored for a checkpoint folder.
 
     Returns:
         The tensor names loaded.
@@ -386,8 +389,15 @@ def load_part(model: nn.Module, part: str, checkpoint: str | os.PathLike[str], p
         raise PartError("load_part(): parts was built for another model; pass Parts(model) or leave it out")
     if part not in parts:
         raise PartError(f"load_part(): the model has no part {part!r}; its parts are {parts.names}")
+    if which not in ("best", "latest"):
+        raise ValueError(f"load_part(): which={which!r} must be 'best' or 'latest'")
     try:
-        ckpt = resolve_checkpoint(Path(checkpoint))
+        try:
+            ckpt = resolve_checkpoint(Path(checkpoint), which)
+        except CheckpointNotFound:
+            if which != "best":
+                raise
+            ckpt = resolve_checkpoint(Path(checkpoint), "latest")  # the run keeps no best checkpoint
     except CheckpointNotFound as e:
         raise CheckpointNotFound(f"load_part(): {e}") from None
     stored_name = source_part or part

@@ -234,6 +234,7 @@ class TeacherForcingStats:
 
 
 _PER = ("sequence", "token")
+_COUNT_FROM = ("run", "phase")
 _MODE = ("exact", "two_pass")
 
 
@@ -253,6 +254,10 @@ class TeacherForcing:
             the first pass stochastic, so its predictions differ from an eval-mode pass.
         sample: where a prediction is fed, sample it from ``softmax(logits)`` (temperature 1, using
             ``generator``) instead of taking the argmax.
+        count_from: where the schedule's step 0 is. ``"run"`` (default): the run's first step, so a
+            schedule given to a later phase starts partway down its curve (at that phase's first
+            step). ``"phase"``: the first step of the phase in force — :class:`~partwise.Trainer` calls
+            :meth:`enter_phase` at every phase start (and on resume), which sets :attr:`origin`.
 
     Position 0 always gets ``tgt_in[:, 0]`` (BOS), positions whose gold input is PAD keep PAD, and
     predictions are detached. When every input is gold (ratio 1, or the draw says so) the decoder runs
@@ -265,7 +270,8 @@ class TeacherForcing:
     """
 
     def __init__(
-        self, schedule: Schedule | float = 1.0, per: str = "token", mode: str = "exact", sample: bool = False
+        self, schedule: Schedule | float = 1.0, per: str = "token", mode: str = "exact", sample: bool = False,
+        count_from: str = "run",
     ) -> None:
         if isinstance(schedule, numbers.Real) and not isinstance(schedule, bool):
             schedule = constant(schedule)
@@ -287,18 +293,32 @@ class TeacherForcing:
             )
         if not isinstance(sample, bool):
             raise TypeError(f"TeacherForcing sample={sample!r} must be True or False")
+        if count_from not in _COUNT_FROM:
+            raise ValueError(f"TeacherForcing count_from={count_from!r} must be one of {_COUNT_FROM}")
         self.schedule, self.per, self.mode, self.sample = schedule, per, mode, sample
+        self.count_from = count_from
+        self.origin = 0  # the training step the schedule counts from (see count_from)
         self.last_stats: TeacherForcingStats | None = None
 
     def __repr__(self) -> str:
         return (
             f"TeacherForcing(schedule={self.schedule!r}, per={self.per!r}, mode={self.mode!r}, "
-            f"sample={self.sample})"
+            f"sample={self.sample}" + (f", count_from={self.count_from!r})" if self.count_from != "run" else ")")
         )
 
+    def enter_phase(self, start: int) -> None:
+        """A phase begins at training step ``start``: with ``count_from="phase"`` the schedule counts
+        from there (the trainer calls this; with ``"run"`` it changes nothing).
+
+        >>> tf = TeacherForcing(linear(c=0.1, k=1.0), count_from="phase")
+        >>> tf.enter_phase(100); tf.ratio(100), round(tf.ratio(105), 2)
+        (1.0, 0.5)
+        """
+        self.origin = int(start) if self.count_from == "phase" else 0
+
     def ratio(self, step: int) -> float:
-        """The probability of feeding a gold token at training step ``step``."""
-        p = self.schedule(_step(step))
+        """The probability of feeding a gold token at training step ``step`` (counted from :attr:`origin`)."""
+        p = self.schedule(max(_step(step) - self.origin, 0))
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
             raise ValueError(
                 f"schedule {self.schedule!r} returned {p!r} at step {step}; it must return a float in [0, 1]"
@@ -308,7 +328,8 @@ class TeacherForcing:
     def to_dict(self) -> dict[str, Any]:
         """A plain dict for configs and checkpoints; :meth:`from_dict` inverts it."""
         schedule = self.schedule.to_dict()
-        return {"schedule": schedule, "per": self.per, "mode": self.mode, "sample": self.sample}
+        out = {"schedule": schedule, "per": self.per, "mode": self.mode, "sample": self.sample}
+        return out if self.count_from == "run" else {**out, "count_from": self.count_from}
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> TeacherForcing:
@@ -318,10 +339,11 @@ class TeacherForcing:
         >>> TeacherForcing.from_dict({"schedule": {"name": "constant", "p": 0.5}, "per": "sequence"}).per
         'sequence'
         """
-        unknown = set(config) - {"schedule", "per", "mode", "sample"}
+        unknown = set(config) - {"schedule", "per", "mode", "sample", "count_from"}
         if unknown:
             raise ValueError(
-                f"TeacherForcing config has unknown keys {sorted(unknown)}; valid: schedule, per, mode, sample"
+                f"TeacherForcing config has unknown keys {sorted(unknown)}; valid: schedule, per, mode, sample, "
+                "count_from"
             )
         kwargs = dict(config)
         if isinstance(kwargs.get("schedule"), Mapping):

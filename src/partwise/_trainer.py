@@ -230,6 +230,8 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g.update(base_lr=g["lr"], start_step=span.start, warm=g.get("part") not in was_training)
         self.span = span
+        for tf in {id(t): t for t in (ph.teacher_forcing, getattr(self.task, "teacher_forcing", None)) if t is not None}.values():
+            getattr(tf, "enter_phase", lambda start: None)(span.start)  # count_from="phase" restarts its schedule
         self.cache = self._setup_cache()
         self.wrapped = self._cached_loss if self.cache is not None else dist.wrap(self.model, self.task, self.world)
         if self.use_guard:

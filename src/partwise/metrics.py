@@ -1,8 +1,12 @@
-"""Sequence metrics for grapheme-to-phoneme and other seq2seq tasks: WER and PER.
+"""Sequence metrics for any seq2seq task: the sequence error rate and the token error rate.
 
-Conventions follow the CMUdict G2P literature (e.g. Sequitur, g2p-seq2seq): a word counts as
-correct if its prediction equals any of its reference pronunciations (WER), and phoneme errors
-are counted against the closest reference (PER).
+* **sequence error rate**: the share of inputs whose output equals none of their references;
+* **token error rate**: edit distances to each input's closest reference, summed, over the summed
+  lengths of those references.
+
+G2P calls the same two figures WER (word error rate) and PER (phoneme error rate); :func:`wer`,
+:func:`per` and :func:`score_g2p` are those names. Conventions follow the CMUdict G2P literature
+(e.g. Sequitur, g2p-seq2seq).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from collections.abc import Sequence
 
 from rapidfuzz.distance import Levenshtein
 
-__all__ = ["edit_distance", "per", "score_g2p", "wer"]
+__all__ = ["edit_distance", "sequence_error_rate", "token_error_rate", "score_sequences", "per", "score_g2p", "wer"]
 
 Tokens = Sequence[str]
 
@@ -35,10 +39,10 @@ def _check(predictions: Sequence[Tokens], references: Sequence[Sequence[Tokens]]
     if len(predictions) != len(references):
         raise ValueError(
             f"got {len(predictions)} predictions but {len(references)} reference lists; "
-            "pass one prediction and one list of references per word"
+            "pass one prediction and one list of references per input"
         )
     if not predictions:
-        raise ValueError("got no predictions; scoring needs at least one word")
+        raise ValueError("got no predictions; scoring needs at least one input")
     for i, (pred, refs) in enumerate(zip(predictions, references, strict=True)):
         if isinstance(pred, str):
             raise TypeError(
@@ -46,13 +50,13 @@ def _check(predictions: Sequence[Tokens], references: Sequence[Sequence[Tokens]]
             )
         if isinstance(refs, str) or not refs:
             raise ValueError(
-                f"references[{i}] is {refs!r}; each word needs a non-empty list of reference "
+                f"references[{i}] is {refs!r}; each input needs a non-empty list of reference "
                 "token lists, e.g. [['K', 'AE', 'T']]"
             )
         if isinstance(refs[0], str):
             raise TypeError(
                 f"references[{i}] is {refs!r}, a single token list; wrap it as [[...]] "
-                "(references are lists of acceptable token lists per word)"
+                "(references are lists of acceptable token lists per input)"
             )
 
 
@@ -61,10 +65,10 @@ def _closest(pred: Tokens, refs: Sequence[Tokens]) -> tuple[int, int]:
     return min((edit_distance(pred, ref), len(ref)) for ref in refs)
 
 
-def wer(predictions: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> float:
-    """Word error rate: share of words whose prediction equals none of its references.
+def sequence_error_rate(predictions: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> float:
+    """Share of inputs whose prediction equals none of its references (G2P: WER).
 
-    >>> wer([["K", "AE", "T"], ["D", "AO", "G"]], [[["K", "AE", "T"]], [["D", "AA", "G"]]])
+    >>> sequence_error_rate([["K", "AE", "T"], ["D", "AO", "G"]], [[["K", "AE", "T"]], [["D", "AA", "G"]]])
     0.5
     """
     _check(predictions, references)
@@ -75,11 +79,11 @@ def wer(predictions: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -
     return wrong / len(predictions)
 
 
-def per(predictions: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> float:
-    """Phoneme error rate: edit distances to each word's closest reference, summed, over the
-    summed lengths of those references.
+def token_error_rate(predictions: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> float:
+    """Edit distances to each input's closest reference, summed, over the summed lengths of those
+    references (G2P: PER).
 
-    >>> per([["K", "AA", "T"]], [[["K", "AE", "T", "S"], ["K", "AE", "T"]]])
+    >>> token_error_rate([["K", "AA", "T"]], [[["K", "AE", "T", "S"], ["K", "AE", "T"]]])
     0.3333333333333333
     """
     _check(predictions, references)
@@ -93,10 +97,29 @@ def per(predictions: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -
     return errors / length
 
 
+wer = sequence_error_rate  #: G2P's name: word error rate
+per = token_error_rate  #: G2P's name: phoneme error rate
+
+
+def score_sequences(
+    predictions: Sequence[Tokens], references: Sequence[Sequence[Tokens]]
+) -> dict[str, float | int]:
+    """Both error rates: ``{"seq_error": ..., "token_error": ..., "inputs": n}``.
+
+    >>> score_sequences([list("walked")], [[list("walked")]])
+    {'seq_error': 0.0, 'token_error': 0.0, 'inputs': 1}
+    """
+    return {
+        "seq_error": sequence_error_rate(predictions, references),
+        "token_error": token_error_rate(predictions, references),
+        "inputs": len(predictions),
+    }
+
+
 def score_g2p(
     predictions: Sequence[Tokens], references: Sequence[Sequence[Tokens]]
 ) -> dict[str, float | int]:
-    """WER and PER together: ``{"wer": ..., "per": ..., "words": n}``.
+    """WER and PER (the G2P names of the two error rates): ``{"wer": ..., "per": ..., "words": n}``.
 
     >>> score_g2p([["HH", "AY"]], [[["HH", "AY"]]])
     {'wer': 0.0, 'per': 0.0, 'words': 1}

@@ -133,7 +133,7 @@ def tsv_recipe(d: Path, train_text: bytes | None) -> dict:
     if train_text is not None:
         (d / "train.tsv").write_bytes(train_text)
     (d / "dev.tsv").write_text("cat\tK AE T\n")
-    return {**TINY, "data": {"name": "tsv", "train": str(d / "train.tsv"), "dev": str(d / "dev.tsv")}}
+    return {**TINY, "training": {**TINY["training"], "best_metric": "seq_error"}, "data": {"name": "tsv", "train": str(d / "train.tsv"), "dev": str(d / "dev.tsv")}}
 
 
 case("tsv data with bad lines", "train.tsv", "line 2")(
@@ -350,7 +350,7 @@ def _(run: Path, d: Path) -> list[str]:
 
 
 # predict's words
-case("predict: an empty word", "word 2 is empty")(lambda run, d: ["predict", str(run), "hello", ""])
+case("predict: an empty word", "input 2 is empty")(lambda run, d: ["predict", str(run), "hello", ""])
 case("predict: '-' and --file", "'-'", "--file", "conflict")(
     lambda run, d: ["predict", str(run), "-", "--file", str(d / "words.txt")])
 case("predict: --file missing", "--file", "not found")(lambda run, d: ["predict", str(run), "--file", str(d / "nope.txt")])

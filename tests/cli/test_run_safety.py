@@ -66,7 +66,7 @@ def test_overwrite_with_a_bad_data_file_leaves_the_existing_run_intact(base_run,
     before = tree_hash(run)
     (tmp_path / "train.tsv").write_text("cat\tK AE T\nno tab here\n")
     (tmp_path / "dev.tsv").write_text("cat\tK AE T\n")
-    recipe = write_recipe(tmp_path, {**TINY, "data": {"name": "tsv", "train": str(tmp_path / "train.tsv"),
+    recipe = write_recipe(tmp_path, {**TINY, "training": {**TINY["training"], "best_metric": "seq_error"}, "data": {"name": "tsv", "train": str(tmp_path / "train.tsv"),
                                                       "dev": str(tmp_path / "dev.tsv")}})
     code, _, err = run_cli(capsys, "train", str(recipe), f"run_dir={run}", "--overwrite")
     assert code == 2 and "train.tsv" in err and "line 2" in err
@@ -147,8 +147,13 @@ def test_predict_reads_a_file_and_skips_blank_lines(base_run, tmp_path, capsys):
 
 
 def test_the_seq2seq_metrics_declared_for_checks_are_the_ones_logged(base_run):
+    from partwise.cli._commands import read_run_config
+    from partwise.cli._seq2seq_kind import Seq2SeqKind
+
     header, _ = read_rows(base_run / "metrics.csv")
-    assert sorted(c.removeprefix("val_") for c in header if c.startswith("val_")) == sorted(METRICS["seq2seq"])
+    declared = Seq2SeqKind().metrics_for(read_run_config(base_run))  # G2P names on CMUdict: wer, per
+    assert sorted(c.removeprefix("val_") for c in header if c.startswith("val_")) == sorted(declared)
+    assert {"wer", "per"} <= set(declared) and len(declared) == len(METRICS["seq2seq"])
 
 
 def test_the_digits_metrics_declared_for_checks_are_the_ones_evaluated():

@@ -21,7 +21,7 @@ def test_g2p_trains_with_separate_optimizers_and_scheduled_sampling(tmp_path):
         pw.Phase("warm", epochs=3, train={"encoder": 3e-3, "decoder": 1e-2}, separate=True),
         pw.Phase("sampled", epochs=2, train={"encoder": 3e-3, "decoder": 1e-2}, separate=True, teacher_forcing=tf),
     ])
-    task = Seq2SeqTask(tgt_vocab=data.tgt_vocab)
+    task = Seq2SeqTask(tgt_vocab=data.tgt_vocab, metric_names=("wer", "per"))  # G2P names
     untrained = task.evaluate(model.eval(), DataLoader(data.dev, batch_size=128, collate_fn=collate), data.dev)
     loader = DataLoader(data.train, batch_sampler=BucketBatchSampler(data.train.lengths, 32, seed=0), collate_fn=collate)
     trainer = pw.Trainer(model, parts, plan, task, run_dir=tmp_path, batch_size=64, collate_fn=collate, device="cpu")

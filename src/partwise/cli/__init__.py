@@ -22,10 +22,23 @@ EXAMPLES = {
     "resume": "partwise resume runs/g2p",
     "eval": "partwise eval runs/g2p --split test --beam 5",
     "predict": "partwise predict runs/g2p partwise pytorch   |   echo tokenizer | partwise predict runs/g2p -",
+    "predict_pairs": "partwise predict runs/inflection 'walk <VBD>' --join ''   |   partwise predict RUN --file inputs.txt",
     "inspect": "partwise inspect recipes/g2p.yaml plan.1.train.encoder=1e-5",
     "export": "partwise export runs/g2p_t5 models/g2p_t5   # then AutoModelForSeq2SeqLM.from_pretrained('models/g2p_t5')",
     "demo": "partwise demo",
 }
+
+
+DATA_HELP = """\
+your own data (a recipe's data section; README, 'Pair files'):
+  data: {name: pairs, train: train.tsv, dev: dev.tsv, test: test.tsv,
+         source: {tokenize: char}, target: {tokenize: space}}
+  files: TSV (source<TAB>target), CSV (two columns) or JSON lines ({"source": .., "target": ..}),
+         one pair per line, chosen by extension (.tsv/.txt, .csv, .jsonl) or data.format; UTF-8
+         unless data.encoding; every bad line is reported at once.
+  tokenize per side: char | space | regex (pattern: ...) | hf (path: a local tokenizer folder)
+  decoding limit: 1.5 x the longest training target + 5 unless eval.max_len (or --max-len);
+  outputs that reach it are counted and warned about."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,13 +81,15 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     subs: dict[str, argparse.ArgumentParser] = {}
 
-    def add(name: str, help_: str) -> argparse.ArgumentParser:
-        subs[name] = sub.add_parser(name, help=help_, description=help_, epilog=f"example:\n  {EXAMPLES[name]}",
+    def add(name: str, help_: str, data_help: bool = False) -> argparse.ArgumentParser:
+        examples = [v for k, v in EXAMPLES.items() if k == name or k.startswith(f"{name}_")]
+        epilog = "example:\n  " + "\n  ".join(examples) + (f"\n\n{DATA_HELP}" if data_help else "")
+        subs[name] = sub.add_parser(name, help=help_, description=help_, epilog=epilog,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
         return subs[name]
 
     max_steps = _count("--max-steps", "100")
-    p = add("train", "train a recipe into its run directory")
+    p = add("train", "train a recipe into its run directory", data_help=True)
     p.add_argument("recipe", help="recipe YAML file, e.g. recipes/g2p.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override recipe values (dotted keys)")
     p.add_argument("--overwrite", action="store_true",
@@ -88,19 +103,28 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
                    help="continue although the plan in config.yaml differs from the checkpoint's (e.g. a longer "
                         "last phase); the change is recorded in plan_changes.txt")
 
-    beam = _count("--beam", "5")
-    p = add("eval", "score a run's best checkpoint on a split (the task's metrics, e.g. WER and PER)")
+    beam, max_len = _count("--beam", "5"), _count("--max-len", "60")
+    max_len_help = ("decoding limit in tokens (default: the recipe's eval.max_len, else 1.5 x the longest training "
+                    "target + 5); outputs that reach it are counted and warned about")
+    p = add("eval", "score a run's best checkpoint (the latest when it kept no best) on a split: the task's "
+                    "metrics (seq2seq: sequence and token error rates, WER/PER for G2P)", data_help=True)
     p.add_argument("run_dir")
     p.add_argument("--split", choices=["dev", "test"], default="test")
     p.add_argument("--beam", type=beam, default=None, help="beam size >= 1 (default: the recipe's)")
+    p.add_argument("--max-len", type=max_len, default=None, help=max_len_help)
 
-    p = add("predict", "predict outputs for words given as arguments, in a file, or on stdin ('-')")
+    p = add("predict", "predict outputs for inputs given as arguments, in a file, or on stdin ('-'), with the "
+                       "run's best checkpoint; prints input<TAB>output, an empty output as <empty>", data_help=True)
     p.add_argument("run_dir")
-    p.add_argument("words", nargs="*")
-    p.add_argument("--file", default=None, help="a file with one word per line ('-' for stdin)")
+    p.add_argument("inputs", nargs="*", help="source texts, tokenised like the run's training sources")
+    p.add_argument("--file", default=None, help="a file with one input per line ('-' for stdin)")
     p.add_argument("--beam", type=beam, default=None, help="beam size >= 1 (default: the recipe's)")
+    p.add_argument("--max-len", type=max_len, default=None, help=max_len_help)
+    p.add_argument("--join", default=None, metavar="TEXT",
+                   help="put TEXT between output tokens (default: from the target tokenisation: '' for characters, "
+                        "' ' for space and regex tokens, the tokenizer's own for hf)")
 
-    p = add("inspect", "print the parts table and the plan's dry run, without training")
+    p = add("inspect", "print the parts table and the plan's dry run, without training", data_help=True)
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*", metavar="key=value")
 
@@ -157,12 +181,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "resume":
         return cmd.resume(args.run_dir, args.max_steps, args.allow_plan_change)
     if args.command == "eval":
-        return cmd.evaluate(args.run_dir, args.split, args.beam)
+        return cmd.evaluate(args.run_dir, args.split, args.beam, args.max_len)
     if args.command == "predict":
-        if "-" in args.words and args.file is not None:
-            raise _bad(f"predict: words on stdin ('-') and --file {args.file!r} conflict; give one of them")
-        words = [w for w in args.words if w != "-"]
-        return cmd.predict(args.run_dir, words, "-" if "-" in args.words else args.file, args.beam)
+        if "-" in args.inputs and args.file is not None:
+            raise _bad(f"predict: inputs on stdin ('-') and --file {args.file!r} conflict; give one of them")
+        inputs = [w for w in args.inputs if w != "-"]
+        return cmd.predict(args.run_dir, inputs, "-" if "-" in args.inputs else args.file, args.beam,
+                           args.max_len, args.join)
     if args.command == "inspect":
         return cmd.inspect(args.recipe, args.overrides)
     if args.command == "export":

@@ -45,7 +45,8 @@ def teacher_forcing(cfg: TeacherForcingConfig | None, where: str) -> TeacherForc
     if cfg is None:
         return None
     try:
-        return TeacherForcing(schedule_from_dict(cfg.schedule), per=cfg.per, mode=cfg.mode, sample=cfg.sample)
+        return TeacherForcing(schedule_from_dict(cfg.schedule), per=cfg.per, mode=cfg.mode, sample=cfg.sample,
+                              count_from=cfg.count_from)
     except (TypeError, ValueError) as e:
         raise ConfigError([f"{where}: {e}"]) from None
 

@@ -23,6 +23,7 @@ from .._parts import Parts
 from .._plan import Plan
 from . import _build as build
 from ._config import Recipe
+from ._init import init_part_problems, init_problems
 from ._kinds import declared_metrics, get_kind
 
 __all__ = ["check_recipe", "device_problems", "optimizer_problems", "grad_clip_problems", "metric_problems"]
@@ -36,7 +37,7 @@ def check_recipe(recipe: Recipe, source: str | None = None, model: nn.Module | N
 
     ``model``: a run's model already built from its saved artifacts (``resume``); the checks then run
     on a copy of it instead of the kind's stand-in, and the kind's own checks are skipped (they look
-    at what only a new run needs, such as a source run to copy an encoder from)."""
+    at what only a new run needs, such as a source run to copy an encoder from, or ``init:``)."""
     try:
         problems = _problems(recipe, model)
     except ConfigError as e:  # the kind's checks, or parts and plan that cannot be built
@@ -47,18 +48,23 @@ def check_recipe(recipe: Recipe, source: str | None = None, model: nn.Module | N
 
 def _problems(recipe: Recipe, model: nn.Module | None) -> list[str]:
     kind = get_kind(recipe.task.name)
+    problems: list[str] = []
     if model is None:
-        kind.check(recipe)
+        problems = init_problems(recipe, kind)
+        try:
+            kind.check(recipe)
+        except ConfigError as e:
+            raise ConfigError(e.errors + problems) from None
         model = kind.model_for_check(recipe) if hasattr(kind, "model_for_check") else None
     else:
         model = copy.deepcopy(model)  # optimizer_problems freezes and unfreezes its parts
-    problems = device_problems(recipe)
+    problems += device_problems(recipe)
     if model is None:
         return problems + metric_problems(recipe, kind, None)
     parts = build.build_parts(recipe, model)
     plan = build.build_plan(recipe, parts)
     return (problems + optimizer_problems(plan, parts) + grad_clip_problems(recipe, parts)
-            + metric_problems(recipe, kind, parts.names))
+            + metric_problems(recipe, kind, parts.names) + init_part_problems(recipe, parts.names))
 
 
 def device_problems(recipe: Recipe) -> list[str]:
@@ -134,7 +140,7 @@ def grad_clip_problems(recipe: Recipe, parts: Parts) -> list[str]:
 
 def metric_problems(recipe: Recipe, kind: Any, part_names: list[str] | None) -> list[str]:
     """``best_metric`` and ``early_stopping.metric`` name something the epoch logs will hold."""
-    metrics = declared_metrics(recipe.task.name, kind)
+    metrics = declared_metrics(recipe.task.name, kind, recipe)
     if metrics is None:
         return []
     known = {"train_loss", "epoch", "step", "seconds", *metrics, *(f"val_{m}" for m in metrics)}

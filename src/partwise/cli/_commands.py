@@ -12,7 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ from ..data import DataFormatError
 from . import _build as build
 from ._checks import check_recipe
 from ._config import Recipe, dump, load_recipe, validate
+from ._guarantees import PhaseFacts, log_line
+from ._init import apply_init
 from ._kinds import KindData, get_kind
 from ._rundir import Prior, create_run_dir, discard_attempt, plan_run_dir
 from ._runfiles import (
@@ -43,7 +45,7 @@ from ._runfiles import (
 
 __all__ = ["train", "resume", "evaluate", "predict", "inspect", "run_recipe", "format_metrics", "load_run"]
 
-PERCENT = ("wer", "per", "acc")
+PERCENT = ("wer", "per", "acc", "error")
 
 
 def _say(*args: Any) -> None:
@@ -76,6 +78,7 @@ class Built:
     train_loader: Any
     dev_loader: Any
     steps_per_epoch: int
+    init_log: list[str] = field(default_factory=list)  # what init: loaded (a new run only)
 
     @property
     def total_steps(self) -> int:
@@ -91,6 +94,7 @@ def build_run(recipe: Recipe, artifacts: dict[str, Any] | None = None, artifacts
     model = kind.build_model(recipe, data)
     parts = build.build_parts(recipe, model)
     plan = build.build_plan(recipe, parts)
+    init_log = apply_init(recipe, model, parts, kind.artifacts(data)) if artifacts is None and recipe.init else []
     task = kind.build_task(recipe, data)
     train_loader, dev_loader = kind.loaders(recipe, data)
     steps = len(train_loader) // recipe.training.grad_accum
@@ -98,7 +102,7 @@ def build_run(recipe: Recipe, artifacts: dict[str, Any] | None = None, artifacts
         raise ConfigError([f"training: {len(train_loader)} training batch(es) of {recipe.training.batch_size} make no "
                            f"optimizer step with grad_accum {recipe.training.grad_accum}; lower training.batch_size "
                            "or grad_accum, or give more training data"])
-    return Built(recipe, kind, data, model, parts, plan, task, train_loader, dev_loader, steps)
+    return Built(recipe, kind, data, model, parts, plan, task, train_loader, dev_loader, steps, init_log)
 
 
 def _load_data(kind: Any, recipe: Recipe, artifacts: dict[str, Any] | None, artifacts_path: Path | None) -> KindData:
@@ -133,9 +137,10 @@ def _fit_and_report(built: Built, trainer: Trainer, run_dir: Path, *, resume: Pa
     from ._runlog import RunLog
 
     recipe = built.recipe
+    facts = PhaseFacts(run_dir)
     # RunLog writes nothing until the first step is done: a resume that fails leaves the logs as they were
     trainer.callbacks = [ProgressBar(total_steps=built.total_steps, items_per_step=recipe.training.batch_size),
-                         RunLog(run_dir, tensorboard=recipe.training.tensorboard)]
+                         RunLog(run_dir, tensorboard=recipe.training.tensorboard), facts]
     _say(built.parts.table())
     t0 = time.perf_counter()
     try:
@@ -144,31 +149,58 @@ def _fit_and_report(built: Built, trainer: Trainer, run_dir: Path, *, resume: Pa
     finally:
         for cb in trainer.callbacks:
             cb.close()  # flush the step rows and TensorBoard, clear the bar
+    facts.finish(completed=True)
     _failpoints.reached("fit.done")
-    return _report(built, run_dir, title, trainer.step, (time.perf_counter() - t0) / 60, trainer.device)
+    return _report(built, run_dir, title, trainer.step, (time.perf_counter() - t0) / 60, trainer.device,
+                   facts.summary())
 
 
-def _report(built: Built, run_dir: Path, title: str, steps: int, minutes: float, device: torch.device) -> dict[str, Any]:
+def _report(built: Built, run_dir: Path, title: str, steps: int, minutes: float, device: torch.device,
+            facts: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score the run's best checkpoint (else its latest) on dev, with the recipe's seed, then write
-    the plots and report.md."""
+    the plots, report.md and the closing lines of log.txt."""
+    recipe = built.recipe
     which = "best" if (run_dir / "checkpoints" / "best").exists() else "latest"
-    _checkpoint.load_weights(built.model, built.parts, checkpoint_dir(run_dir, which))
+    ckpt = checkpoint_dir(run_dir, which)
+    _checkpoint.load_weights(built.model, built.parts, ckpt)
+    ckpt_step = read_meta(ckpt).get("step", steps)
     built.model.eval()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type="cuda"):
-        torch.manual_seed(built.recipe.seed)  # what evaluation draws (scheduled sampling) is the same on every path
-        dev = built.task.evaluate(built.model, _device_batches(built.kind.eval_loader(built.recipe, built.data.dev),
-                                                               device), built.data.dev)
-    summary = {"checkpoint": which, "steps": steps, "training minutes": round(minutes, 2),
-               **{f"dev {k}": v for k, v in dev.items()}}
+        torch.manual_seed(recipe.seed)  # what evaluation draws is the same on every path to this report
+        dev = built.task.evaluate(built.model, _device_batches(built.kind.eval_loader(recipe, built.data.dev), device),
+                                  built.data.dev)
+    source = f"{which} checkpoint, step {ckpt_step:,} of {steps:,}" if isinstance(ckpt_step, int) else which
+    if which == "latest" and recipe.training.best_metric:
+        source += f" (no epoch improved {recipe.training.best_metric})"
+    summary = {"dev figures from": source, "steps trained": steps, "training minutes": round(minutes, 2),
+               **{f"dev {k}": v for k, v in dev.items()}, **(facts or {})}
+    warning = truncation_warning(dev.get("at_max_len"), len(built.data.dev) if built.data.dev is not None else 0,
+                                 built.task, "dev")
+    if warning:
+        summary["warning"] = warning
+        log_line(run_dir, f"warning: {warning}")
+    if built.init_log:
+        summary["init"] = "; ".join(built.init_log)
     plots = _plots(run_dir)
     from ._report import write_report
 
     _failpoints.reached("report.plots")
     report = write_report(run_dir, title, summary, plots)
     _failpoints.reached("report.written")
-    _say(f"dev: {format_metrics(dev)}  ({which} checkpoint, {steps} steps, {minutes:.1f} min)")
-    _say(f"run directory: {run_dir}  (report: {report}; plots: {', '.join(p.name for p in plots) or 'none'})")
+    log_line(run_dir, f"dev: {format_metrics(dev)}  ({source}, {minutes:.1f} min)")
+    _say(f"run directory: {run_dir}  (report: {report}; log: {run_dir / 'log.txt'}; plots: "
+         f"{', '.join(p.name for p in plots) or 'none'})")
     return {**summary, "dev": dev}
+
+
+def truncation_warning(count: Any, total: int, task: Any, split: str) -> str | None:
+    """A warning when ``count`` decoded outputs stopped at the length limit (``None`` when none did)."""
+    if not isinstance(count, int | float) or count <= 0:
+        return None
+    limit = getattr(task, "max_len", None) or getattr(task, "max_new_tokens", None)
+    what = f"{limit} tokens" if isinstance(limit, int) else "the decoding limit"
+    return (f"{int(count):,} of {total:,} {split} outputs stopped at {what}, not at an end token: they may be cut "
+            "short; raise eval.max_len (or --max-len)")
 
 
 def _plots(run_dir: Path) -> list[Path]:
@@ -185,6 +217,8 @@ def _start_run(built: Built, run_dir: Path, prior: Prior, source: str, title: st
     create_run_dir(run_dir, prior, source, title)
     _checkpoint.write_text_atomic(run_dir / "config.yaml", dump(built.recipe))
     build.save_artifacts(run_dir, built.kind.artifacts(built.data))
+    for line in built.init_log:
+        log_line(run_dir, line, echo=False)
 
 
 def run_recipe(recipe: Recipe, run_dir: Path, *, max_steps: int | None = None, title: str = "partwise run",
@@ -200,6 +234,10 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, max_steps: int | None = None, t
 def _train_new(recipe: Recipe, run_dir: Path, *, max_steps: int | None, title: str, prior: Prior,
                source: str) -> dict[str, Any]:
     built = build_run(recipe)
+    if getattr(built.kind, "checks_need_data", lambda r: False)(recipe):  # a custom factory: parts and plan now
+        check_recipe(recipe, source, model=built.model)
+    for line in built.init_log:
+        _say(line)
     trainer = make_trainer(built, run_dir)
     _start_run(built, run_dir, prior, source, title)
     try:
@@ -339,6 +377,8 @@ def load_run(run_dir: Path, which: str = "best", command: str = "eval") -> tuple
     and parts; every file checked, nothing written."""
     path = run_folder(run_dir, command)
     recipe = read_run_config(path)
+    if recipe.training.threads:
+        torch.set_num_threads(recipe.training.threads)  # as in training: small models decode fastest so
     kind = get_kind(recipe.task.name)
     ckpt = checkpoint_dir(path, which)
     check_weight_files(ckpt, read_meta(ckpt))
@@ -349,50 +389,93 @@ def load_run(run_dir: Path, which: str = "best", command: str = "eval") -> tuple
     return recipe, kind, model.eval(), data, parts
 
 
-def evaluate(run_dir: str, split: str, beam_size: int | None) -> int:
-    recipe, kind, model, data, _ = load_run(Path(run_dir), command="eval")
+def _which(run_dir: Path) -> str:
+    """The checkpoint ``eval``/``predict`` use: the best one, or the latest when the run kept no best."""
+    return "best" if (run_dir / "checkpoints" / "best").is_file() else "latest"
+
+
+def _checkpoint_label(run_dir: Path, which: str) -> str:
+    try:
+        step = read_meta(checkpoint_dir(run_dir, which)).get("step")
+    except (OSError, ValueError, _errors.PartwiseError):
+        step = None
+    return f"{which} checkpoint" + (f", step {step:,}" if isinstance(step, int) else "")
+
+
+def evaluate(run_dir: str, split: str, beam_size: int | None, max_len: int | None = None) -> int:
+    path = Path(run_dir)
+    which = _which(path)
+    recipe, kind, model, data, _ = load_run(path, which, command="eval")
     dataset = getattr(data, split)
     if dataset is None:
         raise ConfigError([f"--split {split}: this run's data has no {split} split"])
-    task = kind.build_task(recipe, data)
+    if max_len is not None and recipe.task.name != "seq2seq":
+        raise ConfigError([f"--max-len: runs of task {recipe.task.name!r} do not decode sequences; leave it out"])
+    task = kind.build_task(recipe, data, max_len) if max_len is not None else kind.build_task(recipe, data)
     if beam_size:
         task.beam_size = beam_size
     t0 = time.perf_counter()
     scores = task.evaluate(model, kind.eval_loader(recipe, dataset), dataset)
-    _say(f"{split}: {format_metrics(scores)}  ({len(dataset):,} items, {time.perf_counter() - t0:.1f} s)")
+    _say(f"{split}: {format_metrics(scores)}  ({len(dataset):,} inputs, {_checkpoint_label(path, which)}, "
+         f"{time.perf_counter() - t0:.1f} s)")
+    warning = truncation_warning(scores.get("at_max_len"), len(dataset), task, split)
+    if warning:
+        print(f"partwise: warning: {warning}", file=sys.stderr)
     return 0
 
 
-def _words_from(words: list[str], file: str | None) -> list[str]:
-    """The words to predict: arguments, then a file's lines or stdin's ('-'); blank lines skipped."""
-    for i, word in enumerate(words, start=1):
-        if not word.strip():
-            raise ConfigError([f"word {i} is empty; give words such as `partwise predict RUN hello world`"])
-    if file == "-" or (not words and file is None and not sys.stdin.isatty()):
-        return words + [w.strip() for w in sys.stdin if w.strip()]
+def _inputs_from(inputs: list[str], file: str | None) -> list[str]:
+    """The inputs to predict: arguments, then a file's lines or stdin's ('-'); blank lines skipped."""
+    for i, text in enumerate(inputs, start=1):
+        if not text.strip():
+            raise ConfigError([f"input {i} is empty; give inputs such as `partwise predict RUN hello world`"])
+    if file == "-" or (not inputs and file is None and not sys.stdin.isatty()):
+        return inputs + [w.strip() for w in sys.stdin if w.strip()]
     if file is not None:
         source = Path(file)
         if not source.is_file():
             raise ConfigError([f"--file: {file!r} {'is not a file' if source.exists() else 'not found'}; "
-                               "give a text file with one word per line"])
+                               "give a text file with one input per line"])
         try:
             lines = source.read_text(encoding="utf-8").splitlines()
         except UnicodeDecodeError as e:
             raise ConfigError([f"--file: {file!r} is not UTF-8 text (byte {e.start}); give a text file "
-                               "with one word per line"]) from None
-        return words + [w.strip() for w in lines if w.strip()]
-    return words
+                               "with one input per line"]) from None
+        return inputs + [w.strip() for w in lines if w.strip()]
+    return inputs
 
 
-def predict(run_dir: str, words: list[str], file: str | None, beam_size: int | None) -> int:
-    words = _words_from(words, file)
-    if not words:
-        raise ConfigError(["no words given: pass words as arguments, --file FILE, or pipe them on stdin ('-')"])
-    recipe, kind, model, data, _ = load_run(Path(run_dir), command="predict")
+EMPTY = "<empty>"  # how an empty output is printed
+
+
+def predict(run_dir: str, inputs: list[str], file: str | None, beam_size: int | None, max_len: int | None = None,
+            join: str | None = None) -> int:
+    """Print ``input<TAB>output`` per input; warnings (unknown source tokens, outputs at the length
+    limit) go to stderr, one per input."""
+    inputs = _inputs_from(inputs, file)
+    if not inputs:
+        raise ConfigError(["no inputs given: pass them as arguments, --file FILE, or pipe them on stdin ('-')"])
+    path = Path(run_dir)
+    recipe, kind, model, data, _ = load_run(path, _which(path), command="predict")
     if not hasattr(kind, "predict"):
-        raise ConfigError([f"predict: runs of task {recipe.task.name!r} have no word predictions"])
-    for word, out in zip(words, kind.predict(recipe, model, data, words, beam_size), strict=True):
-        _say(f"{word}\t{out}")
+        raise ConfigError([f"predict: runs of task {recipe.task.name!r} make no predictions"])
+    if not hasattr(kind, "predict_details"):
+        if max_len is not None or join is not None:
+            raise ConfigError([f"--max-len/--join: runs of task {recipe.task.name!r} do not decode sequences"])
+        for text, out in zip(inputs, kind.predict(recipe, model, data, inputs, beam_size), strict=True):
+            _say(f"{text}\t{out}")
+        return 0
+    predictions = kind.predict_details(recipe, model, data, inputs, beam_size, max_len)
+    for text, p in zip(inputs, predictions, strict=True):
+        if p.unknown:
+            shown = ", ".join(repr(t) for t in p.unknown[:8])
+            print(f"partwise: warning: input {text!r}: {shown} not in the source vocabulary (read as <unk>); "
+                  "the output is a guess", file=sys.stderr)
+        if p.at_max_len:
+            print(f"partwise: warning: input {text!r}: the output stopped at the length limit ({len(p.tokens)} "
+                  "tokens) and may be cut short; raise --max-len", file=sys.stderr)
+        out = kind.join(recipe, p.tokens, join)
+        _say(f"{text}\t{out if out else EMPTY}")
     return 0
 
 
@@ -400,6 +483,8 @@ def inspect(recipe_path: str, overrides: list[str]) -> int:
     recipe, _ = load_recipe(recipe_path, overrides)
     check_recipe(recipe, recipe_path)
     built = build_run(recipe)
+    if getattr(built.kind, "checks_need_data", lambda r: False)(recipe):  # a custom factory: parts and plan now
+        check_recipe(recipe, recipe_path, model=built.model)
     model, parts, steps = built.model, built.parts, built.steps_per_epoch
     _say(f"task: {recipe.task.name}; model: {recipe.model.name} ({sum(p.numel() for p in model.parameters()):,} "
          f"parameters); data: {recipe.data.name}, {len(built.data.train):,} training rows, {steps:,} steps per epoch")

@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .._errors import ConfigError
 
@@ -24,29 +33,136 @@ class _Strict(BaseModel):
 
 class TaskConfig(_Strict):
     name: Literal["seq2seq", "stress", "digits_cycle"] = "seq2seq"  # what is trained (see partwise.cli._kinds)
-    args: dict[str, Any] = Field(default_factory=dict)  # options of that task kind
+    args: dict[str, Any] = Field(default_factory=dict)  # options of that task kind (checked by cli._schemas)
 
 
-class DataConfig(_Strict):
-    name: Literal["cmudict", "tsv", "digits"] = "cmudict"  # CMUdict, your own TSV files, scikit-learn digits
-    stress: bool = False  # cmudict: keep stress digits (published G2P figures are without)
+# -- data: one schema per data kind, so a saved config holds only the keys of its own kind ---------
+class CmudictData(_Strict):
+    name: Literal["cmudict"] = "cmudict"  # the cmudict package's dictionary, standard CMU Sphinx split
+    stress: bool = False  # keep stress digits (published G2P figures are without)
     limit: int | None = Field(None, ge=1)  # keep only the first N words of each split (quick runs)
-    train: str | None = None  # tsv: paths of the splits (source<TAB>target per line)
-    dev: str | None = None
-    test: str | None = None
-    tokenize: Literal["char", "space"] = "char"  # tsv: source tokenisation
-    tgt_tokenize: Literal["char", "space"] = "space"  # tsv: target tokenisation
 
-    @model_validator(mode="after")
-    def _tsv_needs_paths(self) -> DataConfig:
-        if self.name == "tsv" and not (self.train and self.dev):
-            raise ValueError("data.name 'tsv' needs data.train and data.dev file paths")
-        return self
+
+class DigitsData(_Strict):
+    name: Literal["digits"]  # scikit-learn's bundled 8x8 digits
+    limit: int | None = Field(None, ge=1)
+
+
+class CharSide(_Strict):
+    tokenize: Literal["char"]  # every character is a token (spaces included)
+    lowercase: bool = False
+
+
+class SpaceSide(_Strict):
+    tokenize: Literal["space"]  # tokens are separated by whitespace
+    lowercase: bool = False
+
+
+class RegexSide(_Strict):
+    tokenize: Literal["regex"]  # every match of pattern is a token (re.findall)
+    pattern: str
+    lowercase: bool = False
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        from ..data import Tokenization
+
+        Tokenization("regex", pattern=v)  # ValueError names the problem
+        return v
+
+
+class HFSide(_Strict):
+    tokenize: Literal["hf"]  # a Hugging Face tokenizer from a local folder (partwise[hf])
+    path: str
+
+
+Side = Annotated[CharSide | SpaceSide | RegexSide | HFSide, Field(discriminator="tokenize")]
+
+
+def _side(default: str) -> Any:
+    return Field(default_factory=lambda: {"char": CharSide, "space": SpaceSide}[default](tokenize=default))
+
+
+class PairsData(_Strict):
+    """Pair files (README, 'Pair files'): one source/target pair per line, TSV, CSV or JSON lines."""
+
+    name: Literal["pairs", "tsv"]  # 'tsv' is the older name of the same thing
+    train: str  # paths of the splits
+    dev: str
+    test: str | None = None
+    format: Literal["auto", "tsv", "csv", "jsonl"] = "auto"  # auto: by extension (.tsv/.txt, .csv, .jsonl/.json)
+    encoding: str = "utf-8"
+    fields: tuple[str, str] = ("source", "target")  # jsonl keys (and a csv header row)
+    source: Side = _side("char")  # how each side is split into tokens
+    target: Side = _side("space")
+    limit: int | None = Field(None, ge=1)  # keep only the first N pairs of each split
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_keys(cls, raw: Any) -> Any:
+        """``tokenize``/``tgt_tokenize`` (older recipes) and ``source: char`` shorthand."""
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        for old, new in (("tokenize", "source"), ("tgt_tokenize", "target")):
+            if old in raw and new not in raw:
+                raw[new] = raw.pop(old)
+        for side in ("source", "target"):
+            if isinstance(raw.get(side), str):
+                raw[side] = {"tokenize": raw[side]}
+        return raw
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(v)
+        except LookupError:
+            raise ValueError(f"{v!r} is not a text encoding Python knows; e.g. utf-8 or latin-1") from None
+        return v
+
+
+_DATA_KEYS = {"cmudict": set(CmudictData.model_fields), "digits": set(DigitsData.model_fields),
+              "pairs": {*PairsData.model_fields, "tokenize", "tgt_tokenize"}}
+
+
+def _data_kind(raw: Any) -> str:
+    return raw.get("name", "cmudict") if isinstance(raw, dict) else getattr(raw, "name", "cmudict")
+
+
+Data = Annotated[Annotated[CmudictData, Tag("cmudict")] | Annotated[PairsData, Tag("pairs")]
+                 | Annotated[DigitsData, Tag("digits")], Discriminator(lambda raw: {"tsv": "pairs"}.get(
+                     k := _data_kind(raw), k))]
+
+
+def _drop_older_data_keys(raw: Any) -> Any:
+    """Configs saved by older versions hold every data key; drop the unset ones another kind uses."""
+    name = {"tsv": "pairs"}.get(raw.get("name", "cmudict"), raw.get("name")) if isinstance(raw, dict) else None
+    if name not in _DATA_KEYS:
+        return raw
+    keys = _DATA_KEYS[name]
+    legacy = {"train": None, "dev": None, "test": None, "tokenize": "char", "tgt_tokenize": "space", "stress": False}
+    return {k: v for k, v in raw.items() if k in keys or k not in legacy or v != legacy[k]}
 
 
 class ModelConfig(_Strict):
-    name: str = "gru"  # gru | transformer | "package.module:factory" (called with src_vocab, tgt_vocab, **args)
-    args: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the factory
+    name: str = "gru"  # gru | transformer | hf | "package.module:factory" (see the README's custom models)
+    args: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the factory (typed per model)
+    path: str | None = None  # custom factories: the folder their module is imported from (default: the
+    # recipe's folder, written here when the recipe is read)
+
+
+class InitConfig(_Strict):
+    """Start a part from a part of another run or checkpoint (README, 'Starting from another run')."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    from_: str = Field(alias="from")  # a run directory (then checkpoint is required) or a checkpoint folder
+    part: str | None = None  # the part's name there (default: the same name)
+    checkpoint: Literal["best", "latest"] | None = None  # which of the run's checkpoints
+    vocab: Literal["remap", "same"] = "remap"  # a differing vocabulary: remap rows by token, or refuse
 
 
 class ScheduleConfig(_Strict):
@@ -60,6 +176,8 @@ class TeacherForcingConfig(_Strict):
     per: Literal["sequence", "token"] = "token"
     mode: Literal["exact", "two_pass"] = "exact"
     sample: bool = False
+    count_from: Literal["run", "phase"] = "run"  # step 0 of the schedule: the run's first step, or the
+    # first step of the phase in force (a schedule given to a later phase then starts at its top)
 
 
 class PhaseConfig(_Strict):
@@ -108,7 +226,8 @@ class TrainingConfig(_Strict):
     device: str = "auto"
     on_nonfinite: Literal["skip", "stop"] = "skip"
     save_every: int | None = Field(None, ge=1)  # extra checkpoints every N steps
-    best_metric: str | None = "wer"  # keep the checkpoint with the best value of this val metric
+    best_metric: str | None = "auto"  # keep the checkpoint with the best value of this val metric; auto:
+    # the task's own (seq2seq: the sequence error rate, wer for cmudict), null: keep the latest only
     best_mode: Literal["min", "max"] = "min"
     early_stopping: EarlyStoppingConfig | None = None
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
@@ -127,7 +246,9 @@ class TrainingConfig(_Strict):
 
 class EvalConfig(_Strict):
     beam_size: int = Field(1, ge=1)  # 1 = greedy
-    max_len_ratio: float = Field(2.0, gt=0)
+    max_len: int | None = Field(None, ge=1)  # decoding limit in tokens; null: from the training targets
+    # (1.5 x the longest, + 5)
+    max_len_ratio: float | None = Field(None, gt=0)  # instead: ceil(ratio x each row's source length) + 5
 
 
 class Recipe(_Strict):
@@ -136,8 +257,9 @@ class Recipe(_Strict):
     run_dir: str = "runs/run"
     seed: int = 0
     task: TaskConfig = Field(default_factory=TaskConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: Data = Field(default_factory=CmudictData)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    init: dict[str, InitConfig] | None = None  # part -> where its starting weights come from
     parts: dict[str, str | list[str]] | None = None  # part -> selectors; default: top-level children
     optimizer: dict[str, Any] = Field(default_factory=lambda: {"name": "adamw", "weight_decay": 0.01})
     separate: bool = False  # one optimizer per part instead of one with groups
@@ -146,26 +268,74 @@ class Recipe(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data_of_older_versions(cls, v: Any) -> Any:
+        return _drop_older_data_keys(v)
+
+
+DOCS = {  # where the README documents each section's keys
+    "data": "README, 'Pair files' and 'Recipe keys'", "init": "README, 'Starting from another run'",
+    "model": "README, 'Recipe keys' and 'Custom models'",
+}
+_TAGS = {"cmudict", "pairs", "digits", "char", "space", "regex", "hf"}  # union members pydantic names in paths
+
+
+def _get(err: Any, key: str) -> Any:
+    value = err.get("input")
+    return value.get(key) if isinstance(value, dict) else value
+
 
 def _errors_of(e: ValidationError) -> list[str]:
     out = []
     for err in e.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = [str(p) for i, p in enumerate(err["loc"]) if not (i > 0 and str(p) in _TAGS)]
+        path = ".".join(loc) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
+        docs = DOCS.get(loc[0] if loc else "", "README, 'Recipe keys'")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see recipes/g2p.yaml for the keys)"
+            msg = f"unknown key (check the spelling; the keys are in the {docs})"
+        elif err["type"] == "missing":
+            msg = f"required (see the {docs})"
+        elif err["type"] == "union_tag_invalid" and loc == ["data"]:
+            msg = f"unknown data kind {_get(err, 'name')!r}; choose one of cmudict, pairs, digits (see the {docs})"
+        elif err["type"] == "union_tag_invalid" and loc[-1:] in (["source"], ["target"]):
+            msg = f"unknown tokenize {_get(err, 'tokenize')!r}; choose one of char, space, regex, hf (see the {docs})"
+        elif err["type"] == "union_tag_invalid":
+            msg = f"{msg} (see the {docs})"
         out.append(f"{path}: {msg}")
     return out
 
 
 def validate(raw: Any, source: str) -> Recipe:
-    """A :class:`Recipe` from parsed YAML, or :class:`~partwise.ConfigError` listing every problem."""
+    """A :class:`Recipe` from parsed YAML, or :class:`~partwise.ConfigError` listing every problem:
+    the schema's, and those of ``task.args`` and ``model.args`` (:mod:`partwise.cli._schemas`).
+    ``training.best_metric: auto`` becomes the task's own metric."""
+    from ._schemas import args_problems
+    from ._seq2seq_kind import resolve_factory
+
     if not isinstance(raw, dict):
         raise ConfigError([f"(top level): expected a mapping of keys, got {type(raw).__name__}"], source)
+    errors: list[str] = []
+    recipe = None
     try:
-        return Recipe.model_validate(raw)
+        recipe = Recipe.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_errors_of(e), source) from None
+        errors += _errors_of(e)
+    errors += args_problems(raw, resolve_factory)
+    if errors or recipe is None:
+        raise ConfigError(errors, source)
+    return _resolve(recipe)
+
+
+def _resolve(recipe: Recipe) -> Recipe:
+    from ._kinds import default_best
+
+    if recipe.training.best_metric != "auto":
+        return recipe
+    metric, mode = default_best(recipe)
+    training = recipe.training.model_copy(update={"best_metric": metric, "best_mode": mode})
+    return recipe.model_copy(update={"training": training})
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Recipe, dict[str, Any]]:
@@ -179,6 +349,9 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Recipe, di
         raise ConfigError([f"recipe {str(p)!r} is a folder, not a file (give a path such as recipes/g2p.yaml)"])
     raw = read_yaml(p, "fix the recipe (see recipes/g2p.yaml for a commented example)")
     raw = apply_overrides(raw if raw is not None else {}, overrides, str(p))
+    model = raw.get("model") if isinstance(raw, dict) else None
+    if isinstance(model, dict) and ":" in str(model.get("name", "")) and model.get("path") is None:
+        model["path"] = str(p.resolve().parent)  # a custom factory is imported from the recipe's folder
     return validate(raw, str(p)), raw
 
 
@@ -221,5 +394,17 @@ def apply_overrides(raw: Any, overrides: list[str], source: str) -> Any:
 
 
 def dump(recipe: Recipe) -> str:
-    """The resolved recipe (defaults filled in) as YAML."""
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    """The resolved recipe (defaults filled in) as YAML: only the keys that apply to its kinds
+    (``init`` and a custom factory's ``model.path`` only when there are such)."""
+    out = recipe.model_dump(mode="json", by_alias=True)
+    if out["init"] is None:
+        del out["init"]
+    if out["model"]["path"] is None:
+        del out["model"]["path"]
+    if out["data"]["name"] == "tsv":
+        out["data"]["name"] = "pairs"
+    if out["task"]["name"] != "seq2seq":  # decoding options and teacher forcing are seq2seq's only
+        del out["eval"]
+        if out["teacher_forcing"] is None:
+            del out["teacher_forcing"]
+    return yaml.safe_dump(out, sort_keys=False)

@@ -88,24 +88,28 @@ def default_spec(model: nn.Module) -> dict[str, list[str]] | None:
     return spec(model)
 
 
-def build_task(recipe: Any, data: Any, teacher_forcing: Any) -> Any:
+def build_task(recipe: Any, data: Any, teacher_forcing: Any, max_len: int | None = None,
+               metric_names: tuple[str, str] = ("wer", "per")) -> Any:
     from ..hf import Seq2SeqLMTask
 
     return Seq2SeqLMTask(teacher_forcing=teacher_forcing, label_smoothing=recipe.training.label_smoothing,
-                         num_beams=recipe.eval.beam_size, max_len_ratio=recipe.eval.max_len_ratio,
-                         tgt_vocab=data.extra["tgt"])
+                         num_beams=recipe.eval.beam_size, max_new_tokens=max_len,
+                         max_len_ratio=recipe.eval.max_len_ratio or 2.0, tgt_vocab=data.extra["tgt"],
+                         metric_names=metric_names)
 
 
-def predict(task: Any, model: nn.Module, data: Any, tokens: list[list[str]]) -> list[str]:
+def predict(task: Any, model: nn.Module, data: Any, tokens: list[list[str]]) -> tuple[list[list[str]], list[bool]]:
+    """Output tokens per input, and whether each hit the generation limit."""
     src_vocab, tgt_vocab = data.extra["src"], data.extra["tgt"]
-    out = []
+    out, hits = [], []
     with torch.inference_mode():
         for start in range(0, len(tokens), 256):
             src = nn.utils.rnn.pad_sequence([torch.tensor(src_vocab.encode(t, add_eos=True))
                                              for t in tokens[start : start + 256]], batch_first=True)
             ids = task.generate_from(model, {"input_ids": src, "attention_mask": (src != PAD).long()})
-            out += [" ".join(tgt_vocab.decode(i)) for i in ids]
-    return out
+            out += [tgt_vocab.decode(i) for i in ids]
+            hits += [task.max_new_tokens is not None and len(i) >= task.max_new_tokens for i in ids]
+    return out, hits
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, which: str = "best", check: bool = True) -> Path:

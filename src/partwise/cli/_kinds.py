@@ -12,9 +12,12 @@ A kind is any object with these methods (composition, no base class):
 * optionally ``model_for_check(recipe) -> nn.Module`` — the model built without reading data, so parts
   and plan are validated before the run directory is created;
 * optionally ``predict(recipe, model, data, words, beam_size) -> list[str]``;
-* optionally ``metrics``: the names of what ``build_task(...).evaluate`` returns (the trainer logs
-  them as ``val_<name>``), so that ``best_metric`` and ``early_stopping.metric`` are checked before
-  training; :data:`METRICS` declares them for the built-in kinds.
+* optionally ``metrics`` (or ``metrics_for(recipe)``): the names of what ``build_task(...).evaluate``
+  returns (the trainer logs them as ``val_<name>``), so that ``best_metric`` and
+  ``early_stopping.metric`` are checked before training; :data:`METRICS` declares them for the
+  built-in kinds.
+
+``training.best_metric: auto`` resolves to :func:`default_best` of the recipe.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 
 from .._errors import ConfigError
 
-__all__ = ["KindData", "get_kind", "declared_metrics", "METRICS"]
+__all__ = ["KindData", "get_kind", "declared_metrics", "default_best", "METRICS"]
 
 
 @dataclass
@@ -44,16 +47,38 @@ _KINDS = {
 
 
 METRICS = {  # what each built-in kind's task.evaluate returns (tests/cli check them against real runs)
-    "seq2seq": ("loss", "token_acc", "wer", "per"),
+    "seq2seq": ("loss", "token_acc", "seq_error", "token_error", "at_max_len"),  # cmudict: wer, per
     "stress": ("loss", "stress_acc", "syllables_acc", "both_acc", "majority_stress_acc", "majority_syllables_acc"),
     "digits_cycle": ("recon_mse", "cycle_loss", "pixel_mse", "untrained_cycle_loss", "untrained_pixel_mse"),
 }
 
 
-def declared_metrics(name: str, kind: Any) -> tuple[str, ...] | None:
+def declared_metrics(name: str, kind: Any, recipe: Any = None) -> tuple[str, ...] | None:
     """The validation metrics a kind's task reports (``None``: not declared, not checked)."""
+    if recipe is not None and hasattr(kind, "metrics_for"):
+        return tuple(kind.metrics_for(recipe))
     declared = getattr(kind, "metrics", None)
     return tuple(declared) if declared is not None else METRICS.get(name)
+
+
+def error_names(recipe: Any) -> tuple[str, str]:
+    """The names of a seq2seq run's sequence and token error rates: G2P's WER/PER on CMUdict.
+
+    >>> from types import SimpleNamespace as NS
+    >>> error_names(NS(data=NS(name="pairs")))
+    ('seq_error', 'token_error')
+    """
+    return ("wer", "per") if recipe.data.name == "cmudict" else ("seq_error", "token_error")
+
+
+def default_best(recipe: Any) -> tuple[str | None, str]:
+    """``(metric, mode)`` that ``training.best_metric: auto`` means for the recipe's task kind."""
+    name = recipe.task.name
+    if name == "seq2seq":
+        return error_names(recipe)[0], "min"
+    if name == "stress":
+        return "both_acc", "max"
+    return None, "min"  # digits_cycle: its phases optimise different losses
 
 
 def get_kind(name: str) -> Any:

@@ -1,48 +1,166 @@
-"""Source/target pairs from a tab-separated text file."""
+"""Source/target pairs from a text file: TSV, CSV or JSON lines (the pair-file data contract).
+
+One pair per line; blank lines are skipped; a byte-order mark at the start is ignored; CRLF is fine.
+
+* ``tsv``: ``source<TAB>target`` — exactly one tab per line.
+* ``csv``: two comma-separated columns, quoted as in RFC 4180 when a field holds a comma or a quote
+  (one pair per line: no line breaks inside fields). A first row equal to the two field names
+  (``source,target``) is a header and skipped.
+* ``jsonl``: one JSON object per line with a string for each of the two fields (default
+  ``{"source": ..., "target": ...}``; other keys are ignored).
+
+``format="auto"`` picks by extension: ``.tsv``/``.txt`` → tsv, ``.csv`` → csv, ``.jsonl``/``.json`` →
+jsonl. Each side is stripped of surrounding whitespace, must be non-empty, and is split by its
+:class:`~partwise.data.Tokenization`. The file is decoded with ``encoding`` (default UTF-8); every
+line that cannot be decoded or parsed is reported at once, with its number and the reason.
+"""
 
 from __future__ import annotations
 
+import codecs
+import csv
+import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from partwise.data._errors import DataFormatError
+from partwise.data._tokenize import Tokenization
 
-__all__ = ["read_pairs", "Tokenize"]
+__all__ = ["read_pairs", "read_pair_texts", "pair_format", "Tokenize", "FORMATS"]
 
-Tokenize = Literal["char", "space"]
-_TOKENIZERS = ("char", "space")
-_EXPECTED = "one pair per line: 'source<TAB>target', both sides non-empty, blank lines ignored"
+Tokenize = Literal["char", "space", "regex", "hf"]
+FORMATS = ("tsv", "csv", "jsonl")
+_EXTENSIONS = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
 _SHOWN = 5
+DOCS = "see the README's 'Pair files' section"
 
 
-def _tokenizer(name: str, argument: str) -> Tokenize:
-    if name not in _TOKENIZERS:
-        raise ValueError(
-            f"{argument}={name!r} is not a tokenizer; choose one of {list(_TOKENIZERS)}"
-        )
-    return name  # type: ignore[return-value]
+def pair_format(path: str | Path, format: str = "auto") -> str:
+    """The format of ``path``: ``format`` itself, or (``"auto"``) the one its extension names.
+
+    >>> pair_format("data/train.jsonl"), pair_format("x.dat", "csv")
+    ('jsonl', 'csv')
+    """
+    if format != "auto":
+        if format not in FORMATS:
+            raise ValueError(f"format={format!r} is not a pair-file format; choose auto or one of {list(FORMATS)}")
+        return format
+    suffix = Path(path).suffix.lower()
+    if suffix not in _EXTENSIONS:
+        raise ValueError(f"{str(path)!r}: cannot tell the format from the extension {suffix or '(none)'!r}; name "
+                         f"the file .tsv, .csv or .jsonl, or set the format ({DOCS})")
+    return _EXTENSIONS[suffix]
 
 
-def _split(text: str, mode: Tokenize) -> list[str]:
-    return list(text) if mode == "char" else text.split()
+def _expected(fmt: str, fields: Sequence[str]) -> str:
+    return {
+        "tsv": "one pair per line: 'source<TAB>target', both sides non-empty, blank lines ignored",
+        "csv": "one pair per line: two comma-separated columns (quote a field holding a comma), both non-empty",
+        "jsonl": f"one JSON object per line with string fields {fields[0]!r} and {fields[1]!r}, both non-empty",
+    }[fmt]
+
+
+def _fields(line: str, fmt: str, fields: Sequence[str]) -> tuple[str, str] | str:
+    """The two sides of one line, or why the line is bad."""
+    if fmt == "tsv":
+        cells = line.split("\t")
+        return (cells[0], cells[1]) if len(cells) == 2 else f"{len(cells) - 1} tabs, expected 1"
+    if fmt == "csv":
+        try:
+            cells = next(csv.reader([line], strict=True))
+        except csv.Error as e:
+            return f"not CSV ({e})"
+        return (cells[0], cells[1]) if len(cells) == 2 else f"{len(cells)} columns, expected 2"
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        return f"not JSON ({e.msg} at column {e.colno})"
+    if not isinstance(obj, dict):
+        return f"a JSON {type(obj).__name__}, expected an object"
+    missing = [f for f in fields if not isinstance(obj.get(f), str)]
+    if missing:
+        return f"no string field {missing[0]!r}"
+    return obj[fields[0]], obj[fields[1]]
+
+
+def read_pair_texts(path: str | Path, format: str = "auto", encoding: str = "utf-8",
+                    fields: Sequence[str] = ("source", "target")) -> list[tuple[str, str]]:
+    """The ``(source, target)`` texts of a pair file, untokenised (see the module docs).
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        DataFormatError: lines that cannot be decoded or parsed, or with an empty side; every bad
+            line number is listed, the first few shown with the reason.
+
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "p.jsonl"
+    >>> _ = f.write_text('{"source": "walk <VBD>", "target": "walked"}\\n', encoding="utf-8")
+    >>> read_pair_texts(f)
+    [('walk <VBD>', 'walked')]
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"pairs file {str(file)!r} does not exist or is not a file")
+    fmt = pair_format(file, format)
+    if len(fields) != 2 or not all(isinstance(f, str) and f for f in fields):
+        raise ValueError(f"fields={list(fields)!r} must name two JSON keys, e.g. ['source', 'target']")
+    try:
+        shown_encoding = "UTF-8" if codecs.lookup(encoding).name == "utf-8" else encoding
+    except LookupError:
+        raise ValueError(f"encoding={encoding!r} is not a text encoding Python knows; e.g. utf-8 or latin-1") from None
+    pairs: list[tuple[str, str]] = []
+    bad: list[tuple[int, str, str]] = []  # (line number, reason, text)
+    for number, raw in enumerate(file.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode(encoding)
+        except UnicodeDecodeError as err:
+            bad.append((number, f"not {shown_encoding} at byte {err.start}", raw.decode(encoding, "replace")))
+            continue
+        if number == 1:
+            line = line.removeprefix("\ufeff")  # byte-order mark written by some editors
+        if not line.strip():
+            continue
+        got = _fields(line, fmt, fields)
+        if isinstance(got, str):
+            bad.append((number, got, line))
+            continue
+        src, tgt = got[0].strip(), got[1].strip()
+        if fmt == "csv" and not pairs and not bad and [src, tgt] == list(fields):
+            continue  # a header row
+        if not src or not tgt:
+            bad.append((number, f"empty {'source' if not src else 'target'}", line))
+            continue
+        pairs.append((src, tgt))
+    if bad:
+        numbers = ", ".join(str(n) for n, _, _ in bad)
+        shown = "; ".join(f"line {n} ({why}): {text[:60]!r}" for n, why, text in bad[:_SHOWN])
+        raise DataFormatError(f"{file}: {len(bad)} malformed line(s): {numbers}. First: {shown}. Expected "
+                              f"{_expected(fmt, fields)} ({fmt}; {DOCS})")
+    if not pairs:
+        raise DataFormatError(f"{file}: no pairs found; expected {_expected(fmt, fields)} ({fmt}; {DOCS})")
+    return pairs
 
 
 def read_pairs(
-    path: str | Path, tokenize: Tokenize = "char", tgt_tokenize: Tokenize | None = None
+    path: str | Path, tokenize: Tokenize | Tokenization | dict[str, Any] = "char",
+    tgt_tokenize: Tokenize | Tokenization | dict[str, Any] | None = None, *, format: str = "auto",
+    encoding: str = "utf-8", fields: Sequence[str] = ("source", "target"),
 ) -> list[tuple[list[str], list[str]]]:
-    """Read ``source<TAB>target`` lines into token lists.
-
-    Each side is stripped of surrounding whitespace, then split into characters (``"char"``)
-    or on whitespace (``"space"``).
+    """Read a pair file into token lists (see the module docs for the formats).
 
     Args:
-        path: UTF-8 text file.
-        tokenize: how to split the source (and the target, unless ``tgt_tokenize`` is given).
+        path: the file (TSV, CSV or JSON lines).
+        tokenize: how to split the source (and the target, unless ``tgt_tokenize`` is given): a
+            :class:`~partwise.data.Tokenization`, its name, or a mapping such as
+            ``{"tokenize": "regex", "pattern": "<[A-Z]+>|\\\\S"}``.
         tgt_tokenize: how to split the target, e.g. ``"space"`` for ``word<TAB>HH AH L OW``.
+        format: ``"auto"`` (by extension), ``"tsv"``, ``"csv"`` or ``"jsonl"``.
+        encoding: the file's text encoding.
+        fields: the JSON keys of the source and the target (``jsonl``; also a CSV header).
 
     Raises:
-        DataFormatError: lines without exactly one tab, with an empty side or that are not
-            UTF-8; all bad line numbers are listed.
+        DataFormatError: every malformed line listed (see :func:`read_pair_texts`).
 
     >>> import tempfile, pathlib
     >>> f = pathlib.Path(tempfile.mkdtemp()) / "p.tsv"
@@ -50,38 +168,26 @@ def read_pairs(
     >>> read_pairs(f, tgt_tokenize="space")
     [(['h', 'i'], ['HH', 'AY1']), (['o', 'k'], ['OW', 'K', 'EY'])]
     """
-    src_mode = _tokenizer(tokenize, "tokenize")
-    tgt_mode = src_mode if tgt_tokenize is None else _tokenizer(tgt_tokenize, "tgt_tokenize")
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"pairs file {str(file)!r} does not exist or is not a file")
-    pairs: list[tuple[list[str], list[str]]] = []
-    bad: list[tuple[int, str, str]] = []  # (line number, reason, text)
-    for number, raw in enumerate(file.read_bytes().splitlines(), start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            bad.append((number, f"not UTF-8 at byte {err.start}", raw.decode("utf-8", "replace")))
+    src_tok = _tokenization(tokenize, "tokenize")
+    tgt_tok = src_tok if tgt_tokenize is None else _tokenization(tgt_tokenize, "tgt_tokenize")
+    texts = read_pair_texts(path, format=format, encoding=encoding, fields=fields)
+    src_tok.load(), tgt_tok.load()
+    out, empty = [], []
+    for number, (src, tgt) in enumerate(texts, start=1):
+        pair = (src_tok.split(src), tgt_tok.split(tgt))
+        if not pair[0] or not pair[1]:
+            empty.append(f"pair {number} ({src[:30]!r} -> {tgt[:30]!r}): no {'source' if not pair[0] else 'target'} tokens")
             continue
-        if number == 1:
-            line = line.removeprefix("\ufeff")  # byte-order mark written by some editors
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) != 2:
-            bad.append((number, f"{len(fields) - 1} tabs, expected 1", line))
-            continue
-        src, tgt = fields[0].strip(), fields[1].strip()
-        if not src or not tgt:
-            bad.append((number, f"empty {'source' if not src else 'target'}", line))
-            continue
-        pairs.append((_split(src, src_mode), _split(tgt, tgt_mode)))
-    if bad:
-        numbers = ", ".join(str(n) for n, _, _ in bad)
-        shown = "; ".join(f"line {n} ({why}): {text[:60]!r}" for n, why, text in bad[:_SHOWN])
-        raise DataFormatError(
-            f"{file}: {len(bad)} malformed line(s): {numbers}. First: {shown}. Expected {_EXPECTED}"
-        )
-    if not pairs:
-        raise DataFormatError(f"{file}: no pairs found; expected {_EXPECTED}")
-    return pairs
+        out.append(pair)
+    if empty:
+        raise DataFormatError(f"{path}: {len(empty)} pair(s) have no tokens after tokenisation: "
+                              f"{'; '.join(empty[:_SHOWN])}; check the tokenize pattern ({DOCS})")
+    return out
+
+
+def _tokenization(spec: Any, argument: str) -> Tokenization:
+    try:
+        return Tokenization.of(spec)
+    except ValueError as e:
+        raise ValueError(f"{argument}: {e}" if not str(e).startswith("tokenize=") else
+                         str(e).replace("tokenize=", f"{argument}=", 1)) from None

@@ -61,7 +61,9 @@ class Seq2SeqLMTask:
         metric_fn: ``metric_fn(predictions, references) -> {name: value}`` on token-id lists (without
             the start token, cut at the end-of-sequence token); its results join :meth:`evaluate`'s.
         tgt_vocab: a :class:`partwise.data.Vocab`: with a dataset holding ``references`` (partwise's
-            G2P data), :meth:`evaluate` also gives WER and PER.
+            data), :meth:`evaluate` also gives the sequence and token error rates, named by
+            ``metric_names`` (G2P: ``("wer", "per")``, the default).
+        metric_names: the names of those two error rates.
         generate_kwargs: more keyword arguments for ``model.generate``.
 
     Batches are dicts (encoder inputs such as ``input_ids``/``attention_mask``/``input_features``,
@@ -80,7 +82,8 @@ class Seq2SeqLMTask:
 
     def __init__(self, teacher_forcing: Any = None, *, label_smoothing: float = 0.0, num_beams: int = 1,
                  max_new_tokens: int | None = None, max_len_ratio: float = 2.0, metric_fn: MetricFn | None = None,
-                 tgt_vocab: Any = None, generate_kwargs: Mapping[str, Any] | None = None):
+                 tgt_vocab: Any = None, generate_kwargs: Mapping[str, Any] | None = None,
+                 metric_names: tuple[str, str] = ("wer", "per")):
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={label_smoothing!r} must be in [0, 1)")
         if num_beams < 1:
@@ -90,6 +93,7 @@ class Seq2SeqLMTask:
         self.teacher_forcing, self.label_smoothing, self.num_beams = teacher_forcing, label_smoothing, num_beams
         self.max_new_tokens, self.max_len_ratio, self.metric_fn = max_new_tokens, max_len_ratio, metric_fn
         self.tgt_vocab, self.generate_kwargs = tgt_vocab, dict(generate_kwargs or {})
+        self.metric_names = tuple(metric_names)
 
     @property
     def beam_size(self) -> int:
@@ -204,7 +208,12 @@ class Seq2SeqLMTask:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Any], dataset: Any = None) -> dict[str, float]:
         """Teacher-forced ``loss`` and ``token_acc``; ``seq_acc`` of ``generate`` outputs against the
-        labels; with ``tgt_vocab`` and a dataset holding ``references``, WER and PER; then ``metric_fn``."""
+        labels; with ``tgt_vocab`` and a dataset holding ``references``, the two error rates; then
+        ``metric_fn``. Torch's RNG is left as it was."""
+        with torch.random.fork_rng(devices=[]):
+            return self._evaluate(model, batches, dataset)
+
+    def _evaluate(self, model: nn.Module, batches: Iterable[Any], dataset: Any) -> dict[str, float]:
         from ..metrics import score_g2p
 
         total, tokens, correct = 0.0, 0, 0
@@ -231,7 +240,7 @@ class Seq2SeqLMTask:
         refs = getattr(dataset, "references", None)
         if self.tgt_vocab is not None and refs is not None and len(rows) == len(predictions) and predictions:
             scores = score_g2p([self.tgt_vocab.decode(p) for p in predictions], [refs[i] for i in rows])
-            out.update(wer=scores["wer"], per=scores["per"])
+            out.update({self.metric_names[0]: scores["wer"], self.metric_names[1]: scores["per"]})
         if self.metric_fn is not None:
             out.update({k: float(v) for k, v in self.metric_fn(predictions, references).items()})
         return out

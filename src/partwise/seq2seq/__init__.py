@@ -17,7 +17,7 @@ from partwise.seq2seq._decoding import beam_search, greedy_decode
 from partwise.seq2seq._gru import GRUDecoder, GRUEncoder, gru_seq2seq
 from partwise.seq2seq._model import Seq2Seq
 from partwise.seq2seq._protocol import BOS, EOS, PAD, UNK, Memory
-from partwise.seq2seq._task import Seq2SeqTask
+from partwise.seq2seq._task import Seq2SeqTask, max_len_from
 from partwise.seq2seq._transformer import (
     TransformerDecoder,
     TransformerEncoder,
@@ -32,6 +32,7 @@ __all__ = [
     "EOS",
     "Seq2Seq",
     "Seq2SeqTask",
+    "max_len_from",
     "GRUEncoder",
     "GRUDecoder",
     "TransformerEncoder",

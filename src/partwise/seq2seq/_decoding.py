@@ -8,6 +8,9 @@ Both functions take any ``model`` with ``model.encode(src, src_mask) -> Memory``
 at most ``max_len`` tokens. It is an int, or a function of the source lengths: it is called once
 with the ``(B,)`` long tensor of source lengths and must return an int or a ``(B,)`` tensor, e.g.
 ``lambda n: 2 * n + 5``.
+
+``PAD`` and ``BOS`` are never emitted: their logits are masked at every step (they would otherwise
+be dropped from the output, hiding an error).
 """
 
 from __future__ import annotations
@@ -44,6 +47,11 @@ def _limits(max_len: MaxLen, src_mask: Tensor, where: str) -> Tensor:
     if limits.numel() and int(limits.min()) < 1:
         raise ValueError(f"{where}: max_len gave {int(limits.min())} for some row; it must be >= 1")
     return limits
+
+
+def _emittable(logits: Tensor) -> Tensor:
+    """``logits`` with ``PAD`` and ``BOS`` made impossible."""
+    return logits.index_fill(-1, torch.tensor([PAD, BOS], device=logits.device), float("-inf"))
 
 
 def _strip(tokens: Tensor, lengths: Tensor) -> list[list[int]]:
@@ -87,7 +95,7 @@ def greedy_decode(model: _EncoderDecoder, src: Tensor, src_mask: Tensor, max_len
     outputs: list[Tensor] = []
     for t in range(int(limits.max()) if batch else 0):
         logits, state = decoder.step(token, memory, state)
-        token = logits.argmax(dim=-1).masked_fill(finished, PAD)
+        token = _emittable(logits).argmax(dim=-1).masked_fill(finished, PAD)
         outputs.append(token)
         ended = ~finished & (token == EOS)
         lengths = torch.where(ended, t, lengths)
@@ -170,7 +178,7 @@ def beam_search(model: _EncoderDecoder, src: Tensor, src_mask: Tensor, beam_size
 
     for t in range(steps):
         logits, state = decoder.step(token, memory, state)
-        log_probs = torch.log_softmax(logits.float(), dim=-1).view(batch, k, -1)
+        log_probs = _emittable(torch.log_softmax(logits.float(), dim=-1)).view(batch, k, -1)
         vocab = log_probs.shape[-1]
         totals = (scores[:, :, None] + log_probs).view(batch, -1)
         cand_scores, cand = totals.topk(min(2 * k, totals.shape[1]), dim=1)

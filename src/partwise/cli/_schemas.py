@@ -1,0 +1,174 @@
+"""Typed schemas for the free-form ``args`` of a recipe: ``task.args`` per task kind, ``model.args`` per
+model. Unknown keys are rejected and every problem is reported at once, with its path.
+
+``model.args`` keys, per task kind and model:
+
+* ``seq2seq`` / ``gru``: emb, hidden, layers, bidirectional, attention, dropout
+* ``seq2seq`` / ``transformer``: d_model, heads, enc_layers, dec_layers, ff, dropout, max_len
+* ``seq2seq`` / ``hf``: path or config, untie
+* ``seq2seq`` / ``package.module:factory``: the factory's own keyword arguments (from its signature)
+* ``stress`` / ``gru``: hidden, dropout
+* ``digits_cycle`` / ``mlp``: latent, hidden, dropout
+
+``task.args``: ``seq2seq`` takes none (start parts from another run with ``init:``); ``stress``:
+``encoder`` (``g2p_en`` | ``scratch`` | ``run:PATH``), ``max_syllables``; ``digits_cycle``:
+``autoencoder_phases``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from .._errors import ConfigError
+
+__all__ = ["args_problems", "TASK_ARGS", "MODEL_ARGS", "signature_schema"]
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class Seq2SeqTaskArgs(_Args):
+    """``task.args`` of ``seq2seq``: none."""
+
+
+class StressTaskArgs(_Args):
+    encoder: str = "g2p_en"  # g2p_en | scratch | run:PATH (a partwise G2P run)
+    max_syllables: int = Field(8, ge=2)
+
+
+class DigitsTaskArgs(_Args):
+    autoencoder_phases: list[str] = Field(default_factory=lambda: ["autoencoder"])
+
+
+class GRUArgs(_Args):
+    emb: int = Field(128, ge=1)
+    hidden: int = Field(256, ge=1)
+    layers: int = Field(1, ge=1)
+    bidirectional: bool = True
+    attention: Literal["additive", "dot"] | None = "additive"
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class TransformerArgs(_Args):
+    d_model: int = Field(256, ge=1)
+    heads: int = Field(4, ge=1)
+    enc_layers: int = Field(3, ge=1)
+    dec_layers: int = Field(3, ge=1)
+    ff: int = Field(1024, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    max_len: int = Field(256, ge=1)
+
+
+class HFArgs(_Args):
+    path: str | None = None  # a local from_pretrained folder
+    config: dict[str, Any] | None = None  # or a config with model_type, for a random initialisation
+    untie: bool | list[str] = False
+
+
+class StressModelArgs(_Args):
+    hidden: int = Field(256, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class DigitsModelArgs(_Args):
+    latent: int = Field(16, ge=1)
+    hidden: int = Field(64, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+TASK_ARGS: dict[str, type[_Args]] = {"seq2seq": Seq2SeqTaskArgs, "stress": StressTaskArgs,
+                                     "digits_cycle": DigitsTaskArgs}
+MODEL_ARGS: dict[tuple[str, str], type[_Args]] = {
+    ("seq2seq", "gru"): GRUArgs, ("seq2seq", "transformer"): TransformerArgs, ("seq2seq", "hf"): HFArgs,
+    ("stress", "gru"): StressModelArgs, ("digits_cycle", "mlp"): DigitsModelArgs,
+}
+_HINTS = {"seq2seq": "task 'seq2seq' takes no task.args; to start a part from another run use init: "
+                     "(README, 'Starting from another run')"}
+
+
+def signature_schema(fn: Callable[..., Any], skip: int = 2) -> type[BaseModel] | None:
+    """A schema of ``fn``'s keyword arguments after the first ``skip`` (the vocabulary sizes), typed by
+    its annotations; ``None`` when it takes ``**kwargs`` (anything goes).
+
+    >>> def factory(src_vocab, tgt_vocab, hidden: int = 64): ...
+    >>> signature_schema(factory)(hidden="12").hidden
+    12
+    """
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    fields: dict[str, Any] = {}
+    hints = _annotations(fn)
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY):
+            continue
+        default = ... if p.default is p.empty else p.default
+        fields[p.name] = (hints.get(p.name, Any), default)
+    return create_model(f"{getattr(fn, '__name__', 'factory')}_args", __config__=_Args.model_config, **fields)
+
+
+def _annotations(fn: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        import typing
+
+        return typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: fall back to untyped arguments
+        return {}
+
+
+def _problems(schema: type[BaseModel], args: Any, where: str, hint: str) -> list[str]:
+    if not isinstance(args, dict):
+        return [f"{where}: expected a mapping of keys, got {type(args).__name__}"]
+    try:
+        schema.model_validate(args)
+    except ValidationError as e:
+        out = []
+        for err in e.errors():
+            path = ".".join(str(p) for p in (where, *err["loc"]))
+            if err["type"] == "extra_forbidden":
+                out.append(f"{path}: unknown key; {hint}")
+            elif err["type"] == "missing":
+                out.append(f"{path}: required; {hint}")
+            else:
+                out.append(f"{path}: {err['msg'].removeprefix('Value error, ')}")
+        return out
+    return []
+
+
+def _keys(schema: type[BaseModel]) -> str:
+    return f"keys are {', '.join(schema.model_fields) or '(none)'}"
+
+
+def args_problems(raw: dict[str, Any], factory: Callable[[str, str | None], Callable[..., Any]] | None = None
+                  ) -> list[str]:
+    """Every problem of ``task.args`` and ``model.args`` in a raw recipe mapping.
+
+    ``factory(name, path)`` resolves a custom ``package.module:factory`` (its signature gives the
+    schema); ``None``: custom factories are not checked here.
+
+    >>> args_problems({"task": {"args": {"encoder": "run:runs/x"}}})[0].split(";")[0]
+    'task.args.encoder: unknown key'
+    """
+    task = raw.get("task") if isinstance(raw.get("task"), dict) else {}
+    model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    kind, name = task.get("name", "seq2seq"), model.get("name", "gru")
+    out: list[str] = []
+    if kind in TASK_ARGS:
+        schema = TASK_ARGS[kind]
+        out += _problems(schema, task.get("args", {}), "task.args", _HINTS.get(kind, _keys(schema)))
+    schema = MODEL_ARGS.get((kind, name))
+    if schema is None and kind == "seq2seq" and isinstance(name, str) and ":" in name and factory is not None:
+        try:
+            schema = signature_schema(factory(name, model.get("path")))
+        except ConfigError as e:
+            return out + e.errors
+        if schema is None:
+            return out
+    if schema is not None:
+        out += _problems(schema, model.get("args", {}), "model.args", f"model {name!r}: {_keys(schema)}")
+    return out
