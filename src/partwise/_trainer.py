@@ -558,7 +558,11 @@ class Trainer:
                 "stop_best": self._stop_best, "skipped_steps": self.skipped_steps,
                 "scaler": self.scaler.state_dict() if self.scaler else {}, "epoch_loss": list(self._epoch_loss),
                 "plan": plan_fingerprint(self.plan, self._steps_per_epoch), "plan_changes": list(self.plan_changes),
-                "best_checkpoint": self._best_name}
+                "best_checkpoint": self._best_name, "callbacks": self._callback_states()}
+
+    def _callback_states(self) -> dict[str, Any]:
+        """The state of every callback that has ``state_dict()``, by class name (saved with checkpoints)."""
+        return {type(cb).__name__: cb.state_dict() for cb in self.callbacks if callable(getattr(cb, "state_dict", None))}
 
     def save(self, best: bool = False) -> Path | None:
         """Write a checkpoint (rank 0 only) atomically; returns its directory. Its state records the
@@ -602,6 +606,10 @@ class Trainer:
         self._stale_evals, self.skipped_steps = state["stale_evals"], state["skipped_steps"]
         self._stop_best = state.get("stop_best", state["best"])
         self._epoch_loss = (float(state["epoch_loss"][0]), int(state["epoch_loss"][1]))
+        saved = state.get("callbacks", {})
+        for cb in self.callbacks:  # before the phase is entered: a callback sees a resumed phase as its own
+            if type(cb).__name__ in saved and callable(getattr(cb, "load_state_dict", None)):
+                cb.load_state_dict(saved[type(cb).__name__])
         self._enter_phase(self.plan.span_at(self.step, steps_per_epoch))  # the freeze state comes from the plan
         load_state_by_name(self.optimizer, state["optimizer"])
         if self.scaler is not None and state["scaler"]:

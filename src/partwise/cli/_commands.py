@@ -368,7 +368,10 @@ def _finish_report(built: Built, run_dir: Path, state: dict[str, Any], done: str
     log.truncate_after(state["step"], history if isinstance(history, list) and all(
         isinstance(row, dict) for row in history) else None)
     log.close()
-    _report(built, run_dir, _title(run_dir), state["step"], 0.0, make_trainer(built, run_dir).device)
+    facts = PhaseFacts(None)  # the phases' facts as the checkpoint recorded them; log.txt has them already
+    facts.load_state_dict(state.get("callbacks", {}).get(type(facts).__name__, {}))
+    facts.finish(completed=True)
+    _report(built, run_dir, _title(run_dir), state["step"], 0.0, make_trainer(built, run_dir).device, facts.summary())
     return 0
 
 

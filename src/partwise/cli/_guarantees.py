@@ -67,12 +67,15 @@ class PhaseFacts:
         if getattr(trainer, "rank", 0) != 0:
             return
         self._passed()
+        label = f"{span.index + 1} {span.phase.name!r}"
+        if self.rows and self.rows[-1]["phase"] == label:
+            return  # a resume inside this phase: its row came back with the checkpoint
         frozen = [n for n in trainer.parts.names if trainer.parts.is_frozen(n)]
         if not trainer.use_guard:
             guard = "off (training.guard: false)"
         else:
             guard = "armed" if frozen else "armed (nothing frozen)"
-        row = {"phase": f"{span.index + 1} {span.phase.name!r}", "steps": f"{span.start}-{span.end}",
+        row = {"phase": label, "steps": f"{span.start}-{span.end}",
                "frozen": ", ".join(frozen) or "none", "guard": guard, "cache": _cache_fact(trainer)}
         self.rows.append(row)
         self._log(f"phase {row['phase']} (steps {row['steps']}): frozen {row['frozen']}; guard {guard}; "
@@ -91,6 +94,13 @@ class PhaseFacts:
         for row in self.rows:
             if row["guard"].startswith("armed") and "passed" not in row["guard"]:
                 row["guard"] += ", not checked yet (the run stopped inside the phase; resume checks it)"
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rows so far: saved with each checkpoint, so a resumed run reports every phase."""
+        return {"rows": [dict(r) for r in self.rows]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows = [dict(r) for r in state.get("rows", [])]
 
     def summary(self) -> dict[str, str]:
         """``{"phase 1 'x' · guard": ..., ...}`` for the report."""
