@@ -170,7 +170,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.set_default_device(args.device)
     load = os.getloadavg()[0]
-    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, batch {args.batch}, "
+    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, batches of {args.tokens} // L rows, "
           f"lengths {lengths} (source and target lengths drawn in [L/2, L]), vocab {SRC_VOCAB}/{TGT_VOCAB}, "
           f"{args.repeats} timed steps per method after {args.warmup} warmup, methods alternated step by step; "
           f"load average {load:.2f}")
