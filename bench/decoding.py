@@ -96,6 +96,18 @@ class FaithfulG2p:
         return [self.idx2p.get(i, "<unk>") for i in preds]
 
 
+def gru_flops(words: list[str], predictions: list[list[str]], model: torch.nn.Module) -> float:
+    """Floating-point operations of greedy decoding (the matrix products of the GRU cells and the
+    output layer): one encoder step per character and ``</s>``, one decoder step per phoneme and the
+    end (at most 20). (a) and (b) do exactly these; only how fast they go differs."""
+    hidden, emb = model.encoder.rnn.hidden_size, model.encoder.rnn.input_size
+    vocab = model.decoder.out.out_features
+    cell = 2 * 3 * hidden * (emb + hidden)
+    enc = sum(len(w) + 1 for w in words)
+    dec = sum(min(len(p) + 1, 20) for p in predictions)
+    return float(enc * cell + dec * (cell + 2 * hidden * vocab))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="the first 2,000 test words, 2 rounds")
@@ -133,10 +145,12 @@ def main() -> None:
     print(f"decoding: {len(words):,} CMUdict test words, threads={args.threads}, {args.repeats} rounds, batch "
           f"{args.batch_size}; {which}")
     labels = {"a": "(a) g2p-en predict, per word", "b": "(b) partwise greedy, batched", "c": "(c) partwise beam 5, batched"}
+    flops = gru_flops(words, outputs["a"], ours.model)
     for key, label in labels.items():
         wer = score_g2p(outputs[key], refs)["wer"]
+        rate = f"; {flops / median(t[key]) / 1e9:.1f} GFLOP/s" if key != "c" else ""
         print(f"{label:<32}: {len(words) / median(t[key]):9,.0f} words/s ({median(t[key]):.3f} s; WER with stress "
-              f"{wer:.1%})")
+              f"{wer:.1%}{rate})")
     print(f"(b) outputs equal (a)'s: {same:,} / {len(words):,} words")
     print(f"(b) vs (a) words/s (target >= 10x): {paired(t['a'], t['b']):.1f}x; (c) vs (a): {paired(t['a'], t['c']):.1f}x")
     print(load_line(load))

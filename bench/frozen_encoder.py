@@ -223,6 +223,7 @@ def report(t: dict[str, list[float]], s: Setup, args: argparse.Namespace, load_b
     print(f"cache speed-up with the build amortised over {args.epochs} epochs (target >= 2.5x): "
           f"{paired(t['plain'], amortised):.2f}x  [median over rounds of (a) / ((c) + (f)/{args.epochs}); medians: "
           f"{med['plain']:.3f} / ({med['cached']:.3f} + {med['build']:.3f}/{args.epochs})]")
+    print(f"ceiling for any cache, (a) / (d): {paired(t['plain'], t['lower']):.2f}x")
     print(f"cache / decoder-only lower bound (target <= 1.15x): {paired(t['cached'], t['lower']):.3f}x")
     print(f"Trainer cache='off' speed vs plain loop (target >= 0.97x): {paired(t['plain'], t['trainer']):.3f}x")
 

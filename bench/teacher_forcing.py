@@ -17,8 +17,7 @@ the median (and the minimum) over the timed steps, after warmup steps; one intra
 Transformer on a CPU (the GRU and short lengths are reported as they come: at G2P lengths on a CPU
 both spend their time in the same matrix multiplies); two-pass <= 2.2x the cost of (b). Models are
 the reference factories' defaults (``gru_seq2seq``: bidirectional GRU 256 + additive attention;
-``transformer_seq2seq``: d_model 256, 3 + 3 layers), dropout 0.1, train mode. ``--device cuda`` runs
-the same sweep on a GPU. Decoding throughput is measured by ``bench/decoding.py``.
+``transformer_seq2seq``: d_model 256, 3 + 3 layers), dropout 0.1, train mode. Decoding throughput is measured by ``bench/decoding.py``.
 
 Run: ``python bench/teacher_forcing.py [--quick]`` (about 3 minutes on 2 loaded CPU cores; 40 s quick).
 """
@@ -162,15 +161,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per method")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per method")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     if args.quick:
         args.lengths, args.repeats = "8,32", 3
     lengths = [int(x) for x in args.lengths.split(",")]
     torch.set_num_threads(args.threads)
-    torch.set_default_device(args.device)
     load = os.getloadavg()[0]
-    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, batches of {args.tokens} // L rows, "
+    print(f"torch {torch.__version__}, CPU, {torch.get_num_threads()} threads, batches of {args.tokens} // L rows, "
           f"lengths {lengths} (source and target lengths drawn in [L/2, L]), vocab {SRC_VOCAB}/{TGT_VOCAB}, "
           f"{args.repeats} timed steps per method after {args.warmup} warmup, methods alternated step by step; "
           f"load average {load:.2f}")
