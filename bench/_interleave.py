@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["Gate", "interleave", "paired", "median", "load_line"]
+__all__ = ["Gate", "interleave", "paired", "median", "load_line", "RssPeak"]
 
 
 class Gate:
@@ -110,3 +110,46 @@ def paired(a: list[float], b: list[float]) -> float:
 def load_line(before: float) -> str:
     """The machine's load while the benchmark ran (1-minute load average before -> after)."""
     return f"load average {before:.2f} -> {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+
+
+class RssPeak:
+    """The peak resident memory of this process while a block runs, sampled every 5 ms from
+    ``/proc/self/statm`` (``ru_maxrss`` cannot tell a training peak from an earlier data-loading one).
+
+    >>> with RssPeak() as peak:
+    ...     _ = bytearray(1 << 20)
+    >>> peak.peak_mib >= peak.start_mib > 0
+    True
+    """
+
+    def __init__(self) -> None:
+        self.start_mib = self.peak_mib = 0.0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def now_mib() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak_mib = max(self.peak_mib, self.now_mib())
+
+    def __enter__(self) -> RssPeak:
+        import ctypes
+        import gc
+
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed memory back first, so the start is honest
+        except OSError:
+            pass
+        self.start_mib = self.peak_mib = self.now_mib()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mib = max(self.peak_mib, self.now_mib())

@@ -37,7 +37,6 @@ import argparse
 import copy
 import json
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +49,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _interleave import Gate, interleave, load_line, median, paired  # noqa: E402
+from _interleave import Gate, RssPeak, interleave, load_line, median, paired  # noqa: E402
 
 VARIANTS = {"hf": "(a) HF-style loop, encoder every step", "off": "(b) partwise, cache off",
             "on": "(c) partwise, cache on", "bound": "(d) decoder-only lower bound",
@@ -195,21 +194,22 @@ def variants(s: Setup, rounds: int) -> dict[str, Any]:
             "encode": lambda g: run_encode(s, g, rounds), "build": lambda g: run_build(s, g, rounds)}
 
 
-def peak_rss(args: argparse.Namespace, model: str, variant: str) -> float:
-    """Peak resident MiB of a subprocess that runs only ``variant`` for two epochs."""
+def peak_rss(args: argparse.Namespace, model: str, variant: str) -> str:
+    """Peak resident memory of a subprocess that runs only ``variant`` for two epochs (after its setup)."""
     cmd = [sys.executable, __file__, "--memory-of", f"{model}:{variant}", "--scale", args.scale,
            "--rows", str(args.rows), "--batch-size", str(args.batch_size), "--frames", str(args.frames)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-    return json.loads(out)["peak_mib"]
+    m = json.loads(out)
+    return f"peak RSS {m['peak_mib']:.0f} MiB (+{m['rise_mib']:.0f}), alone"
 
 
-def report(s: Setup, t: dict[str, list[float]], args: argparse.Namespace, memory: dict[str, float]) -> None:
+def report(s: Setup, t: dict[str, list[float]], args: argparse.Namespace, memory: dict[str, str]) -> None:
     med = {v: median(x) for v, x in t.items()}
     params = sum(p.numel() for p in s.model.parameters())
     enc = sum(p.numel() for p in s.model.get_encoder().parameters())
     print(f"{s.name} ({params / 1e6:.1f}M params, encoder {enc / 1e6:.1f}M; cache {s.cache_bytes / 2**20:.1f} MiB):")
     for v, label in VARIANTS.items():
-        mem = f"  peak RSS {memory[v]:.0f} MiB (alone)" if v in memory else ""
+        mem = f"  {memory[v]}" if v in memory else ""
         print(f"  {label:40s} {med[v]:7.3f} s/epoch (min {min(t[v]):.3f}, max {max(t[v]):.3f}){mem}")
     amortised = [c + b / args.amortise for c, b in zip(t["on"], t["build"], strict=True)]  # per round
     print(f"  (c) vs (a) per epoch: {paired(t['hf'], t['on']):.2f}x (target >= 3x); amortised over {args.amortise} "
@@ -225,8 +225,9 @@ def memory_worker(spec: str, args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     model, variant = spec.split(":")
     s = Setup(args, model)
-    interleave({variant: variants(s, 2)[variant]}, 2)
-    print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    with RssPeak() as rss:
+        interleave({variant: variants(s, 2)[variant]}, 2)
+    print(json.dumps({"peak_mib": rss.peak_mib, "rise_mib": rss.peak_mib - rss.start_mib}))
 
 
 def main() -> None:

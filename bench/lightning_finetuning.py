@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import warnings
@@ -47,7 +46,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _interleave import Gate, interleave, load_line, median, paired  # noqa: E402
+from _interleave import Gate, RssPeak, interleave, load_line, median, paired  # noqa: E402
 from frozen_encoder import Setup as _Data  # noqa: E402
 
 import partwise as pw  # noqa: E402
@@ -173,20 +172,21 @@ def run_partwise(data: _Data, gate: Gate, args: argparse.Namespace, record: Reco
 RUNS = {"lightning": run_lightning, "partwise": run_partwise}
 
 
-def peak_rss(which: str, argv: list[str]) -> float:
-    """Peak resident MiB of a subprocess that runs only ``which``, the whole plan."""
+def peak_rss(which: str, argv: list[str]) -> str:
+    """Peak resident memory of a subprocess that runs only ``which``, the whole plan (after its data)."""
     out = subprocess.run([sys.executable, __file__, *argv, "--memory-of", which], check=True, capture_output=True,
                          text=True).stdout.strip().splitlines()[-1]
-    return json.loads(out)["peak_mib"]
+    m = json.loads(out)
+    return f"peak RSS {m['peak_mib']:.0f} MiB in training, +{m['rise_mib']:.0f} over its start (alone)"
 
 
-def report(t: dict[str, list[float]], args: argparse.Namespace, record: Record, memory: dict[str, float]) -> None:
+def report(t: dict[str, list[float]], args: argparse.Namespace, record: Record, memory: dict[str, str]) -> None:
     f, u = args.frozen, args.unfrozen
     frozen = {k: v[:f] for k, v in t.items()}
     steady = {k: v[1:f] for k, v in t.items()}
     after = {k: v[f:] for k, v in t.items()}
     for key, label in LABELS.items():
-        mem = f", peak RSS {memory[key]:.0f} MiB (alone)" if key in memory else ""
+        mem = f"; {memory[key]}" if key in memory else ""
         print(f"{label:<34}: frozen phase {median(steady[key]):.3f} s/epoch after its first "
               f"(first {frozen[key][0]:.3f} s, phase total {sum(frozen[key]):.3f} s); unfrozen phase "
               f"{median(after[key]):.3f} s/epoch{mem}")
@@ -222,8 +222,11 @@ def main() -> None:
     record = Record()
     epochs = args.frozen + args.unfrozen
     if args.memory_of:
-        interleave({args.memory_of: lambda g: RUNS[args.memory_of](data, g, args, record)}, epochs, args.threads)
-        print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        if args.memory_of == "lightning":
+            import lightning.pytorch  # noqa: F401 - imported before the measurement, as partwise is
+        with RssPeak() as rss:
+            interleave({args.memory_of: lambda g: RUNS[args.memory_of](data, g, args, record)}, epochs, args.threads)
+        print(json.dumps({"peak_mib": rss.peak_mib, "rise_mib": rss.peak_mib - rss.start_mib}))
         return
     import lightning
 
