@@ -160,7 +160,7 @@ class EncoderCache:
 
         Args:
             build_bytes: working-memory budget of one build batch (estimated as 8 x the batch's
-                encoder output); the largest batches under it are used. ``None``: 16 MiB on a CPU
+                encoder output); the largest batches under it are used. ``None``: 4 MiB on a CPU
                 (batches that stay in its caches run fastest), a quarter of the free memory on CUDA.
             batch_size: at most this many rows per build batch (``None``: as the budget allows).
             spill_dir, spill_bytes: past ``spill_bytes`` the rows go to memory-mapped files there.
@@ -277,7 +277,7 @@ def _default_budget(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free // 4
-    return 16 << 20
+    return 4 << 20
 
 
 def _chunks(rows: list[int], lengths: Tensor | None, token_budget: int, max_rows: int | None
