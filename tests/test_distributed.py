@@ -64,3 +64,24 @@ def test_two_ranks_agree_on_evaluation_best_checkpoint_and_early_stopping(tmp_pa
     assert r0["best"] == best_epoch["val_loss"]
     best = pw.resolve_checkpoint(tmp_path / "run", "best")
     assert pw._checkpoint.read_meta(best)["step"] == best_epoch["step"]
+
+
+CACHE = Path(__file__).parent / "scripts" / "ddp_cache.py"
+
+
+@pytest.mark.slow
+def test_two_ranks_with_the_encoder_cache_train_as_without_it(tmp_path):
+    for cache in ("off", "on"):
+        port = str(free_port())
+        run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+             "--master_port", port, str(CACHE), str(tmp_path), cache])
+    off, on = ({r: torch.load(tmp_path / f"{c}-rank{r}.pt") for r in (0, 1)} for c in ("off", "on"))
+    assert on[0]["cached"] and on[1]["cached"] and not off[0]["cached"]
+    assert on[0]["cache_rows"] == on[1]["cache_rows"] == 96  # each rank encoded half; the halves were gathered
+    for k in on[0]["state"]:
+        assert torch.equal(on[0]["state"][k], on[1]["state"][k]), f"ranks differ in {k}"
+        torch.testing.assert_close(on[0]["state"][k], off[0]["state"][k], rtol=1e-4, atol=1e-5)
+    assert on[0]["losses"] == on[1]["losses"] and len(on[0]["losses"]) == 18
+    torch.testing.assert_close(on[0]["losses"], off[0]["losses"], rtol=1e-5, atol=1e-6)
+    assert on[0]["mapped_equal"] and on[1]["mapped_equal"]
+    assert on[0]["mapped_files"] == on[1]["mapped_files"] == ["final.bin", "states.bin"]

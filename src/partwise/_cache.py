@@ -8,36 +8,61 @@ A task opts in by providing, besides ``loss`` and ``evaluate``:
 * ``split_encoding(encoding, batch) -> list[dict[str, Tensor]]`` and
   ``merge_encoding(rows, batch) -> encoding`` — per-row pieces and back (rows may differ in length
   along their first dimension);
-* ``row_ids(batch) -> Tensor`` — a stable id per dataset row (``Batch.index`` for seq2seq).
+* ``row_ids(batch) -> Tensor`` — a stable id per dataset row (``Batch.index`` for seq2seq);
+* optionally ``merge_padded(columns, batch) -> encoding``, where ``columns`` maps each piece's name to
+  ``(values, lengths)``: ``values`` ``(B, L, ...)`` holds the batch's rows padded with zeros to the
+  longest, ``lengths`` ``(B,)`` their lengths. It must give what ``merge_encoding`` gives for the same
+  rows; with it a lookup is a few vectorised gathers instead of a Python loop over rows.
 
-The cache is used only when every parameter of the encoder is frozen, every module of it is in eval
-mode, and two passes over the same batch give bitwise-equal outputs; on the first training batch the
-cached outputs are compared with live ones. Past ``spill_bytes`` the rows live in memory-mapped files.
+**The build costs about one encoder pass.** Rows are encoded shortest first (when the dataset tells
+its source lengths: a ``src_lengths`` attribute, as partwise's ``Seq2SeqDataset`` and
+``partwise.hf.Seq2SeqLMDataset`` have, also through ``torch.utils.data.Subset``), so a batch pads
+little, in batches as large as a memory budget allows (``build_bytes`` of working memory, estimated
+from the output size of a probe batch). The determinism check is folded in: the probe (the shortest
+few rows) is encoded twice and must agree bit for bit; nothing else is encoded twice. On the first
+training batch the cached outputs are compared with live ones.
+
+The cache is used only when every parameter of the encoder is frozen and every module of it is in
+eval mode. Past ``spill_bytes`` its rows live in memory-mapped files (``<spill_dir>/<name>.bin``,
+``rank<r>/`` under DDP).
+
+**Under DDP the cache is keyed by row and gathered.** The trainer gives each rank a slice of every
+global batch, so a rank sees different rows every epoch; rather than pin rows to ranks (which would
+change the data order and with it the losses), each rank encodes a 1/world share of the rows
+(every world-th of the length-sorted rows, so shares cost alike), and the shares are all-gathered so
+that every rank can look up any row. Training then follows exactly the data order, and so the losses,
+of a run without the cache.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
+import torch.distributed as tdist
+from torch import Tensor, nn
+from torch.utils.data import Dataset, Subset
 
 from ._errors import CacheRefused
 
-__all__ = ["EncoderCache", "CacheRefused", "supports_cache", "cache_blockers"]
+__all__ = ["EncoderCache", "CacheRefused", "supports_cache", "cache_blockers", "source_lengths"]
 
 _METHODS = ("encoder_of", "encode", "loss_from_encoding", "split_encoding", "merge_encoding", "row_ids")
+_PROBE_ROWS = 4  # rows encoded twice to check determinism
+_WORK_PER_OUTPUT = 8  # working memory of an encoder pass, in multiples of its output's size (an estimate)
+
+Rows = list[dict[str, Tensor]]
 
 
 def supports_cache(task: Any) -> bool:
     return all(callable(getattr(task, m, None)) for m in _METHODS)
 
 
-def cache_blockers(task: Any, model: nn.Module, world: int) -> list[str]:
+def cache_blockers(task: Any, model: nn.Module, world: int = 1) -> list[str]:
     """Why the encoder's outputs cannot be cached right now (empty: they can)."""
     if not supports_cache(task):
         missing = [m for m in _METHODS if not callable(getattr(task, m, None))]
@@ -48,12 +73,29 @@ def cache_blockers(task: Any, model: nn.Module, world: int) -> list[str]:
         out.append("the encoder has trainable parameters")
     if any(m.training for m in encoder.modules()):
         out.append("part of the encoder is in train mode (frozen with norm/dropout='train'?)")
-    if world > 1:
-        out.append("caching is single-process only")
     return out
 
 
-def _rows_equal(a: list[dict[str, torch.Tensor]], b: list[dict[str, torch.Tensor]], exact: bool) -> bool:
+def source_lengths(dataset: Any) -> Tensor | None:
+    """Each row's source length, if the dataset tells it (``src_lengths``; through ``Subset`` too).
+
+    >>> from torch.utils.data import Subset
+    >>> class D(list):
+    ...     src_lengths = torch.tensor([3, 1, 2])
+    >>> source_lengths(Subset(D([0, 1, 2]), [2, 0])).tolist()
+    [2, 3]
+    """
+    if isinstance(dataset, Subset):
+        inner = source_lengths(dataset.dataset)
+        return None if inner is None else inner[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
+    lengths = getattr(dataset, "src_lengths", None)
+    if lengths is None:
+        return None
+    lengths = torch.as_tensor(lengths).reshape(-1)
+    return lengths if len(lengths) == len(dataset) else None
+
+
+def _rows_equal(a: Rows, b: Rows, exact: bool) -> bool:
     for ra, rb in zip(a, b, strict=True):
         for k in ra:
             x, y = ra[k].float(), rb[k].float()
@@ -64,65 +106,115 @@ def _rows_equal(a: list[dict[str, torch.Tensor]], b: list[dict[str, torch.Tensor
     return True
 
 
-class EncoderCache:
-    """Per-row encoder outputs for one dataset, looked up by row id."""
+@dataclass
+class _Column:
+    """One piece of every row, rows back to back, then one row of zeros (what padding reads): row
+    ``s`` is ``flat[offsets[s]:offsets[s + 1]]``."""
 
-    def __init__(self, task: Any, columns: dict[str, tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]],
-                 slot: dict[int, int]):
-        self.task, self.columns, self.slot = task, columns, slot
+    flat: Tensor
+    offsets: Tensor
+
+    def gather(self, slots: Tensor) -> tuple[Tensor, Tensor]:
+        """Rows ``slots`` padded with zeros to the longest: ``(values (B, L, ...), lengths (B,))``."""
+        start, lengths = self.offsets[slots], self.offsets[slots + 1] - self.offsets[slots]
+        steps = torch.arange(int(lengths.max()) if len(lengths) else 0)
+        index = torch.where(steps[None, :] < lengths[:, None], start[:, None] + steps[None, :], len(self.flat) - 1)
+        return self.flat.index_select(0, index.reshape(-1)).reshape(*index.shape, *self.flat.shape[1:]), lengths
+
+    def rows_only(self) -> Tensor:
+        """``flat`` without the zero row."""
+        return self.flat[: len(self.flat) - 1]
+
+
+def _as_column(pieces: Sequence[Tensor]) -> _Column:
+    """Rows (each ``(n_i, ...)``, or a scalar) into one :class:`_Column`."""
+    sizes = torch.tensor([t.shape[0] if t.dim() else 1 for t in pieces], dtype=torch.long)
+    offsets = torch.zeros(len(pieces) + 1, dtype=torch.long)
+    torch.cumsum(sizes, 0, out=offsets[1:])
+    rows = [t if t.dim() else t.reshape(1) for t in pieces]
+    return _Column(torch.cat([*rows, rows[0].new_zeros((1, *rows[0].shape[1:]))]), offsets)
+
+
+class EncoderCache:
+    """Per-row encoder outputs for one dataset, looked up by row id (see the module's docstring)."""
+
+    def __init__(self, task: Any, columns: dict[str, _Column], ids: Tensor):
+        self.task, self.columns = task, columns
+        self._sorted_ids, self._slot_of_sorted = torch.sort(ids.to(torch.long))  # row id -> slot by binary search
         self.verified = False
+
+    def __len__(self) -> int:
+        return len(self._sorted_ids)
 
     @property
     def nbytes(self) -> int:
-        return sum(flat.numel() * flat.element_size() for flat, _, _ in self.columns.values())
+        return sum(c.flat.numel() * c.flat.element_size() for c in self.columns.values())
 
     @classmethod
     @torch.no_grad()
-    def build(cls, task: Any, model: nn.Module, dataset: Dataset, collate_fn: Any, device: torch.device,
-              batch_size: int = 256, spill_dir: str | Path | None = None, spill_bytes: int = 2 << 30) -> EncoderCache:
-        """Encode every row of ``dataset`` once. Raises :class:`CacheRefused` if the encoder is not
-        deterministic (two passes over the first batch differ)."""
-        from ._loader import move_to
+    def build(cls, task: Any, model: nn.Module, dataset: Dataset, collate_fn: Callable[[list[Any]], Any] | None,
+              device: torch.device, *, build_bytes: int | None = None, batch_size: int | None = None,
+              spill_dir: str | Path | None = None, spill_bytes: int = 2 << 30, rank: int = 0,
+              world: int = 1) -> EncoderCache:
+        """Encode every row of ``dataset`` once (this rank's share under DDP, then gathered).
 
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
-                            generator=torch.Generator())  # never touches the global RNG
-        pieces: dict[str, list[torch.Tensor]] = {}
-        slot: dict[int, int] = {}
-        for i, batch in enumerate(loader):
-            batch = move_to(batch, device)
-            rows = task.split_encoding(task.encode(model, batch), batch)
-            if i == 0:
-                again = task.split_encoding(task.encode(model, batch), batch)
-                if not _rows_equal(rows, again, exact=True):
-                    raise CacheRefused("the encoder is not deterministic: two passes over the same batch differ "
-                                       "(a random layer active, or random input augmentation); train without the cache")
-            for rid, row in zip(task.row_ids(batch).tolist(), rows, strict=True):
-                slot[rid] = len(slot)
-                for k, t in row.items():
-                    pieces.setdefault(k, []).append(t.detach().cpu())
-        columns = {}
-        total = sum(t.numel() * t.element_size() for ts in pieces.values() for t in ts)
-        for k, ts in pieces.items():
-            sizes = torch.tensor([t.shape[0] if t.dim() else 1 for t in ts])
-            offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
-            flat = torch.cat([t.reshape(-1, *t.shape[1:]) if t.dim() else t.reshape(1) for t in ts])
-            if spill_dir is not None and total > spill_bytes:
-                flat = _spill(flat, Path(spill_dir) / f"{k}.bin")
-            columns[k] = (flat, offsets, tuple(ts[0].shape[1:]))
-        return cls(task, columns, slot)
+        Args:
+            build_bytes: working-memory budget of one build batch (estimated as 8 x the batch's
+                encoder output); the largest batches under it are used. ``None``: 4 MiB on a CPU
+                (batches that stay in its caches run fastest), a quarter of the free memory on CUDA.
+            batch_size: at most this many rows per build batch (``None``: as the budget allows).
+            spill_dir, spill_bytes: past ``spill_bytes`` the rows go to memory-mapped files there.
+            rank, world: this process's rank and the number of ranks.
 
-    def rows(self, ids: Iterable[int]) -> list[dict[str, torch.Tensor]]:
-        out = []
-        for rid in ids:
-            if rid not in self.slot:
-                raise CacheRefused(f"row {rid} is not in the cache: the training data changed after it was built")
-            s = self.slot[rid]
-            out.append({k: flat[off[s] : off[s + 1]] for k, (flat, off, _) in self.columns.items()})
-        return out
+        Raises:
+            CacheRefused: the encoder is not deterministic (two passes over the probe rows differ).
+        """
+        from torch.utils.data.dataloader import default_collate
+
+        collate = collate_fn or default_collate
+        lengths = source_lengths(dataset)
+        order = torch.argsort(lengths, stable=True) if lengths is not None else torch.arange(len(dataset))
+        mine = order[rank::world].tolist()
+        builder = _Builder(task, model, dataset, collate, device)
+        per_token = builder.probe(mine[:_PROBE_ROWS], lengths)
+        budget = build_bytes if build_bytes is not None else _default_budget(device)
+        for chunk in _chunks(mine, lengths, max(1, budget // (_WORK_PER_OUTPUT * per_token)), batch_size):
+            builder.add(chunk)
+        columns, ids = builder.columns()
+        if world > 1:
+            columns, ids = _gather(columns, ids, world, device)
+        if spill_dir is not None and sum(c.flat.numel() * c.flat.element_size() for c in columns.values()) > spill_bytes:
+            where = Path(spill_dir) / (f"rank{rank}" if world > 1 else "")
+            columns = {k: _Column(_spill(c.flat, where / f"{k}.bin"), c.offsets) for k, c in columns.items()}
+        return cls(task, columns, ids)
+
+    def slots(self, ids: Tensor) -> Tensor:
+        """Where rows ``ids`` sit in the columns; :class:`CacheRefused` if one is not cached."""
+        ids = ids.detach().to("cpu", torch.long).reshape(-1)
+        pos = torch.searchsorted(self._sorted_ids, ids).clamp_(max=max(len(self) - 1, 0))
+        found = self._sorted_ids[pos] == ids if len(self) else torch.zeros_like(ids, dtype=torch.bool)
+        if not bool(found.all()):
+            missing = ids[~found][0].item()
+            raise CacheRefused(f"row {missing} is not in the cache: the training data changed after it was built")
+        return self._slot_of_sorted[pos]
+
+    def rows(self, ids: Iterable[int]) -> Rows:
+        """The cached pieces of rows ``ids``, one dict per row (views, on the CPU)."""
+        slots = self.slots(torch.as_tensor(list(ids), dtype=torch.long)).tolist()
+        return [{k: c.flat[c.offsets[s]: c.offsets[s + 1]] for k, c in self.columns.items()} for s in slots]
 
     def lookup(self, batch: Any, device: torch.device) -> Any:
-        rows = [{k: v.to(device, non_blocking=True) for k, v in r.items()}
-                for r in self.rows(self.task.row_ids(batch).tolist())]
+        """The cached encoding of ``batch`` on ``device``, as the task's ``encode`` would give it."""
+        slots = self.slots(self.task.row_ids(batch))
+        merge_padded = getattr(self.task, "merge_padded", None)
+        if callable(merge_padded):
+            columns = {}
+            for k, c in self.columns.items():
+                values, lengths = c.gather(slots)
+                columns[k] = (values.to(device, non_blocking=True), lengths.to(device, non_blocking=True))
+            return merge_padded(columns, batch)
+        rows = [{k: c.flat[c.offsets[s]: c.offsets[s + 1]].to(device, non_blocking=True)
+                 for k, c in self.columns.items()} for s in slots.tolist()]
         return self.task.merge_encoding(rows, batch)
 
     @torch.no_grad()
@@ -136,9 +228,112 @@ class EncoderCache:
         self.verified = True
 
 
-def _spill(flat: torch.Tensor, path: Path) -> torch.Tensor:
+class _Builder:
+    """Encodes batches of rows and keeps their pieces on the CPU."""
+
+    def __init__(self, task: Any, model: nn.Module, dataset: Dataset, collate: Callable[[list[Any]], Any],
+                 device: torch.device):
+        self.task, self.model, self.dataset, self.collate, self.device = task, model, dataset, collate, device
+        self.pieces: dict[str, list[Tensor]] = {}
+        self.ids: list[Tensor] = []
+
+    def encode(self, rows: list[int]) -> tuple[Any, Rows]:
+        from ._loader import move_to
+
+        batch = move_to(self.collate([self.dataset[i] for i in rows]), self.device)
+        return batch, self.task.split_encoding(self.task.encode(self.model, batch), batch)
+
+    def probe(self, rows: list[int], lengths: Tensor | None) -> int:
+        """Encode ``rows`` twice (bit-identical, or :class:`CacheRefused`), keep them, and return the
+        encoder output's bytes per token (per row when lengths are unknown)."""
+        if not rows:
+            return 1
+        batch, first = self.encode(rows)
+        _, again = self.encode(rows)
+        if not _rows_equal(first, again, exact=True):
+            raise CacheRefused("the encoder is not deterministic: two passes over the same batch differ "
+                               "(a random layer active, or random input augmentation); train without the cache")
+        self.keep(batch, first)
+        out_bytes = sum(t.numel() * t.element_size() for r in first for t in r.values())
+        tokens = int(lengths[rows].sum()) if lengths is not None else len(rows)
+        return max(1, out_bytes // max(tokens, 1))
+
+    def add(self, rows: list[int]) -> None:
+        self.keep(*self.encode(rows))
+
+    def keep(self, batch: Any, rows: Rows) -> None:
+        self.ids.append(torch.as_tensor(self.task.row_ids(batch)).detach().cpu().reshape(-1))
+        for row in rows:
+            for k, t in row.items():
+                self.pieces.setdefault(k, []).append(t.detach().cpu())
+
+    def columns(self) -> tuple[dict[str, _Column], Tensor]:
+        ids = torch.cat(self.ids) if self.ids else torch.zeros(0, dtype=torch.long)
+        return {k: _as_column(ts) for k, ts in self.pieces.items()}, ids
+
+
+def _default_budget(device: torch.device) -> int:
+    """Working memory for one build batch when none is given (see :meth:`EncoderCache.build`)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 4
+    return 4 << 20
+
+
+def _chunks(rows: list[int], lengths: Tensor | None, token_budget: int, max_rows: int | None
+            ) -> Iterable[list[int]]:
+    """``rows`` (after the probe's) in consecutive batches whose padded size (rows x longest) stays
+    within ``token_budget`` (rows count one token each when lengths are unknown)."""
+    start = min(_PROBE_ROWS, len(rows))
+    longest = lengths.tolist() if lengths is not None else None
+    chunk: list[int] = []
+    width = 0
+    for i in rows[start:]:
+        w = max(width, longest[i] if longest is not None else 1)
+        if chunk and ((len(chunk) + 1) * w > token_budget or (max_rows is not None and len(chunk) >= max_rows)):
+            yield chunk
+            chunk, w = [], (longest[i] if longest is not None else 1)
+        chunk.append(i)
+        width = w
+    if chunk:
+        yield chunk
+
+
+def _gather(columns: dict[str, _Column], ids: Tensor, world: int, device: torch.device
+            ) -> tuple[dict[str, _Column], Tensor]:
+    """Every rank's rows on every rank (rank 0's first): one all-gather per tensor."""
+    ids_all = _all_gather_rows(ids, world, device)
+    out = {}
+    for k in sorted(columns):  # the same names on every rank (each holds >= 1 row: rows >= world)
+        c = columns[k]
+        sizes = _all_gather_rows(c.offsets.diff(), world, device)
+        flat = _all_gather_rows(c.rows_only(), world, device)
+        offsets = torch.zeros(len(sizes) + 1, dtype=torch.long)
+        torch.cumsum(sizes, 0, out=offsets[1:])
+        out[k] = _Column(torch.cat([flat, flat.new_zeros((1, *flat.shape[1:]))]), offsets)
+    return out, ids_all
+
+
+def _all_gather_rows(t: Tensor, world: int, device: torch.device) -> Tensor:
+    """``t`` of every rank concatenated along dim 0 (ranks may hold different numbers of rows)."""
+    comm = device if tdist.get_backend() == "nccl" else torch.device("cpu")
+    n = torch.tensor([t.shape[0]], dtype=torch.long, device=comm)
+    counts = [torch.zeros_like(n) for _ in range(world)]
+    tdist.all_gather(counts, n)
+    most = int(max(c.item() for c in counts))
+    padded = torch.zeros((most, *t.shape[1:]), dtype=t.dtype, device=comm)
+    padded[: t.shape[0]] = t.to(comm)
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    tdist.all_gather(parts, padded)
+    return torch.cat([p[: int(c.item())].cpu() for p, c in zip(parts, counts, strict=True)])
+
+
+def _spill(flat: Tensor, path: Path) -> Tensor:
+    """``flat`` written to ``path`` (a ``.npy`` file) and read back memory-mapped."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    array = np.lib.format.open_memmap(path, mode="w+", dtype=flat.numpy().dtype, shape=tuple(flat.shape))
-    array[...] = flat.numpy()
+    raw = flat.view(torch.int16) if flat.dtype == torch.bfloat16 else flat  # numpy has no bfloat16
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=raw.numpy().dtype, shape=tuple(raw.shape))
+    array[...] = raw.numpy()
     array.flush()
-    return torch.from_numpy(np.lib.format.open_memmap(path, mode="r+"))
+    mapped = torch.from_numpy(np.lib.format.open_memmap(path, mode="r+"))
+    return mapped.view(torch.bfloat16) if flat.dtype == torch.bfloat16 else mapped

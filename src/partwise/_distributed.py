@@ -40,21 +40,27 @@ def rank_and_world() -> tuple[int, int]:
 
 
 class _LossModule(nn.Module):
-    def __init__(self, model: nn.Module, task: Any):
+    def __init__(self, model: nn.Module, task: Any, encodings: Any = None):
         super().__init__()
         self.model = model
         self.task = task
+        self.encodings = encodings
 
     def forward(self, batch: Any, ctx: Any) -> torch.Tensor:
-        return self.task.loss(self.model, batch, ctx)
+        if self.encodings is None:
+            return self.task.loss(self.model, batch, ctx)
+        encoding = self.encodings.lookup(batch, next(self.model.parameters()).device)
+        return self.task.loss_from_encoding(self.model, batch, encoding, ctx)
 
 
-def wrap(model: nn.Module, task: Any, world: int) -> Callable[[Any, Any], torch.Tensor]:
-    """``(batch, ctx) -> loss``: the task's loss, through DDP when ``world > 1``."""
+def wrap(model: nn.Module, task: Any, world: int, encodings: Any = None) -> Callable[[Any, Any], torch.Tensor]:
+    """``(batch, ctx) -> loss``: the task's loss, through DDP when ``world > 1``. With ``encodings``
+    (a :class:`~partwise._cache.EncoderCache`), the encoder's outputs are looked up, not computed."""
+    module = _LossModule(model, task, encodings)
     if world <= 1:
-        return lambda batch, ctx: task.loss(model, batch, ctx)
+        return module.forward
     device_ids = [torch.cuda.current_device()] if next(model.parameters()).is_cuda else None
-    return nn.parallel.DistributedDataParallel(_LossModule(model, task), device_ids=device_ids)
+    return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 
 
 def all_true(flag: bool, world: int, device: torch.device) -> bool:

@@ -273,7 +273,8 @@ class Trainer:
 
     def _setup_cache(self) -> EncoderCache | None:
         """The encoder-output cache for this phase: kept from the previous phase while the encoder
-        stays frozen, built when it has just been frozen, dropped when it trains."""
+        stays frozen, built when it has just been frozen, dropped when it trains. Under DDP every rank
+        encodes its share of the rows and the shares are gathered (see :mod:`partwise._cache`)."""
         if self.cache_mode == "off" or self._train_loader is None:
             return None
         self.parts.train()  # the modes training will run in
@@ -284,14 +285,19 @@ class Trainer:
             if self.cache_mode == "on":
                 raise ConfigError([f"cache: 'on', but the encoder's outputs cannot be cached: {'; '.join(blockers)}"])
             return None
-        if self.cache is not None:
-            return self.cache
-        loader = self._train_loader
-        try:
-            return EncoderCache.build(self.task, self.model, loader.dataset, loader.collate_fn, self.device,
-                                      spill_dir=self.run_dir / "cache" if self.run_dir else None)
-        except CacheRefused as e:
-            return self._refuse_cache(e)
+        cache, loader = self.cache, self._train_loader
+        if cache is None:
+            refused: CacheRefused | None = None
+            try:
+                cache = EncoderCache.build(self.task, self.model, loader.dataset, loader.collate_fn, self.device,
+                                           spill_dir=self.run_dir / "cache" if self.run_dir else None,
+                                           rank=self.rank, world=self.world)
+            except CacheRefused as e:
+                refused = e
+            if not dist.all_true(refused is None, self.world, self.device):  # every rank decides alike
+                return self._refuse_cache(refused or CacheRefused("another rank refused the cache"))
+        self._cache_loss = dist.wrap(self.model, self.task, self.world, encodings=cache)
+        return cache
 
     def _refuse_cache(self, reason: CacheRefused) -> None:
         if self.cache_mode == "on":
@@ -300,15 +306,21 @@ class Trainer:
         return None
 
     def _cached_loss(self, batch: Any, ctx: StepContext) -> torch.Tensor:
+        """The loss from cached encoder outputs; on the first batch, cached and live outputs are
+        compared first (all ranks must agree, or training goes on without the cache)."""
         cache = self.cache
         if cache is not None and not cache.verified:
+            refused: CacheRefused | None = None
             try:
                 cache.verify(self.model, batch, self.device)
             except CacheRefused as e:
-                self.cache = self._refuse_cache(e)
+                refused = e
+            if not dist.all_true(refused is None, self.world, self.device):
+                self.cache = self._refuse_cache(refused or CacheRefused("cached and live encoder outputs differ "
+                                                                        "on another rank"))
                 self.wrapped = dist.wrap(self.model, self.task, self.world)
                 return self.wrapped(batch, ctx)
-        return self.task.loss_from_encoding(self.model, batch, cache.lookup(batch, self.device), ctx)
+        return self._cache_loss(batch, ctx)
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, train_data: Any, val_data: Any = None, resume: str | Path | None = None,

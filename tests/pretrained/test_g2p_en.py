@@ -139,3 +139,14 @@ def test_predict_rejects_a_bare_string(pretrained):
     with pytest.raises(TypeError, match=r"pass a list of words, e.g. \['hello'\]"):
         pretrained.predict("hello")
     assert pretrained.predict([]) == []
+
+
+@needs_g2p_en
+def test_beam_search_decodes_every_word_in_order(pretrained):
+    words = ["cat", "internationalisation", "a", "dog"]
+    beams = pretrained.predict(words, beam_size=5, batch_size=2)
+    assert len(beams) == 4 and all(isinstance(p, list) and p for p in beams)
+    assert pretrained.predict(words, beam_size=1) == pretrained.predict(words)
+    assert beams[0] == pretrained.predict(["cat"], beam_size=5)[0]
+    with pytest.raises(ValueError, match="beam_size=0"):
+        pretrained.predict(words, beam_size=0)

@@ -35,6 +35,12 @@ class Seq2SeqLMDataset(Dataset[dict[str, Any]]):
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {**self.rows[i], "index": i}
 
+    @property
+    def src_lengths(self) -> Tensor:
+        """``(N,)`` encoder input lengths (``input_ids`` tokens; 1 per row for fixed-size inputs such as
+        ``input_features``): the frozen-encoder cache encodes rows shortest first."""
+        return torch.tensor([len(r["input_ids"]) if "input_ids" in r else 1 for r in self.rows], dtype=torch.long)
+
 
 class Seq2SeqLMCollator:
     """Pads a list of rows into a batch: ``input_ids`` with ``pad_token_id`` (and an ``attention_mask``),

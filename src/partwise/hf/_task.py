@@ -178,6 +178,14 @@ class Seq2SeqLMTask:
         mask = (torch.arange(hidden.shape[1], device=hidden.device) < lengths[:, None]).long()
         return Encoding(hidden, mask)
 
+    def merge_padded(self, columns: dict[str, tuple[Tensor, Tensor]], batch: Any) -> Encoding:
+        """:meth:`merge_encoding` from rows already padded (the cache's vectorised lookup)."""
+        hidden, lengths = columns["hidden"]
+        has_mask = hasattr(batch, "src_mask") or (isinstance(batch, Mapping) and batch.get("attention_mask") is not None)
+        if not has_mask:
+            return Encoding(hidden, None)
+        return Encoding(hidden, (torch.arange(hidden.shape[1], device=hidden.device) < lengths[:, None]).long())
+
     # -- evaluation -------------------------------------------------------------------------------
     def generate(self, model: nn.Module, batch: Any) -> list[list[int]]:
         """Greedy or beam ``model.generate`` outputs as token-id lists (start token and padding dropped,

@@ -35,7 +35,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from partwise._surgery import transfer_state
 from partwise.data import SPECIAL_TOKENS, Vocab
-from partwise.seq2seq import PAD, GRUDecoder, GRUEncoder, Seq2Seq, greedy_decode
+from partwise.seq2seq import PAD, GRUDecoder, GRUEncoder, Seq2Seq, beam_search, greedy_decode
 
 __all__ = ["PretrainedG2p", "load_g2p_en", "g2p_en_path", "G2P_EN_GRAPHEMES", "G2P_EN_PHONEMES",
            "G2P_EN_MAX_STEPS"]
@@ -98,33 +98,43 @@ class PretrainedG2p:
     phoneme_vocab: Vocab
     path: Path
 
-    def predict(self, words: Sequence[str], lowercase: bool = True, batch_size: int = 1024
+    def predict(self, words: Sequence[str], lowercase: bool = True, batch_size: int = 1024, beam_size: int = 1
                 ) -> list[list[str]]:
-        """Phonemes of each word by greedy decoding, at most 20 per word, as g2p-en's ``predict``.
+        """Phonemes of each word, at most 20 per word: by greedy decoding, as g2p-en's ``predict``
+        (``beam_size=1``), or by beam search.
 
         Characters outside ``a..z`` read as ``<unk>``, as in g2p-en. Decoded ids map to their
-        symbols as they are (a ``<pad>`` or ``<s>`` the model emits is kept, as g2p-en does).
+        symbols as they are (a ``<pad>`` or ``<s>`` the model emits is kept, as g2p-en does). Words
+        are decoded in batches of similar length (results come back in the order given).
 
         Args:
             words: the words.
             lowercase: lowercase each word first (g2p-en's ``predict`` expects lowercase input).
             batch_size: words decoded together.
+            beam_size: 1 = greedy decoding (g2p-en's own), else beam search with that many hypotheses.
         """
         if isinstance(words, str):
             raise TypeError(f"predict() got the string {words!r}; pass a list of words, e.g. [{words!r}]")
         bad = [w for w in words if not isinstance(w, str)]
         if bad:
             raise TypeError(f"predict(): word {bad[0]!r} is not a str")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"predict(): batch_size={batch_size!r} must be an int >= 1")
+        for name, value in (("batch_size", batch_size), ("beam_size", beam_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"predict(): {name}={value!r} must be an int >= 1")
         device = next(self.model.parameters()).device
-        out: list[list[str]] = []
-        for start in range(0, len(words), batch_size):
-            chunk = [w.lower() if lowercase else w for w in words[start:start + batch_size]]
-            rows = [torch.tensor(self.grapheme_vocab.encode(list(w), add_eos=True)) for w in chunk]
+        order = sorted(range(len(words)), key=lambda i: len(words[i]))  # similar lengths pad little
+        out: list[list[str]] = [[] for _ in words]
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            rows = [torch.tensor(self.grapheme_vocab.encode(list(words[i].lower() if lowercase else words[i]),
+                                                            add_eos=True)) for i in chunk]
             src = pad_sequence(rows, batch_first=True, padding_value=PAD).to(device)
-            ids = greedy_decode(self.model, src, src != PAD, max_len=G2P_EN_MAX_STEPS)
-            out.extend(self.phoneme_vocab.decode(row, strip_special=False) for row in ids)
+            if beam_size == 1:
+                ids = greedy_decode(self.model, src, src != PAD, max_len=G2P_EN_MAX_STEPS)
+            else:
+                ids = beam_search(self.model, src, src != PAD, beam_size=beam_size, max_len=G2P_EN_MAX_STEPS)
+            for i, row in zip(chunk, ids, strict=True):
+                out[i] = self.phoneme_vocab.decode(row, strip_special=False)
         return out
 
 

@@ -88,23 +88,27 @@ def greedy_decode(model: _EncoderDecoder, src: Tensor, src_mask: Tensor, max_len
     memory = model.encode(src, src_mask)
     decoder = model.decoder
     state = decoder.initial_state(memory)
-    batch = src.shape[0]
-    token = torch.full((batch,), BOS, dtype=torch.long, device=src.device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=src.device)
-    lengths = limits.clone()  # tokens kept per row; lowered when a row emits EOS
-    outputs: list[Tensor] = []
-    for t in range(int(limits.max()) if batch else 0):
-        logits, state = decoder.step(token, memory, state)
-        token = _emittable(logits).argmax(dim=-1).masked_fill(finished, PAD)
-        outputs.append(token)
-        ended = ~finished & (token == EOS)
-        lengths = torch.where(ended, t, lengths)
-        finished |= ended | (limits <= t + 1)
-        if bool(finished.all()):
-            break
-    if not outputs:
+    batch, steps = src.shape[0], int(limits.max()) if src.shape[0] else 0
+    if not steps:
         return [[] for _ in range(batch)]
-    return _strip(torch.stack(outputs, dim=1), lengths)
+    rows = torch.arange(batch, device=src.device)  # the batch row of each row still decoding
+    token = torch.full((batch,), BOS, dtype=torch.long, device=src.device)
+    tokens = torch.full((batch, steps), PAD, dtype=torch.long, device=src.device)
+    lengths = limits.clone()  # tokens kept per row; lowered when a row emits EOS
+    for t in range(steps):
+        logits, state = decoder.step(token, memory, state)
+        token = _emittable(logits).argmax(dim=-1)  # PAD and BOS are never emitted
+        tokens[rows, t] = token
+        ended = token == EOS
+        lengths[rows[ended]] = t
+        done = ended | (limits[rows] <= t + 1)
+        if bool(done.all()):
+            break
+        if bool(done.any()):  # finished rows leave the batch: later steps compute only the others
+            keep = (~done).nonzero().squeeze(1)
+            rows, token = rows[keep], token[keep]
+            memory, state = memory.index_select(keep), decoder.reorder_state(state, keep)
+    return _strip(tokens, lengths)
 
 
 @torch.inference_mode()

@@ -107,6 +107,13 @@ class Seq2SeqTask:
         final = torch.stack([r["final"] for r in rows], dim=1) if "final" in rows[0] else None
         return Memory(states, mask, final)
 
+    def merge_padded(self, columns: dict[str, tuple[Tensor, Tensor]], batch: Any) -> Memory:
+        """:meth:`merge_encoding` from rows already padded (the cache's vectorised lookup)."""
+        states, lengths = columns["states"]
+        mask = torch.arange(states.shape[1], device=states.device) < lengths[:, None]
+        final = columns["final"][0].transpose(0, 1) if "final" in columns else None
+        return Memory(states, mask, final)
+
     def row_ids(self, batch: Any) -> Tensor:
         return batch.index
 
