@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import torch
 
 from ._errors import FrozenPartChanged
 from ._freezing import is_norm
-from ._parts import Parts
+
+if TYPE_CHECKING:  # only for annotations: _parts imports this module
+    from ._parts import Parts
 
 __all__ = ["FrozenGuard", "grad_report", "GradReport", "fingerprint"]
 

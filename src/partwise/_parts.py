@@ -14,7 +14,7 @@ import contextlib
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,11 +22,9 @@ from torch import nn
 from . import _freezing as fz
 from ._errors import PartError
 from ._freezing import Mode, check_mode, modules_to_pin, reapply_pins
+from ._guard import FrozenGuard
 from ._names import closest
 from ._selectors import resolve
-
-if TYPE_CHECKING:
-    from ._guard import FrozenGuard
 
 __all__ = ["Parts", "Part", "SharedTensor", "REST"]
 
@@ -510,8 +508,6 @@ class Parts:
 
     def guard(self, include_buffers: bool = True) -> FrozenGuard:
         """A context manager that raises :class:`~partwise.FrozenPartChanged` if a frozen tensor changes."""
-        from ._guard import FrozenGuard
-
         return FrozenGuard(self, include_buffers=include_buffers)
 
     # -- state -------------------------------------------------------------------------------

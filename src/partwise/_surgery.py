@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -29,9 +29,6 @@ from ._checkpoint import (
 from ._errors import CheckpointError, CheckpointNotFound, PartError
 from ._names import closest
 from ._parts import Parts
-
-if TYPE_CHECKING:
-    from partwise.data import Vocab
 
 __all__ = ["replace_module", "transfer_state", "TransferReport", "VocabTransfer", "load_part"]
 
@@ -203,10 +200,16 @@ def _renamer(rename: Rename | None) -> Callable[[str], str | None]:
     return apply
 
 
-def _token_list(tokens: Vocab | Sequence[str], what: str) -> list[str]:
-    from partwise.data import Vocab  # here, not at import time: partwise.data imports partwise
+class TokenTable(Protocol):
+    """Anything with a ``tokens`` list in id order, such as :class:`partwise.data.Vocab`."""
 
-    items = tokens.tokens if isinstance(tokens, Vocab) else list(tokens)
+    @property
+    def tokens(self) -> Sequence[str]: ...
+
+
+def _token_list(tokens: TokenTable | Sequence[str], what: str) -> list[str]:
+    # duck-typed: the core never imports partwise.data (a layer above it)
+    items = list(tokens) if isinstance(tokens, str) else list(getattr(tokens, "tokens", tokens))
     if isinstance(tokens, str) or any(not isinstance(t, str) for t in items):
         raise TypeError(f"transfer_state(): {what} must be a Vocab or a list of token strings")
     if len(set(items)) != len(items):
@@ -269,7 +272,7 @@ def transfer_state(
     source: Source,
     target: nn.Module,
     rename: Rename | None = None,
-    vocab_map: Mapping[str, tuple[Vocab | Sequence[str], Vocab | Sequence[str]]] | None = None,
+    vocab_map: Mapping[str, tuple[TokenTable | Sequence[str], TokenTable | Sequence[str]]] | None = None,
     strict_shapes: bool = False,
 ) -> TransferReport:
     """Copy every tensor of ``source`` whose (renamed) name exists in ``target`` with the same shape.
