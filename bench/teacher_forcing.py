@@ -33,13 +33,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from partwise._teacher_forcing import TeacherForcing
 from partwise.seq2seq import (
     BOS,
     EOS,
     PAD,
     Memory,
     Seq2Seq,
+    TeacherForcing,
     gru_seq2seq,
     transformer_seq2seq,
 )

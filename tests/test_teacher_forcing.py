@@ -10,15 +10,19 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from partwise._teacher_forcing import (
+from partwise.seq2seq import (
+    BOS,
+    PAD,
+    Memory,
     TeacherForcing,
-    constant,
-    exponential,
-    inverse_sigmoid,
-    linear,
-    schedule_from_dict,
+    gru_seq2seq,
+    tf_constant,
+    tf_exponential,
+    tf_inverse_sigmoid,
+    tf_linear,
+    tf_schedule_from_dict,
+    transformer_seq2seq,
 )
-from partwise.seq2seq import BOS, PAD, Memory, gru_seq2seq, transformer_seq2seq
 
 V, H = 12, 16
 
@@ -127,15 +131,15 @@ STEPS = [0, 1, 7, 100, 2500, 10**6]
 
 @pytest.mark.parametrize("step", STEPS)
 def test_schedule_formulas(step: int) -> None:
-    assert constant(0.3)(step) == 0.3
-    assert linear(c=1e-3, k=0.9, eps=0.1)(step) == pytest.approx(max(0.1, 0.9 - 1e-3 * step))
-    assert exponential(0.99)(step) == pytest.approx(0.99**step)
+    assert tf_constant(0.3)(step) == 0.3
+    assert tf_linear(c=1e-3, k=0.9, eps=0.1)(step) == pytest.approx(max(0.1, 0.9 - 1e-3 * step))
+    assert tf_exponential(0.99)(step) == pytest.approx(0.99**step)
     k = 500.0
     expected = k / (k + math.exp(step / k)) if step / k < 700 else 0.0
-    assert inverse_sigmoid(k)(step) == pytest.approx(expected, abs=1e-300)
+    assert tf_inverse_sigmoid(k)(step) == pytest.approx(expected, abs=1e-300)
 
 
-@pytest.mark.parametrize("schedule", [linear(c=1e-3), exponential(0.995), inverse_sigmoid(50.0)])
+@pytest.mark.parametrize("schedule", [tf_linear(c=1e-3), tf_exponential(0.995), tf_inverse_sigmoid(50.0)])
 def test_decaying_schedules_are_monotone_and_in_range(schedule: Any) -> None:
     values = [schedule(i) for i in range(0, 5000, 7)]
     assert all(0.0 <= v <= 1.0 for v in values)
@@ -144,23 +148,23 @@ def test_decaying_schedules_are_monotone_and_in_range(schedule: Any) -> None:
 
 
 def test_inverse_sigmoid_far_step_does_not_overflow() -> None:
-    assert inverse_sigmoid(1.0)(10**9) == 0.0
+    assert tf_inverse_sigmoid(1.0)(10**9) == 0.0
 
 
 @pytest.mark.parametrize(
     ("build", "name"),
     [
-        (lambda: constant(1.5), "p"),
-        (lambda: constant(-0.1), "p"),
-        (lambda: linear(c=-1.0), "c"),
-        (lambda: linear(c=0.1, k=1.2), "k"),
-        (lambda: linear(c=0.1, k=0.5, eps=0.6), "eps"),
-        (lambda: exponential(1.0), "k"),
-        (lambda: exponential(0.0), "k"),
-        (lambda: inverse_sigmoid(0.5), "k"),
-        (lambda: constant(float("nan")), "p"),
-        (lambda: linear(c=math.inf), "c"),
-        (lambda: inverse_sigmoid(math.inf), "k"),
+        (lambda: tf_constant(1.5), "p"),
+        (lambda: tf_constant(-0.1), "p"),
+        (lambda: tf_linear(c=-1.0), "c"),
+        (lambda: tf_linear(c=0.1, k=1.2), "k"),
+        (lambda: tf_linear(c=0.1, k=0.5, eps=0.6), "eps"),
+        (lambda: tf_exponential(1.0), "k"),
+        (lambda: tf_exponential(0.0), "k"),
+        (lambda: tf_inverse_sigmoid(0.5), "k"),
+        (lambda: tf_constant(float("nan")), "p"),
+        (lambda: tf_linear(c=math.inf), "c"),
+        (lambda: tf_inverse_sigmoid(math.inf), "k"),
     ],
 )
 def test_schedule_arguments_are_validated(build: Any, name: str) -> None:
@@ -170,28 +174,28 @@ def test_schedule_arguments_are_validated(build: Any, name: str) -> None:
 
 def test_schedule_type_and_step_errors() -> None:
     with pytest.raises(TypeError, match="p='0.5'"):
-        constant("0.5")  # type: ignore[arg-type]
+        tf_constant("0.5")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="step=-1"):
-        linear(c=0.1)(-1)
+        tf_linear(c=0.1)(-1)
     with pytest.raises(TypeError, match="step=1.5"):
-        exponential(0.9)(1.5)  # type: ignore[arg-type]
+        tf_exponential(0.9)(1.5)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
     "schedule",
-    [constant(0.25), linear(c=2e-4, k=0.8, eps=0.05), exponential(0.999), inverse_sigmoid(2000.0)],
+    [tf_constant(0.25), tf_linear(c=2e-4, k=0.8, eps=0.05), tf_exponential(0.999), tf_inverse_sigmoid(2000.0)],
 )
 def test_schedule_dict_round_trip(schedule: Any) -> None:
-    rebuilt = schedule_from_dict(schedule.to_dict())
+    rebuilt = tf_schedule_from_dict(schedule.to_dict())
     assert rebuilt == schedule
     assert [rebuilt(i) for i in STEPS] == [schedule(i) for i in STEPS]
 
 
 def test_schedule_from_config_and_describe() -> None:
-    s = schedule_from_dict({"name": "inverse_sigmoid", "k": 2000})
+    s = tf_schedule_from_dict({"name": "inverse_sigmoid", "k": 2000})
     assert s(0) == pytest.approx(2000 / 2001)
     assert "exp(i/2000.0)" in s.describe()
-    assert "max(0.1, 0.9 - 0.001*i)" in linear(c=0.001, k=0.9, eps=0.1).describe()
+    assert "max(0.1, 0.9 - 0.001*i)" in tf_linear(c=0.001, k=0.9, eps=0.1).describe()
 
 
 @pytest.mark.parametrize(
@@ -204,7 +208,7 @@ def test_schedule_from_config_and_describe() -> None:
 )
 def test_schedule_from_dict_rejects_bad_configs(config: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        schedule_from_dict(config)
+        tf_schedule_from_dict(config)
 
 
 # ---------------------------------------------------------------- teacher forcing
@@ -218,7 +222,7 @@ def test_ratio_one_is_one_parallel_call_equal_to_decoder(model: Any, per: str, m
     src, mask, tgt = make_batch()
     memory = encoder(src, mask)
     rec = Recorder(decoder)
-    tf = TeacherForcing(constant(1.0), per=per, mode=mode)
+    tf = TeacherForcing(tf_constant(1.0), per=per, mode=mode)
     logits = tf(rec, memory, tgt, step=3)
     assert len(rec.parallel_inputs) == 1 and not rec.step_inputs
     assert torch.equal(logits, decoder(tgt, memory, decoder.initial_state(memory)))
@@ -379,7 +383,7 @@ def test_sample_feeds_tokens_other_than_argmax(model: Any) -> None:
 def test_ratio_follows_schedule_and_stats_record_it(model: Any) -> None:
     encoder, decoder = model
     src, mask, tgt = make_batch()
-    tf = TeacherForcing(linear(c=0.01))
+    tf = TeacherForcing(tf_linear(c=0.01))
     assert [tf.ratio(i) for i in (0, 50, 200)] == pytest.approx([1.0, 0.5, 0.0])
     tf(decoder, encoder(src, mask), tgt, step=50)
     assert (tf.last_stats.step, tf.last_stats.ratio) == (50, pytest.approx(0.5))
@@ -432,7 +436,7 @@ def test_bad_call_inputs_raise(model: Any) -> None:
 
 
 def test_teacher_forcing_dict_round_trip() -> None:
-    tf = TeacherForcing(inverse_sigmoid(300.0), per="token", mode="two_pass", sample=True)
+    tf = TeacherForcing(tf_inverse_sigmoid(300.0), per="token", mode="two_pass", sample=True)
     again = TeacherForcing.from_dict(tf.to_dict())
     assert again.to_dict() == tf.to_dict()
     assert [again.ratio(i) for i in STEPS] == [tf.ratio(i) for i in STEPS]

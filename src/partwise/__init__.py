@@ -37,20 +37,30 @@ from ._plan import Phase, Plan
 from ._schedule import LRSchedule
 from ._surgery import TransferReport, VocabTransfer, load_part, replace_module, transfer_state
 from ._task import LossTask, StepContext, Task
-from ._teacher_forcing import (
-    Schedule,
-    TeacherForcing,
-    TeacherForcingStats,
-    constant,
-    exponential,
-    inverse_sigmoid,
-    linear,
-    schedule_from_dict,
-)
 from ._trainer import EarlyStopping, NonFiniteLoss, Trainer
 from ._untie import UntieReport, untie
 
 __version__ = "0.1.0"
+
+# Teacher forcing is a seq2seq concept and lives in partwise.seq2seq; the core never imports it (not
+# even lazily: `import partwise` loads no model code). Its former top-level names say where they went.
+_MOVED = {
+    "TeacherForcing": "partwise.seq2seq.TeacherForcing",
+    "TeacherForcingStats": "partwise.seq2seq.TeacherForcingStats",
+    "Schedule": "partwise.seq2seq.TFSchedule",
+    "constant": "partwise.seq2seq.tf_constant",
+    "linear": "partwise.seq2seq.tf_linear",
+    "exponential": "partwise.seq2seq.tf_exponential",
+    "inverse_sigmoid": "partwise.seq2seq.tf_inverse_sigmoid",
+    "schedule_from_dict": "partwise.seq2seq.tf_schedule_from_dict",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _MOVED:
+        raise AttributeError(f"partwise.{name} moved to {_MOVED[name]} (teacher forcing is part of partwise.seq2seq; "
+                             "a plan phase sets it with task_options={'teacher_forcing': ...})")
+    raise AttributeError(f"module 'partwise' has no attribute {name!r}")
 
 __all__ = [
     "CacheRefused",
@@ -65,16 +75,8 @@ __all__ = [
     "Phase",
     "Plan",
     "StepContext",
-    "Schedule",
     "Task",
-    "TeacherForcing",
-    "TeacherForcingStats",
     "Trainer",
-    "constant",
-    "exponential",
-    "inverse_sigmoid",
-    "linear",
-    "schedule_from_dict",
     "load_state_by_name",
     "load_weights",
     "resolve_checkpoint",

@@ -2,7 +2,7 @@
 
 The fingerprint is plain text (safe for ``torch.load(weights_only=True)``): per phase its name,
 length, trained parts with their optimizer options, shared optimizer options, LR schedule,
-teacher forcing (the task option a phase sets) and frozen-layer modes; and the steps per epoch,
+task options (e.g. teacher forcing) and frozen-layer modes; and the steps per epoch,
 which place epoch-long phases on the step axis.
 """
 
@@ -16,7 +16,7 @@ from ._plan import Phase, Plan
 
 __all__ = ["plan_fingerprint", "plan_differences"]
 
-_FIELDS = ("name", "epochs", "steps", "train", "optimizer", "schedule", "teacher_forcing", "norm", "dropout", "separate")
+_FIELDS = ("name", "epochs", "steps", "train", "optimizer", "schedule", "task_options", "norm", "dropout", "separate")
 
 
 def _canonical(value: Any) -> str:
@@ -28,9 +28,30 @@ def _canonical(value: Any) -> str:
 
 def _phase(ph: Phase) -> dict[str, str]:
     values = {"name": ph.name, "epochs": ph.epochs, "steps": ph.steps, "train": ph.train_options(),
-              "optimizer": dict(ph.optimizer), "schedule": ph.schedule, "teacher_forcing": ph.teacher_forcing,
+              "optimizer": dict(ph.optimizer), "schedule": ph.schedule, "task_options": ph.task_options,
               "norm": ph.norm, "dropout": ph.dropout, "separate": ph.separate}
     return {k: _canonical(values[k]) for k in _FIELDS}
+
+
+# Checkpoints written before phases carried opaque task options stored the one option there was,
+# the seq2seq teacher forcing, as its own field, and its schedules under their former class names.
+# A saved fingerprint is read in today's spelling, so those runs still resume.
+_LEGACY_FIELD = "teacher_forcing"
+_LEGACY_NAMES = re.compile(r"\b(Constant|Linear|Exponential|InverseSigmoid)Schedule\(")
+
+
+def _upgrade(saved_phase: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A phase fingerprint of an older checkpoint in today's fields (unchanged when already current).
+
+    >>> _upgrade({"teacher_forcing": "None"})["task_options"], _upgrade({"teacher_forcing": "TF()"})["task_options"]
+    ('{}', "{'teacher_forcing': TF()}")
+    """
+    if _LEGACY_FIELD not in saved_phase or "task_options" in saved_phase:
+        return saved_phase
+    out = {k: v for k, v in saved_phase.items() if k != _LEGACY_FIELD}
+    value = _LEGACY_NAMES.sub(r"\1TFSchedule(", str(saved_phase[_LEGACY_FIELD]))
+    out["task_options"] = "{}" if value == "None" else "{" + f"{_LEGACY_FIELD!r}: {value}" + "}"
+    return out
 
 
 def plan_fingerprint(plan: Plan, steps_per_epoch: int) -> dict[str, Any]:
@@ -55,7 +76,7 @@ def plan_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> li
     if saved.get("steps_per_epoch") != current["steps_per_epoch"]:
         out.append(f"steps per epoch: checkpoint {saved.get('steps_per_epoch')}, now {current['steps_per_epoch']} "
                    "(the batch size, grad_accum or training data changed)")
-    old, new = list(saved.get("phases", [])), list(current["phases"])
+    old, new = [_upgrade(ph) for ph in saved.get("phases", [])], list(current["phases"])
     if len(old) != len(new):
         out.append(f"number of phases: checkpoint {len(old)}, now {len(new)}")
     for i, (a, b) in enumerate(zip(old, new, strict=False)):

@@ -27,7 +27,9 @@ class Phase:
             Parts not listed are frozen for the phase.
         optimizer: options shared by every trained part (``name``, ``weight_decay``, betas ...).
         schedule: learning-rate schedule; groups that join at this phase warm up from their own start.
-        teacher_forcing: a :class:`~partwise.TeacherForcing` for seq2seq tasks (``None``: the task's own).
+        task_options: options for the task during this phase, passed to its ``loss`` unread as
+            ``ctx.task_options`` (e.g. ``{"teacher_forcing": TeacherForcing(...)}`` for the seq2seq
+            tasks, see :mod:`partwise.seq2seq`; empty: the task's own settings).
         norm / dropout: how parts frozen in this phase keep their norm and dropout layers.
         separate: one optimizer per part (:class:`~partwise.OptimizerSet`) instead of groups.
 
@@ -41,7 +43,7 @@ class Phase:
     train: Mapping[str, float | Mapping[str, Any]] = field(default_factory=dict)
     optimizer: Mapping[str, Any] = field(default_factory=dict)
     schedule: LRSchedule = field(default_factory=LRSchedule)
-    teacher_forcing: Any = None
+    task_options: Mapping[str, Any] = field(default_factory=dict)
     norm: Mode = "eval"
     dropout: Mode = "eval"
     separate: bool = False
@@ -54,6 +56,9 @@ class Phase:
             v = getattr(self, key)
             if v is not None and (not isinstance(v, int) or v <= 0):
                 out.append(f"{where}.{key}: {v!r} must be a whole number > 0")
+        if not isinstance(self.task_options, Mapping) or not all(isinstance(k, str) for k in self.task_options):
+            out.append(f"{where}.task_options: {self.task_options!r} must be a mapping of option names to "
+                       "values, e.g. {'teacher_forcing': TeacherForcing(0.5)}")
         if not self.train:
             out.append(f"{where}.train: empty; name at least one part to train, e.g. {{'decoder': 1e-3}}")
         for part, opts in self.train.items():
@@ -78,6 +83,9 @@ class Phase:
 
 @dataclass(frozen=True)
 class PhaseSpan:
+    """Where a phase sits on the step axis: optimizer steps ``start`` (inclusive) to ``end``
+    (exclusive); ``index`` is its position in the plan. :meth:`Plan.spans` returns them."""
+
     index: int
     phase: Phase
     start: int
@@ -221,6 +229,6 @@ class Plan:
                 )
             if ph.schedule.warmup or ph.schedule.decay != "constant":
                 lines.append(f"  schedule: warmup {ph.schedule.warmup}, then {ph.schedule.decay}")
-            if ph.teacher_forcing is not None:
-                lines.append(f"  teacher forcing: {ph.teacher_forcing!r}")
+            for key, value in sorted(ph.task_options.items()):
+                lines.append(f"  {key.replace('_', ' ')}: {value!r}")
         return "\n".join(lines)

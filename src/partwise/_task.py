@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["StepContext", "Task", "LossTask", "as_task", "declared_metrics"]
+__all__ = ["StepContext", "Task", "LossTask", "as_task", "declared_metrics", "enter_phase"]
 
 
 @dataclass(frozen=True)
 class StepContext:
-    """Where training stands when a loss is computed."""
+    """Where training stands when a loss is computed.
+
+    Attributes:
+        step: the optimizer step (0, 1, 2, ...).
+        epoch: the epoch (from 0).
+        phase: the name of the plan phase in force.
+        task_options: the phase's ``task_options``, passed through unread (e.g. the seq2seq tasks'
+            ``{"teacher_forcing": TeacherForcing(...)}``, see :mod:`partwise.seq2seq`).
+    """
 
     step: int
     epoch: int
     phase: str
-    teacher_forcing: Any = None
+    task_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -31,7 +39,9 @@ class Task(Protocol):
 
     A task may declare ``metrics: tuple[str, ...]``, the names ``evaluate`` returns; the trainer then
     checks a ``best_metric`` or early-stopping metric before the first step instead of after the
-    first evaluation.
+    first evaluation. A task may define ``enter_phase(start: int)``: the trainer calls it at every
+    phase start (and on resume) with the phase's first step, as it does for every task option that
+    has such a method (see :func:`enter_phase`).
     """
 
     def loss(self, model: nn.Module, batch: Any, ctx: StepContext) -> Tensor: ...
@@ -70,6 +80,23 @@ def as_task(task_or_loss_fn: Task | Callable[[nn.Module, Any], Tensor]) -> Task:
     if callable(task_or_loss_fn):
         return LossTask(task_or_loss_fn)
     raise TypeError(f"expected a Task (loss + evaluate) or a loss_fn(model, batch), got {type(task_or_loss_fn).__name__}")
+
+
+def enter_phase(task: Any, task_options: Mapping[str, Any], start: int) -> None:
+    """Tell ``task`` and the phase's task options that a phase begins at step ``start``: each of them
+    that has an ``enter_phase(start)`` method gets it called once (a schedule that counts from the
+    phase restarts there).
+
+    >>> class Counting:
+    ...     def enter_phase(self, start): print("phase starts at", start)
+    >>> enter_phase(LossTask(lambda model, batch: batch), {"option": Counting()}, 20)
+    phase starts at 20
+    """
+    seen = {id(o): o for o in (task, *task_options.values()) if o is not None}
+    for obj in seen.values():
+        hook = getattr(obj, "enter_phase", None)
+        if callable(hook):
+            hook(start)
 
 
 def declared_metrics(task: Any) -> tuple[str, ...] | None:

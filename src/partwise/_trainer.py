@@ -30,7 +30,7 @@ from ._optim import (
 )
 from ._parts import Parts
 from ._plan import Phase, PhaseSpan, Plan
-from ._task import StepContext, Task, as_task, declared_metrics
+from ._task import StepContext, Task, as_task, declared_metrics, enter_phase
 
 __all__ = ["Trainer", "NonFiniteLoss", "EarlyStopping"]
 
@@ -230,8 +230,7 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g.update(base_lr=g["lr"], start_step=span.start, warm=g.get("part") not in was_training)
         self.span = span
-        for tf in {id(t): t for t in (ph.teacher_forcing, getattr(self.task, "teacher_forcing", None)) if t is not None}.values():
-            getattr(tf, "enter_phase", lambda start: None)(span.start)  # count_from="phase" restarts its schedule
+        enter_phase(self.task, ph.task_options, span.start)  # e.g. a schedule counted from the phase restarts
         self.cache = self._setup_cache()
         self.wrapped = self._cached_loss if self.cache is not None else dist.wrap(self.model, self.task, self.world)
         if self.use_guard:
@@ -473,7 +472,7 @@ class Trainer:
         """Forward and backward of one micro-batch. Returns the running sum of the micro-batch losses,
         detached and left on the device (the loss is read to the host once per optimizer step)."""
         batch = move_to(batch, self.device)
-        ctx = StepContext(self.step, self.epoch, span.phase.name, span.phase.teacher_forcing)
+        ctx = StepContext(self.step, self.epoch, span.phase.name, span.phase.task_options)
         with self._autocast():
             loss = self.wrapped(batch, ctx)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:

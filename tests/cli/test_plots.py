@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-import partwise as pw
 from partwise.cli._plots import make_plots
 from partwise.cli._report import write_report
 from partwise.cli._runlog import RunLog
+from partwise.seq2seq import TeacherForcing, tf_linear
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -20,10 +20,10 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def log_run(run_dir: Path, *, teacher_forcing: bool = True, val_wer: bool = True, epochs: int = 4) -> list[dict]:
     """Feed a RunLog what a Trainer would for a 2-phase plan, 5 steps per epoch; return epoch metrics."""
     log = RunLog(run_dir)
-    task = SimpleNamespace(teacher_forcing=pw.TeacherForcing(pw.linear(c=0.04)) if teacher_forcing else None)
+    task = SimpleNamespace(teacher_forcing=TeacherForcing(tf_linear(c=0.04)) if teacher_forcing else None)
     half = epochs // 2
-    phases = [SimpleNamespace(name="decoder only", epochs=half, teacher_forcing=None),
-              SimpleNamespace(name="all parts", epochs=epochs - half, teacher_forcing=None)]
+    phases = [SimpleNamespace(name="decoder only", epochs=half, task_options={}),
+              SimpleNamespace(name="all parts", epochs=epochs - half, task_options={})]
     trainer = SimpleNamespace(rank=0, step=0, epoch=0, span=None, task=task)
     history = []
     for epoch in range(epochs):

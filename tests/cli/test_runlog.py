@@ -18,11 +18,12 @@ from torch.utils.data import TensorDataset
 import partwise as pw
 from partwise.cli._progress import ProgressBar
 from partwise.cli._runlog import RunLog
+from partwise.seq2seq import TeacherForcing, tf_linear
 
-TF = pw.TeacherForcing(pw.linear(c=0.05))  # ratio 1 - 0.05 * step, logged in phase 2 only
+TF = TeacherForcing(tf_linear(c=0.05))  # ratio 1 - 0.05 * step, logged in phase 2 only
 PLAN = pw.Plan([
     pw.Phase("head only", epochs=2, train={"head": 3e-2}),
-    pw.Phase("all", epochs=2, train={"head": 3e-2, "body": 1e-2}, teacher_forcing=TF),
+    pw.Phase("all", epochs=2, train={"head": 3e-2, "body": 1e-2}, task_options={"teacher_forcing": TF}),
 ])  # 40 items / batch 8 = 5 steps per epoch: phase 0 = steps 0-9, phase 1 = steps 10-19
 
 
@@ -215,7 +216,7 @@ def test_a_log_that_saw_no_step_writes_nothing(tmp_path):
     (tmp_path / "phases.csv").write_text("index,name,start_step,end_step,start_epoch\n0,a,0,4,1\n")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     log = RunLog(tmp_path)
-    span = SimpleNamespace(index=0, start=0, end=4, phase=SimpleNamespace(name="a", epochs=None, teacher_forcing=None))
+    span = SimpleNamespace(index=0, start=0, end=4, phase=SimpleNamespace(name="a", epochs=None, task_options={}))
     log.on_phase_start(SimpleNamespace(rank=0, step=1, epoch=0), span)  # would truncate after step 1
     log.close()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

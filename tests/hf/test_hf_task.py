@@ -13,6 +13,7 @@ import torch  # noqa: E402
 import partwise as pw  # noqa: E402
 import partwise.hf as ph  # noqa: E402
 from partwise.hf._teacher_forcing import _stepwise  # noqa: E402
+from partwise.seq2seq import TeacherForcing, tf_linear  # noqa: E402
 
 
 def batch(name: str, seed: int = 0) -> dict:
@@ -20,7 +21,7 @@ def batch(name: str, seed: int = 0) -> dict:
 
 
 def ctx(step: int = 0, tf=None) -> pw.StepContext:
-    return pw.StepContext(step, 0, "p", tf)
+    return pw.StepContext(step, 0, "p", {} if tf is None else {"teacher_forcing": tf})
 
 
 @pytest.mark.parametrize("name", ["t5", "bart", "marian", "whisper", "bert2bert"])
@@ -56,7 +57,7 @@ def test_two_pass_and_exact_at_ratio_one_equal_teacher_forcing(name):
     b, task = batch(name), ph.Seq2SeqLMTask()
     with torch.no_grad():
         plain = task.logits(model, b, ctx())
-        for tf in (pw.TeacherForcing(1.0, per="token", mode="two_pass"), pw.TeacherForcing(1.0, mode="exact")):
+        for tf in (TeacherForcing(1.0, per="token", mode="two_pass"), TeacherForcing(1.0, mode="exact")):
             assert torch.equal(task.logits(model, b, ctx(5, tf)), plain)
             assert tf.last_stats.parallel and tf.last_stats.gold_fraction == 1.0
 
@@ -69,14 +70,14 @@ def test_stepwise_decoding_with_the_kv_cache_matches_the_parallel_pass(name):
         enc = task.encode(model, b)
         _, labels, dec = task.split(model, b)
         gold = torch.ones_like(dec, dtype=torch.bool)
-        stepwise = _stepwise(model, enc, dec, gold, pw.TeacherForcing(0.5), None)
+        stepwise = _stepwise(model, enc, dec, gold, TeacherForcing(0.5), None)
         torch.testing.assert_close(stepwise, task.logits(model, b), rtol=1e-4, atol=1e-5)
 
 
 def test_two_pass_at_ratio_zero_feeds_the_first_pass_predictions():
     model = H.build("bart").eval()
     b, task = batch("bart"), ph.Seq2SeqLMTask()
-    tf = pw.TeacherForcing(0.0, per="token", mode="two_pass")
+    tf = TeacherForcing(0.0, per="token", mode="two_pass")
     with torch.no_grad():
         first = task.logits(model, b)
         _, labels, dec = task.split(model, b)
@@ -92,7 +93,7 @@ def test_scheduled_sampling_follows_the_schedule_per_token():
     model = H.build("t5")
     b = {**H.encoder_inputs("t5", batch=64), "labels": H.labels(batch=64, length=12)}
     b["labels"][:, -1] = 2
-    tf = pw.TeacherForcing(pw.linear(c=0.5 / 100, k=1.0, eps=0.5), per="token", mode="two_pass")
+    tf = TeacherForcing(tf_linear(c=0.5 / 100, k=1.0, eps=0.5), per="token", mode="two_pass")
     task = ph.Seq2SeqLMTask(teacher_forcing=tf)
     torch.manual_seed(0)
     loss = task.loss(model, b, ctx(100))
@@ -103,7 +104,7 @@ def test_scheduled_sampling_follows_the_schedule_per_token():
 
 def test_exact_mode_runs_token_by_token_with_gradient():
     model = H.build("marian")
-    tf = pw.TeacherForcing(0.0, per="sequence", mode="exact")
+    tf = TeacherForcing(0.0, per="sequence", mode="exact")
     loss = ph.Seq2SeqLMTask(teacher_forcing=tf).loss(model, batch("marian"), ctx())
     loss.backward()
     assert not tf.last_stats.parallel and model.model.encoder.layers[0].fc1.weight.grad is not None

@@ -10,9 +10,18 @@ import torch
 from torch.utils.data import DataLoader
 
 import partwise as pw
-from partwise._teacher_forcing import TeacherForcing, inverse_sigmoid, linear
 from partwise.data import BucketBatchSampler, Seq2SeqDataset, Vocab, collate
-from partwise.seq2seq import BOS, PAD, Seq2SeqTask, greedy_decode, gru_seq2seq, max_len_from
+from partwise.seq2seq import (
+    BOS,
+    PAD,
+    Seq2SeqTask,
+    TeacherForcing,
+    greedy_decode,
+    gru_seq2seq,
+    max_len_from,
+    tf_inverse_sigmoid,
+    tf_linear,
+)
 
 
 def _copy_data(n: int = 48, seed: int = 0) -> Seq2SeqDataset:
@@ -26,7 +35,7 @@ def test_repeated_evaluate_is_identical_and_leaves_the_rng_alone():
     data = _copy_data()
     torch.manual_seed(0)
     model = gru_seq2seq(len(data.src_vocab), len(data.tgt_vocab), emb=8, hidden=16, dropout=0.3).eval()
-    tf = TeacherForcing(inverse_sigmoid(3.0), per="token", mode="exact")  # ratio 0.75 at step 0
+    tf = TeacherForcing(tf_inverse_sigmoid(3.0), per="token", mode="exact")  # ratio 0.75 at step 0
     assert tf.ratio(0) < 1.0
     task = Seq2SeqTask(teacher_forcing=tf, tgt_vocab=data.tgt_vocab)
     loader = DataLoader(data, batch_size=7, collate_fn=collate)
@@ -122,7 +131,7 @@ def _sources(data: Seq2SeqDataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_a_phase_schedule_counts_from_the_run_or_from_the_phase():
     for count_from, expected in (("run", 0.5), ("phase", 1.0)):
-        tf = TeacherForcing(linear(c=0.1, k=1.0, eps=0.0), count_from=count_from)
+        tf = TeacherForcing(tf_linear(c=0.1, k=1.0, eps=0.0), count_from=count_from)
         tf.enter_phase(5)
         assert tf.ratio(5) == pytest.approx(expected)
     with pytest.raises(ValueError, match="count_from='epoch'"):
@@ -134,9 +143,9 @@ def test_the_trainer_restarts_a_phase_schedule_at_the_phase_start():
     data = _copy_data(32)
     torch.manual_seed(0)
     model = gru_seq2seq(len(data.src_vocab), len(data.tgt_vocab), emb=8, hidden=16, dropout=0.0)
-    tf = TeacherForcing(linear(c=0.25, k=1.0, eps=0.0), per="token", count_from="phase")
+    tf = TeacherForcing(tf_linear(c=0.25, k=1.0, eps=0.0), per="token", count_from="phase")
     plan = pw.Plan([pw.Phase("a", steps=4, train={"encoder": 1e-3, "decoder": 1e-3}),
-                    pw.Phase("b", steps=4, train={"decoder": 1e-3}, teacher_forcing=tf)])
+                    pw.Phase("b", steps=4, train={"decoder": 1e-3}, task_options={"teacher_forcing": tf})])
     seen = []
     spy = type("Spy", (), {"on_step_end": lambda s, tr, logs: seen.append(tf.last_stats.ratio
                                                                          if tr.span.index == 1 else None)})()

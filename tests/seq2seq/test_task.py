@@ -6,9 +6,8 @@ import torch
 from torch.utils.data import DataLoader
 
 import partwise as pw
-from partwise._teacher_forcing import TeacherForcing, inverse_sigmoid
 from partwise.data import BucketBatchSampler, collate, make_g2p_datasets
-from partwise.seq2seq import Seq2SeqTask, gru_seq2seq
+from partwise.seq2seq import Seq2SeqTask, TeacherForcing, gru_seq2seq, tf_inverse_sigmoid
 
 
 def test_g2p_trains_with_separate_optimizers_and_scheduled_sampling(tmp_path):
@@ -16,10 +15,10 @@ def test_g2p_trains_with_separate_optimizers_and_scheduled_sampling(tmp_path):
     torch.manual_seed(0)
     model = gru_seq2seq(len(data.src_vocab), len(data.tgt_vocab), emb=32, hidden=64, attention="dot", dropout=0.0)
     parts = pw.Parts(model)
-    tf = TeacherForcing(inverse_sigmoid(20.0), per="token", mode="two_pass")
+    tf = TeacherForcing(tf_inverse_sigmoid(20.0), per="token", mode="two_pass")
     plan = pw.Plan([
         pw.Phase("warm", epochs=3, train={"encoder": 3e-3, "decoder": 1e-2}, separate=True),
-        pw.Phase("sampled", epochs=2, train={"encoder": 3e-3, "decoder": 1e-2}, separate=True, teacher_forcing=tf),
+        pw.Phase("sampled", epochs=2, train={"encoder": 3e-3, "decoder": 1e-2}, separate=True, task_options={"teacher_forcing": tf}),
     ])
     task = Seq2SeqTask(tgt_vocab=data.tgt_vocab, metric_names=("wer", "per"))  # G2P names
     untrained = task.evaluate(model.eval(), DataLoader(data.dev, batch_size=128, collate_fn=collate), data.dev)

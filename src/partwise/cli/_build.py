@@ -13,8 +13,8 @@ from .._errors import ConfigError, PartError
 from .._parts import Parts
 from .._plan import Phase, Plan
 from .._schedule import LRSchedule
-from .._teacher_forcing import TeacherForcing, schedule_from_dict
 from .._trainer import EarlyStopping
+from ..seq2seq import TEACHER_FORCING, TeacherForcing, tf_schedule_from_dict
 from ._config import Recipe, TeacherForcingConfig
 
 __all__ = ["build_parts", "build_plan", "teacher_forcing", "trainer_kwargs", "save_artifacts", "load_artifacts"]
@@ -45,10 +45,16 @@ def teacher_forcing(cfg: TeacherForcingConfig | None, where: str) -> TeacherForc
     if cfg is None:
         return None
     try:
-        return TeacherForcing(schedule_from_dict(cfg.schedule), per=cfg.per, mode=cfg.mode, sample=cfg.sample,
+        return TeacherForcing(tf_schedule_from_dict(cfg.schedule), per=cfg.per, mode=cfg.mode, sample=cfg.sample,
                               count_from=cfg.count_from)
     except (TypeError, ValueError) as e:
         raise ConfigError([f"{where}: {e}"]) from None
+
+
+def _task_options(ph: Any, i: int) -> dict[str, Any]:
+    """A recipe phase's task options: its ``teacher_forcing:`` key (seq2seq) as the seq2seq tasks read it."""
+    tf = teacher_forcing(ph.teacher_forcing, f"plan.{i}.teacher_forcing")
+    return {} if tf is None else {TEACHER_FORCING: tf}
 
 
 def build_plan(recipe: Recipe, parts: Parts) -> Plan:
@@ -60,7 +66,7 @@ def build_plan(recipe: Recipe, parts: Parts) -> Plan:
             phases.append(Phase(
                 ph.name, epochs=ph.epochs, steps=ph.steps, train=ph.train,
                 optimizer={**recipe.optimizer, **ph.optimizer}, schedule=LRSchedule(**ph.schedule.model_dump()),
-                teacher_forcing=teacher_forcing(ph.teacher_forcing, f"plan.{i}.teacher_forcing"),
+                task_options=_task_options(ph, i),
                 norm=ph.norm, dropout=ph.dropout, separate=recipe.separate,
             ))
         except ConfigError as e:

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..seq2seq import phase_teacher_forcing
+
 __all__ = ["RunLog", "read_rows", "teacher_forcing_ratio", "span_steps_per_epoch"]
 
 METRICS, STEPS, PHASES = "metrics.csv", "steps.csv", "phases.csv"
@@ -104,14 +106,14 @@ def _after(cell: str, step: int) -> bool:
 def teacher_forcing_ratio(trainer: Any, step: int) -> float | None:
     """The teacher-forcing ratio in force at optimizer step ``step``, or ``None`` if there is none.
 
-    The current phase's ``teacher_forcing`` wins over the task's own, as in the seq2seq task.
+    The current phase's teacher forcing (its ``task_options``) wins over the task's own, as in the seq2seq task.
 
     >>> from types import SimpleNamespace as NS
     >>> teacher_forcing_ratio(NS(span=None, task=NS(teacher_forcing=None)), 0) is None
     True
     """
     span = getattr(trainer, "span", None)
-    tf = span.phase.teacher_forcing if span is not None else None
+    tf = phase_teacher_forcing(span.phase.task_options) if span is not None else None
     if tf is None:
         tf = getattr(trainer.task, "teacher_forcing", None)
     ratio = getattr(tf, "ratio", None)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from transformers.modeling_outputs import BaseModelOutput
 
 from .._task import StepContext
+from ..seq2seq import phase_teacher_forcing
 from ._teacher_forcing import IGNORE, decoder_logits, shift_right
 
 __all__ = ["Seq2SeqLMTask", "Encoding", "NOT_ENCODER_INPUTS"]
@@ -52,7 +53,8 @@ class Seq2SeqLMTask:
     """Train and evaluate any HF encoder–decoder with :class:`partwise.Trainer`.
 
     Args:
-        teacher_forcing: a :class:`~partwise.TeacherForcing` (a plan phase's own overrides it).
+        teacher_forcing: a :class:`~partwise.seq2seq.TeacherForcing` (a plan phase's own,
+            ``task_options={"teacher_forcing": ...}``, overrides it).
             ``None``: plain teacher forcing, one parallel decoder call.
         label_smoothing: passed to ``cross_entropy``.
         num_beams: 1 = greedy ``generate`` in :meth:`evaluate`, else beam search.
@@ -144,13 +146,19 @@ class Seq2SeqLMTask:
         out = model.get_encoder()(**enc, return_dict=True)
         return Encoding(out.last_hidden_state, enc.get("attention_mask"))
 
+    def enter_phase(self, start: int) -> None:
+        """A phase begins at step ``start`` (the trainer calls this): the task's own teacher forcing
+        restarts its schedule there when it counts from the phase."""
+        if self.teacher_forcing is not None:
+            self.teacher_forcing.enter_phase(start)
+
     def logits(self, model: nn.Module, batch: Any, ctx: StepContext | None = None,
                encoding: Encoding | None = None) -> Tensor:
         """Decoder logits ``(B, T, V)`` under the step's teacher forcing (plain when ``ctx`` is None)."""
         _, labels, dec = self.split(model, batch)
         if encoding is None:
             encoding = self.encode(model, batch)
-        tf = (ctx.teacher_forcing or self.teacher_forcing) if ctx is not None else None
+        tf = phase_teacher_forcing(ctx.task_options, self.teacher_forcing) if ctx is not None else None
         return decoder_logits(model, encoding, dec, labels, tf, ctx.step if ctx is not None else 0)
 
     def loss(self, model: nn.Module, batch: Any, ctx: StepContext) -> Tensor:

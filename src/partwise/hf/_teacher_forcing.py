@@ -1,6 +1,6 @@
 """Teacher forcing and scheduled sampling for Hugging Face decoders.
 
-The same :class:`~partwise.TeacherForcing` object (schedule, ``per``, ``mode``, ``sample``) that drives
+The same :class:`~partwise.seq2seq.TeacherForcing` object (schedule, ``per``, ``mode``, ``sample``) that drives
 partwise's reference decoders drives an HF model here: a gold decoder input is fed with the schedule's
 probability, otherwise the model's own prediction for that position. ``mode="two_pass"`` runs a
 no-gradient teacher-forced pass, mixes gold and predicted ``decoder_input_ids`` per token and runs a
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._teacher_forcing import TeacherForcing, TeacherForcingStats, _uniform
+from ..seq2seq._teacher_forcing import TeacherForcing, TeacherForcingStats, _uniform
 
 __all__ = ["IGNORE", "decoder_logits", "shift_right"]
 

@@ -1,8 +1,13 @@
-"""Reference encoder–decoder models and batched decoding for partwise's seq2seq protocol.
+"""Seq2seq for partwise: the encoder–decoder protocol, reference models, teacher forcing and
+scheduled sampling, batched decoding, and the task that trains them.
 
-The protocol itself (``Memory``, token ids ``PAD=0 UNK=1 BOS=2 EOS=3``, what an encoder and a
-decoder must provide) is described in :mod:`partwise.seq2seq._protocol`; any model that follows it
-works with the decoding functions and partwise's teacher forcing.
+The protocol (``Memory``, token ids ``PAD=0 UNK=1 BOS=2 EOS=3``, what an encoder and a decoder must
+provide) is described below; any model that follows it works with the decoding
+functions and :class:`TeacherForcing`. A plan phase sets teacher forcing as a task option,
+``pw.Phase(..., task_options={"teacher_forcing": TeacherForcing(tf_linear(c=1e-4))})``; its
+schedules (``tf_constant``, ``tf_linear``, ``tf_exponential``, ``tf_inverse_sigmoid``) give the
+probability of feeding the gold token and are unrelated to the learning-rate
+:class:`~partwise.LRSchedule`.
 
 Example:
     >>> import torch
@@ -13,16 +18,35 @@ Example:
     1
 """
 
+from partwise.seq2seq import _protocol
 from partwise.seq2seq._decoding import beam_search, greedy_decode
 from partwise.seq2seq._gru import GRUDecoder, GRUEncoder, gru_seq2seq
 from partwise.seq2seq._model import Seq2Seq
 from partwise.seq2seq._protocol import BOS, EOS, PAD, UNK, Memory
 from partwise.seq2seq._task import Seq2SeqTask, max_len_from
+from partwise.seq2seq._teacher_forcing import (
+    TEACHER_FORCING,
+    ConstantTFSchedule,
+    ExponentialTFSchedule,
+    InverseSigmoidTFSchedule,
+    LinearTFSchedule,
+    TeacherForcing,
+    TeacherForcingStats,
+    TFSchedule,
+    phase_teacher_forcing,
+    tf_constant,
+    tf_exponential,
+    tf_inverse_sigmoid,
+    tf_linear,
+    tf_schedule_from_dict,
+)
 from partwise.seq2seq._transformer import (
     TransformerDecoder,
     TransformerEncoder,
     transformer_seq2seq,
 )
+
+__doc__ = f"{__doc__}\n{_protocol.__doc__}"  # the protocol is documented once, where it is defined
 
 __all__ = [
     "Memory",
@@ -41,4 +65,18 @@ __all__ = [
     "transformer_seq2seq",
     "greedy_decode",
     "beam_search",
+    "TEACHER_FORCING",
+    "TeacherForcing",
+    "TeacherForcingStats",
+    "TFSchedule",
+    "ConstantTFSchedule",
+    "LinearTFSchedule",
+    "ExponentialTFSchedule",
+    "InverseSigmoidTFSchedule",
+    "phase_teacher_forcing",
+    "tf_constant",
+    "tf_linear",
+    "tf_exponential",
+    "tf_inverse_sigmoid",
+    "tf_schedule_from_dict",
 ]

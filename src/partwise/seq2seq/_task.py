@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from .._task import StepContext
 from ._decoding import MaxLen, beam_search, greedy_decode
 from ._protocol import PAD, Memory
+from ._teacher_forcing import phase_teacher_forcing
 
 __all__ = ["Seq2SeqTask", "max_len_from"]
 
@@ -20,7 +21,8 @@ class Seq2SeqTask:
     """Cross-entropy on the decoder's outputs, with teacher forcing or scheduled sampling.
 
     Args:
-        teacher_forcing: a :class:`~partwise.TeacherForcing`; a plan phase's own overrides it.
+        teacher_forcing: a :class:`~partwise.seq2seq.TeacherForcing`; a plan phase's own
+            (``task_options={"teacher_forcing": ...}``) overrides it.
             ``None``: plain teacher forcing (one parallel decoder call).
         label_smoothing: passed to ``cross_entropy``.
         tgt_vocab: needed to score predictions as tokens in :meth:`evaluate`.
@@ -68,11 +70,17 @@ class Seq2SeqTask:
             return ("loss", "token_acc")
         return ("loss", "token_acc", *self.metric_names, "at_max_len")
 
+    def enter_phase(self, start: int) -> None:
+        """A phase begins at step ``start`` (the trainer calls this): the task's own teacher forcing
+        restarts its schedule there when it counts from the phase."""
+        if self.teacher_forcing is not None:
+            self.teacher_forcing.enter_phase(start)
+
     def logits(self, model: nn.Module, batch: Any, ctx: StepContext | None = None, memory: Memory | None = None) -> Tensor:
         """Training logits: the phase's (else the task's) teacher forcing at ``ctx.step``."""
         if memory is None:
             memory = model.encode(batch.src, batch.src_mask)
-        tf = (ctx.teacher_forcing if ctx is not None else None) or self.teacher_forcing
+        tf = phase_teacher_forcing(ctx.task_options if ctx is not None else None, self.teacher_forcing)
         if tf is None or ctx is None:
             return model.decoder(batch.tgt_in, memory, model.decoder.initial_state(memory))
         return tf(model.decoder, memory, batch.tgt_in, step=ctx.step)

@@ -1,5 +1,9 @@
 """Teacher forcing and scheduled sampling for decoders that follow :mod:`partwise.seq2seq`'s protocol.
 
+A plan phase sets it as a task option, ``Phase(..., task_options={"teacher_forcing": tf})``; the
+seq2seq tasks read it from the step context with :func:`phase_teacher_forcing`. The core
+(:class:`~partwise.Plan`, :class:`~partwise.Trainer`) carries the option without knowing what it is.
+
 Schedules give the teacher-forcing ratio ``eps_i`` (probability of feeding the gold previous token)
 at training step ``i``; the decay forms are those of Bengio et al. 2015, "Scheduled Sampling for
 Sequence Prediction with Recurrent Neural Networks", section 2.4. The two-pass parallel variant
@@ -21,15 +25,30 @@ from torch import Tensor
 from partwise.seq2seq._protocol import PAD, Memory
 
 __all__ = [
-    "TeacherForcing", "TeacherForcingStats", "Schedule", "schedule_from_dict",
-    "constant", "linear", "exponential", "inverse_sigmoid",
-    "ConstantSchedule", "LinearSchedule", "ExponentialSchedule", "InverseSigmoidSchedule",
+    "TEACHER_FORCING", "TeacherForcing", "TeacherForcingStats", "TFSchedule", "tf_schedule_from_dict",
+    "tf_constant", "tf_linear", "tf_exponential", "tf_inverse_sigmoid", "phase_teacher_forcing",
+    "ConstantTFSchedule", "LinearTFSchedule", "ExponentialTFSchedule", "InverseSigmoidTFSchedule",
 ]
 
 
+TEACHER_FORCING = "teacher_forcing"  # the key of a phase's task_options that holds its TeacherForcing
+
+
+def phase_teacher_forcing(task_options: Mapping[str, Any] | None, default: Any = None) -> Any:
+    """The :class:`TeacherForcing` a phase sets in its ``task_options``, else ``default`` (the task's own).
+
+    >>> tf = TeacherForcing(0.5)
+    >>> phase_teacher_forcing({"teacher_forcing": tf}) is tf, phase_teacher_forcing({}, "own")
+    (True, 'own')
+    """
+    found = (task_options or {}).get(TEACHER_FORCING)
+    return found if found is not None else default
+
+
 @runtime_checkable
-class Schedule(Protocol):
-    """A teacher-forcing ratio schedule: ``schedule(step) -> float`` in ``[0, 1]``."""
+class TFSchedule(Protocol):
+    """A teacher-forcing ratio schedule: ``schedule(step) -> float`` in ``[0, 1]`` (not a learning-rate
+    schedule: that is :class:`~partwise.LRSchedule`)."""
 
     def __call__(self, step: int) -> float: ...
 
@@ -64,13 +83,13 @@ def _step(step: object) -> int:
 
 
 @dataclass(frozen=True)
-class ConstantSchedule:
-    """``eps_i = p`` at every step. Build with :func:`constant`."""
+class ConstantTFSchedule:
+    """``eps_i = p`` at every step. Build with :func:`tf_constant`."""
 
     p: float
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "p", _in_range(self.p, "p", "constant()", 0.0, 1.0))
+        object.__setattr__(self, "p", _in_range(self.p, "p", "tf_constant()", 0.0, 1.0))
 
     def __call__(self, step: int) -> float:
         _step(step)
@@ -84,17 +103,17 @@ class ConstantSchedule:
 
 
 @dataclass(frozen=True)
-class LinearSchedule:
-    """``eps_i = max(eps, k - c*i)`` (Bengio et al. 2015). Build with :func:`linear`."""
+class LinearTFSchedule:
+    """``eps_i = max(eps, k - c*i)`` (Bengio et al. 2015). Build with :func:`tf_linear`."""
 
     c: float
     k: float = 1.0
     eps: float = 0.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "c", _in_range(self.c, "c", "linear()", 0.0, math.inf))
-        object.__setattr__(self, "k", _in_range(self.k, "k", "linear()", 0.0, 1.0))
-        object.__setattr__(self, "eps", _in_range(self.eps, "eps", "linear()", 0.0, self.k))
+        object.__setattr__(self, "c", _in_range(self.c, "c", "tf_linear()", 0.0, math.inf))
+        object.__setattr__(self, "k", _in_range(self.k, "k", "tf_linear()", 0.0, 1.0))
+        object.__setattr__(self, "eps", _in_range(self.eps, "eps", "tf_linear()", 0.0, self.k))
 
     def __call__(self, step: int) -> float:
         return max(self.eps, self.k - self.c * _step(step))
@@ -107,13 +126,13 @@ class LinearSchedule:
 
 
 @dataclass(frozen=True)
-class ExponentialSchedule:
-    """``eps_i = k**i`` with ``0 < k < 1`` (Bengio et al. 2015). Build with :func:`exponential`."""
+class ExponentialTFSchedule:
+    """``eps_i = k**i`` with ``0 < k < 1`` (Bengio et al. 2015). Build with :func:`tf_exponential`."""
 
     k: float
 
     def __post_init__(self) -> None:
-        k = _in_range(self.k, "k", "exponential()", 0.0, 1.0, open_lo=True, open_hi=True)
+        k = _in_range(self.k, "k", "tf_exponential()", 0.0, 1.0, open_lo=True, open_hi=True)
         object.__setattr__(self, "k", k)
 
     def __call__(self, step: int) -> float:
@@ -127,13 +146,13 @@ class ExponentialSchedule:
 
 
 @dataclass(frozen=True)
-class InverseSigmoidSchedule:
-    """``eps_i = k / (k + exp(i/k))``, ``k >= 1`` (Bengio et al. 2015). Build with :func:`inverse_sigmoid`."""
+class InverseSigmoidTFSchedule:
+    """``eps_i = k / (k + exp(i/k))``, ``k >= 1`` (Bengio et al. 2015). Build with :func:`tf_inverse_sigmoid`."""
 
     k: float
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "k", _in_range(self.k, "k", "inverse_sigmoid()", 1.0, math.inf))
+        object.__setattr__(self, "k", _in_range(self.k, "k", "tf_inverse_sigmoid()", 1.0, math.inf))
 
     def __call__(self, step: int) -> float:
         x = _step(step) / self.k
@@ -146,59 +165,59 @@ class InverseSigmoidSchedule:
         return {"name": "inverse_sigmoid", "k": self.k}
 
 
-def constant(p: float) -> ConstantSchedule:
+def tf_constant(p: float) -> ConstantTFSchedule:
     """Always feed gold with probability ``p`` (the tutorial's ``teacher_forcing_ratio``).
 
-    >>> constant(0.5)(1000)
+    >>> tf_constant(0.5)(1000)
     0.5
     """
-    return ConstantSchedule(p)
+    return ConstantTFSchedule(p)
 
 
-def linear(c: float, k: float = 1.0, eps: float = 0.0) -> LinearSchedule:
+def tf_linear(c: float, k: float = 1.0, eps: float = 0.0) -> LinearTFSchedule:
     """Linear decay ``eps_i = max(eps, k - c*i)``, the paper's form (``0 <= eps <= k <= 1``, ``c >= 0``).
 
-    To go from ``start`` to ``end`` over ``N`` steps: ``linear(c=(start - end) / N, k=start, eps=end)``.
+    To go from ``start`` to ``end`` over ``N`` steps: ``tf_linear(c=(start - end) / N, k=start, eps=end)``.
 
-    >>> linear(c=0.001)(250)
+    >>> tf_linear(c=0.001)(250)
     0.75
     """
-    return LinearSchedule(c, k, eps)
+    return LinearTFSchedule(c, k, eps)
 
 
-def exponential(k: float) -> ExponentialSchedule:
+def tf_exponential(k: float) -> ExponentialTFSchedule:
     """Exponential decay ``eps_i = k**i`` with ``0 < k < 1``.
 
-    >>> exponential(0.5)(2)
+    >>> tf_exponential(0.5)(2)
     0.25
     """
-    return ExponentialSchedule(k)
+    return ExponentialTFSchedule(k)
 
 
-def inverse_sigmoid(k: float) -> InverseSigmoidSchedule:
+def tf_inverse_sigmoid(k: float) -> InverseSigmoidTFSchedule:
     """Inverse sigmoid decay ``eps_i = k / (k + exp(i/k))`` with ``k >= 1``; ``eps_0 = k/(k+1)``.
 
-    >>> round(inverse_sigmoid(1.0)(0), 3)
+    >>> round(tf_inverse_sigmoid(1.0)(0), 3)
     0.5
     """
-    return InverseSigmoidSchedule(k)
+    return InverseSigmoidTFSchedule(k)
 
 
-_SCHEDULES: dict[str, Callable[..., Schedule]] = {
-    "constant": constant,
-    "linear": linear,
-    "exponential": exponential,
-    "inverse_sigmoid": inverse_sigmoid,
+_SCHEDULES: dict[str, Callable[..., TFSchedule]] = {
+    "constant": tf_constant,
+    "linear": tf_linear,
+    "exponential": tf_exponential,
+    "inverse_sigmoid": tf_inverse_sigmoid,
 }
 _REQUIRED = {"constant": {"p"}, "linear": {"c"}, "exponential": {"k"}, "inverse_sigmoid": {"k"}}
 _OPTIONAL = {"linear": {"k", "eps"}}
 
 
-def schedule_from_dict(config: Mapping[str, Any]) -> Schedule:
+def tf_schedule_from_dict(config: Mapping[str, Any]) -> TFSchedule:
     """Rebuild a schedule from ``schedule.to_dict()`` or a config entry.
 
-    >>> schedule_from_dict({"name": "inverse_sigmoid", "k": 2000})
-    InverseSigmoidSchedule(k=2000.0)
+    >>> tf_schedule_from_dict({"name": "inverse_sigmoid", "k": 2000})
+    InverseSigmoidTFSchedule(k=2000.0)
     """
     if not isinstance(config, Mapping):
         raise TypeError(f"schedule config {config!r} must be a mapping like {{'name': 'linear', 'c': 1e-4}}")
@@ -242,8 +261,8 @@ class TeacherForcing:
     """Teacher forcing / scheduled sampling for a decoder following the seq2seq protocol.
 
     Args:
-        schedule: a :class:`Schedule` giving the gold-token probability per step, or a number for
-            :func:`constant`.
+        schedule: a :class:`TFSchedule` giving the gold-token probability per step, or a number for
+            :func:`tf_constant`.
         per: ``"sequence"``: one draw per call (i.e. per **batch**, as in the PyTorch seq2seq
             tutorial): the whole batch is teacher-forced (one parallel call) with probability p, else
             free-running stepwise. ``"token"``: each position of each example draws independently.
@@ -257,28 +276,29 @@ class TeacherForcing:
         count_from: where the schedule's step 0 is. ``"run"`` (default): the run's first step, so a
             schedule given to a later phase starts partway down its curve (at that phase's first
             step). ``"phase"``: the first step of the phase in force — :class:`~partwise.Trainer` calls
-            :meth:`enter_phase` at every phase start (and on resume), which sets :attr:`origin`.
+            :meth:`enter_phase` at every phase start (and on resume), which sets :attr:`origin` (a
+            phase's own directly, as a task option; a task's own through the task's ``enter_phase``).
 
     Position 0 always gets ``tgt_in[:, 0]`` (BOS), positions whose gold input is PAD keep PAD, and
     predictions are detached. When every input is gold (ratio 1, or the draw says so) the decoder runs
     once in parallel. Ratios of exactly 0 or 1 draw no random numbers; otherwise draws come from
     ``generator`` or the global torch RNG.
 
-    >>> tf = TeacherForcing(inverse_sigmoid(100.0), per="token", mode="two_pass")
+    >>> tf = TeacherForcing(tf_inverse_sigmoid(100.0), per="token", mode="two_pass")
     >>> round(tf.ratio(0), 3)
     0.99
     """
 
     def __init__(
-        self, schedule: Schedule | float = 1.0, per: str = "token", mode: str = "exact", sample: bool = False,
+        self, schedule: TFSchedule | float = 1.0, per: str = "token", mode: str = "exact", sample: bool = False,
         count_from: str = "run",
     ) -> None:
         if isinstance(schedule, numbers.Real) and not isinstance(schedule, bool):
-            schedule = constant(schedule)
-        if not isinstance(schedule, Schedule):
+            schedule = tf_constant(schedule)
+        if not isinstance(schedule, TFSchedule):
             raise TypeError(
                 f"TeacherForcing schedule={schedule!r} must be a number, a schedule such as "
-                "linear(c=1e-4) or inverse_sigmoid(2000), or an object with __call__(step), "
+                "tf_linear(c=1e-4) or tf_inverse_sigmoid(2000), or an object with __call__(step), "
                 "describe() and to_dict()"
             )
         if per not in _PER:
@@ -310,7 +330,7 @@ class TeacherForcing:
         """A phase begins at training step ``start``: with ``count_from="phase"`` the schedule counts
         from there (the trainer calls this; with ``"run"`` it changes nothing).
 
-        >>> tf = TeacherForcing(linear(c=0.1, k=1.0), count_from="phase")
+        >>> tf = TeacherForcing(tf_linear(c=0.1, k=1.0), count_from="phase")
         >>> tf.enter_phase(100); tf.ratio(100), round(tf.ratio(105), 2)
         (1.0, 0.5)
         """
@@ -333,7 +353,7 @@ class TeacherForcing:
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> TeacherForcing:
-        """Build from :meth:`to_dict` output; ``schedule`` may be a dict (see :func:`schedule_from_dict`)
+        """Build from :meth:`to_dict` output; ``schedule`` may be a dict (see :func:`tf_schedule_from_dict`)
         or a number.
 
         >>> TeacherForcing.from_dict({"schedule": {"name": "constant", "p": 0.5}, "per": "sequence"}).per
@@ -347,7 +367,7 @@ class TeacherForcing:
             )
         kwargs = dict(config)
         if isinstance(kwargs.get("schedule"), Mapping):
-            kwargs["schedule"] = schedule_from_dict(kwargs["schedule"])
+            kwargs["schedule"] = tf_schedule_from_dict(kwargs["schedule"])
         return cls(**kwargs)
 
     def __call__(self, decoder: Any, memory: Memory, tgt_in: Tensor, *, step: int,
