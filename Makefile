@@ -29,8 +29,11 @@ demo: setup
 bench: setup
 	$(PY) bench/teacher_forcing.py
 
+# Style (ruff), then the layer and no-cycle contracts in pyproject.toml (import-linter).
 lint: setup
 	$(VENV)/bin/ruff check src tests bench
+	# (type checker: added here)
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

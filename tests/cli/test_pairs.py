@@ -245,7 +245,8 @@ def test_options_may_come_anywhere_for_every_command(argv):
 
 
 def test_configs_saved_by_the_previous_version_still_read():
-    from partwise.cli._config import dump, validate
+    from partwise.cli._config import validate
+    from partwise.recipe import dump
 
     plan = [{"name": "p", "epochs": 1, "train": {"encoder": 1e-3}}]
     old = {"name": "cmudict", "stress": False, "limit": None, "train": None, "dev": None, "test": None,
@@ -260,7 +261,7 @@ def test_configs_saved_by_the_previous_version_still_read():
 def test_model_args_schemas_match_the_factories_they_describe():
     import inspect
 
-    from partwise.cli._schemas import MODEL_ARGS
+    from partwise.recipe import MODEL_ARGS
     from partwise.seq2seq import gru_seq2seq, transformer_seq2seq
     from partwise.tasks._digits import DigitsCycle
     from partwise.tasks._stress import stress_model

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from partwise.cli._kinds import METRICS
 from partwise.cli._runfiles import MARKER
 from partwise.cli._runlog import read_rows
+from partwise.recipe import METRICS
 
 from .cli_helpers import NEW_RUN, TINY, run_cli, tree_hash, write_recipe
 

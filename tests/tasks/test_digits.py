@@ -13,7 +13,8 @@ from partwise import ConfigError, Parts, StepContext, Trainer, grad_report
 from partwise._cache import EncoderCache
 from partwise.cli import main
 from partwise.cli._build import build_parts, build_plan, trainer_kwargs
-from partwise.cli._config import Recipe, validate
+from partwise.cli._config import validate
+from partwise.recipe import Recipe
 from partwise.tasks._digits import (
     DigitsCycle,
     DigitsCycleKind,

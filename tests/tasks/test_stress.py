@@ -17,9 +17,9 @@ from partwise._checkpoint import save_checkpoint
 from partwise._errors import ConfigError
 from partwise.cli import main
 from partwise.cli._config import validate
-from partwise.cli._kinds import KindData
 from partwise.data import G2PSplit, Vocab, load_cmudict
 from partwise.pretrained import G2P_EN_GRAPHEMES
+from partwise.recipe import KindData
 from partwise.seq2seq import GRUEncoder, gru_seq2seq
 from partwise.tasks import (
     StressDataset,

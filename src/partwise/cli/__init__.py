@@ -191,7 +191,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "inspect":
         return cmd.inspect(args.recipe, args.overrides)
     if args.command == "export":
-        from ._hf import export_command
+        from ._export import export_command
 
         return export_command(args.run_dir, args.out_dir, "latest" if args.latest else "best")
     from ._demo import demo

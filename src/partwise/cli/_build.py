@@ -14,8 +14,8 @@ from .._parts import Parts
 from .._plan import Phase, Plan
 from .._schedule import LRSchedule
 from .._trainer import EarlyStopping
+from ..recipe import Recipe, TeacherForcingConfig
 from ..seq2seq import TEACHER_FORCING, TeacherForcing, tf_schedule_from_dict
-from ._config import Recipe, TeacherForcingConfig
 
 __all__ = ["build_parts", "build_plan", "teacher_forcing", "trainer_kwargs", "save_artifacts", "load_artifacts"]
 

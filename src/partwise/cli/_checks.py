@@ -21,10 +21,10 @@ from .._errors import ConfigError, PartError
 from .._optim import build_optimizer
 from .._parts import Parts
 from .._plan import Plan
+from ..recipe import Recipe, declared_metrics
 from . import _build as build
-from ._config import Recipe
 from ._init import init_part_problems, init_problems
-from ._kinds import declared_metrics, get_kind
+from ._kinds import get_kind
 
 __all__ = ["check_recipe", "device_problems", "optimizer_problems", "grad_clip_problems", "metric_problems"]
 

@@ -23,12 +23,13 @@ from .._errors import ConfigError, PartError
 from .._plan import Plan
 from .._trainer import Trainer
 from ..data import DataFormatError
+from ..recipe import KindData, Recipe, dump
 from . import _build as build
 from ._checks import check_recipe
-from ._config import Recipe, dump, load_recipe, validate
+from ._config import load_recipe, validate
 from ._guarantees import PhaseFacts, log_line
 from ._init import apply_init
-from ._kinds import KindData, get_kind
+from ._kinds import get_kind
 from ._rundir import Prior, create_run_dir, discard_attempt, plan_run_dir
 from ._runfiles import (
     MARKER,

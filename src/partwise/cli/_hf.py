@@ -16,14 +16,14 @@ import torch
 from torch import nn
 
 from .._errors import ConfigError
-from ..seq2seq._protocol import BOS, EOS, PAD
+from ..seq2seq import BOS, EOS, PAD
 
-__all__ = ["check", "build_model", "build_task", "predict", "default_spec", "is_hf_model", "export_command"]
+__all__ = ["check", "build_model", "build_task", "predict", "default_spec", "is_hf_model", "require_transformers"]
 
 _KEYS = {"path", "config", "untie"}
 
 
-def _transformers() -> Any:
+def require_transformers() -> Any:
     try:
         import transformers
     except ImportError:
@@ -53,7 +53,7 @@ def check(args: dict[str, Any]) -> None:
 def build_model(args: dict[str, Any], src_size: int, tgt_size: int) -> nn.Module:
     """The model of ``model.args``; partwise's vocabularies (PAD=0, BOS=2, EOS=3) share its id space."""
     check(args)
-    tf = _transformers()
+    tf = require_transformers()
     vocab = max(src_size, tgt_size)
     if "path" in args:
         tf.utils.logging.disable_progress_bar()  # one line per run, not a loading bar
@@ -110,30 +110,3 @@ def predict(task: Any, model: nn.Module, data: Any, tokens: list[list[str]]) -> 
             out += [tgt_vocab.decode(i) for i in ids]
             hits += [task.max_new_tokens is not None and len(i) >= task.max_new_tokens for i in ids]
     return out, hits
-
-
-def export_run(run_dir: str | Path, out_dir: str | Path, which: str = "best", check: bool = True) -> Path:
-    """Export the ``best`` (or ``latest``) checkpoint of a run trained with ``model: {name: hf}``."""
-    from ..hf import export
-    from . import _build
-    from ._commands import load_run
-
-    run = Path(run_dir)
-    recipe, _, model, _, _ = load_run(run, which)
-    if not callable(getattr(model, "save_pretrained", None)):
-        raise TypeError(f"the model of run {str(run)!r} is {recipe.model.name!r}, not a Hugging Face model "
-                        "(model: {name: hf})")
-    artifacts = _build.load_artifacts(run)
-    return export(model, out_dir, check=check, extra={"run_dir": str(run), "checkpoint": which, **artifacts})
-
-
-def export_command(run_dir: str, out_dir: str, which: str) -> int:
-    """``partwise export RUN_DIR OUT_DIR``: the run's model as a ``from_pretrained`` directory."""
-    _transformers()
-    try:
-        out = export_run(run_dir, out_dir, which=which)
-    except (FileExistsError, TypeError, RuntimeError) as e:
-        raise ConfigError([f"export: {e}"]) from None
-    print(f"exported {run_dir} ({which} checkpoint) to {out}; load it with "
-          f"AutoModelForSeq2SeqLM.from_pretrained({str(out)!r})", flush=True)
-    return 0

@@ -33,7 +33,7 @@ from .._checkpoint import META, part_tensors, read_meta, read_part, resolve_chec
 from .._errors import CheckpointError, CheckpointNotFound, ConfigError
 from .._parts import Parts
 from .._surgery import load_part, transfer_state
-from ._config import InitConfig, Recipe
+from ..recipe import InitConfig, Recipe
 
 __all__ = ["init_problems", "init_part_problems", "apply_init"]
 

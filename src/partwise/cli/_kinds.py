@@ -1,88 +1,28 @@
-"""Task kinds: what a recipe trains. Each kind turns a validated recipe into data, a model and a task.
-
-A kind is any object with these methods (composition, no base class):
-
-* ``load_data(recipe, artifacts) -> KindData`` — ``artifacts`` is what ``artifacts(data)`` saved in
-  the run directory (e.g. vocabularies), or ``None`` for a new run;
-* ``artifacts(data) -> dict`` — JSON-serialisable, saved as ``run_dir/artifacts.json``;
-* ``build_model(recipe, data) -> nn.Module``;
-* ``build_task(recipe, data) -> Task`` (loss and evaluate; see :class:`partwise.Task`);
-* ``loaders(recipe, data) -> (train_loader, dev_loader)`` and ``eval_loader(recipe, dataset)``;
-* ``check(recipe) -> None`` — cheap checks before any data is read (raise ``ConfigError``);
-* optionally ``model_for_check(recipe) -> nn.Module`` — the model built without reading data, so parts
-  and plan are validated before the run directory is created;
-* optionally ``predict(recipe, model, data, words, beam_size) -> list[str]``;
-* optionally ``metrics`` (or ``metrics_for(recipe)``): the names of what ``build_task(...).evaluate``
-  returns (the trainer logs them as ``val_<name>``), so that ``best_metric`` and
-  ``early_stopping.metric`` are checked before training; :data:`METRICS` declares them for the
-  built-in kinds.
-
-``training.best_metric: auto`` resolves to :func:`default_best` of the recipe.
-"""
+"""The task kinds the CLI runs, by the recipe's ``task.name`` (the protocol: :class:`partwise.recipe.TaskKind`)."""
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import ConfigError
 
-__all__ = ["KindData", "get_kind", "declared_metrics", "default_best", "METRICS"]
+__all__ = ["KINDS", "get_kind"]
 
-
-@dataclass
-class KindData:
-    train: Any
-    dev: Any
-    test: Any
-    extra: dict[str, Any] = field(default_factory=dict)  # vocabularies, label names, sizes ...
-
-
-_KINDS = {
-    "seq2seq": ("partwise.cli._seq2seq_kind", "Seq2SeqKind"),
-    "stress": ("partwise.tasks._stress", "StressKind"),
-    "digits_cycle": ("partwise.tasks._digits", "DigitsCycleKind"),
-}
-
-
-METRICS = {  # what each built-in kind's task.evaluate returns (tests/cli check them against real runs)
-    "seq2seq": ("loss", "token_acc", "seq_error", "token_error", "at_max_len"),  # cmudict: wer, per
-    "stress": ("loss", "stress_acc", "syllables_acc", "both_acc", "majority_stress_acc", "majority_syllables_acc"),
-    "digits_cycle": ("recon_mse", "cycle_loss", "pixel_mse", "untrained_cycle_loss", "untrained_pixel_mse"),
-}
-
-
-def declared_metrics(name: str, kind: Any, recipe: Any = None) -> tuple[str, ...] | None:
-    """The validation metrics a kind's task reports (``None``: not declared, not checked)."""
-    if recipe is not None and hasattr(kind, "metrics_for"):
-        return tuple(kind.metrics_for(recipe))
-    declared = getattr(kind, "metrics", None)
-    return tuple(declared) if declared is not None else METRICS.get(name)
-
-
-def error_names(recipe: Any) -> tuple[str, str]:
-    """The names of a seq2seq run's sequence and token error rates: G2P's WER/PER on CMUdict.
-
-    >>> from types import SimpleNamespace as NS
-    >>> error_names(NS(data=NS(name="pairs")))
-    ('seq_error', 'token_error')
-    """
-    return ("wer", "per") if recipe.data.name == "cmudict" else ("seq_error", "token_error")
-
-
-def default_best(recipe: Any) -> tuple[str | None, str]:
-    """``(metric, mode)`` that ``training.best_metric: auto`` means for the recipe's task kind."""
-    name = recipe.task.name
-    if name == "seq2seq":
-        return error_names(recipe)[0], "min"
-    if name == "stress":
-        return "both_acc", "max"
-    return None, "min"  # digits_cycle: its phases optimise different losses
+KINDS = ("seq2seq", "stress", "digits_cycle")
 
 
 def get_kind(name: str) -> Any:
-    if name not in _KINDS:
-        raise ConfigError([f"task.name: {name!r} is not a task kind; choose one of {sorted(_KINDS)}"])
-    module, attr = _KINDS[name]
-    return getattr(importlib.import_module(module), attr)()
+    """A new instance of the kind ``name``; each kind's module (and its dependencies) loads on first use."""
+    if name == "seq2seq":
+        from ._seq2seq_kind import Seq2SeqKind
+
+        return Seq2SeqKind()
+    if name == "stress":
+        from ..tasks._stress import StressKind
+
+        return StressKind()
+    if name == "digits_cycle":
+        from ..tasks._digits import DigitsCycleKind
+
+        return DigitsCycleKind()
+    raise ConfigError([f"task.name: {name!r} is not a task kind; choose one of {sorted(KINDS)}"])

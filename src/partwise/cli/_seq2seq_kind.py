@@ -38,11 +38,10 @@ from ..data import (
     make_g2p_datasets,
     read_pairs,
 )
+from ..recipe import METRICS, KindData, Recipe, error_names
 from ..seq2seq import Seq2SeqTask, gru_seq2seq, max_len_from, transformer_seq2seq
 from . import _hf
 from ._build import teacher_forcing
-from ._config import Recipe
-from ._kinds import METRICS, KindData, error_names
 
 __all__ = ["Seq2SeqKind", "Prediction", "model_factory", "resolve_factory", "tokenization"]
 

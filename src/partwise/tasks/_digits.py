@@ -21,10 +21,10 @@ from torch.utils.data import DataLoader, Dataset
 from .._errors import ConfigError
 from .._loader import ShuffledBatches
 from .._task import StepContext
-from ..cli._kinds import KindData
+from ..recipe import KindData
 
 if TYPE_CHECKING:
-    from ..cli._config import Recipe
+    from ..recipe import Recipe
 
 __all__ = [
     "DigitsBatch", "DigitsCycle", "DigitsCycleKind", "DigitsCycleTask", "DigitsDataset",
@@ -229,7 +229,7 @@ class DigitsCycleTask:
         return {k: v / max(latents if "cycle" in k else pixels, 1) for k, v in sums.items()}
 
 
-# -- the task kind (see partwise.cli._kinds) -------------------------------------------------------
+# -- the task kind (see partwise.recipe.TaskKind) ------------------------------------------------
 def _arg_problems(given: dict[str, Any], allowed: tuple[str, ...], where: str) -> list[str]:
     return [f"{where}.{k}: unknown argument; the digits_cycle kind takes {list(allowed)}" for k in given
             if k not in allowed]

@@ -26,10 +26,9 @@ from torch.utils.data import DataLoader, Dataset
 from .._checkpoint import resolve_checkpoint
 from .._errors import CheckpointError, ConfigError, PartError
 from .._surgery import load_part
-from ..cli._config import Recipe
-from ..cli._kinds import KindData
 from ..data import BucketBatchSampler, G2PSplit, Vocab, load_cmudict_splits, stress_labels
 from ..pretrained import G2P_EN_GRAPHEMES
+from ..recipe import KindData, Recipe
 from ..seq2seq import PAD, GRUEncoder, Memory
 from ..seq2seq._model import check_dropout, check_positive_int
 

