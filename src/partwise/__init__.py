@@ -11,6 +11,7 @@
 ['decoder']
 """
 
+from ._cache import EncoderCache
 from ._checkpoint import load_weights, resolve_checkpoint
 from ._errors import (
     CacheRefused,
@@ -22,7 +23,7 @@ from ._errors import (
     PartwiseError,
 )
 from ._freezing import freeze, unfreeze
-from ._guard import FrozenGuard, GradReport, fingerprint, grad_report
+from ._guard import FrozenGuard, GradReport, PartGrad, fingerprint, grad_report
 from ._optim import (
     OptimizerSet,
     build_optimizer,
@@ -33,12 +34,19 @@ from ._optim import (
     state_bytes,
 )
 from ._parts import Part, Parts, SharedTensor
-from ._plan import Phase, Plan
+from ._plan import Phase, PhaseSpan, Plan
 from ._schedule import LRSchedule
-from ._surgery import TransferReport, VocabTransfer, load_part, replace_module, transfer_state
+from ._surgery import (
+    TokenTable,
+    TransferReport,
+    VocabTransfer,
+    load_part,
+    replace_module,
+    transfer_state,
+)
 from ._task import LossTask, StepContext, Task
 from ._trainer import EarlyStopping, NonFiniteLoss, Trainer
-from ._untie import UntieReport, untie
+from ._untie import Untied, UntieReport, untie
 
 __version__ = "0.1.0"
 
@@ -69,10 +77,12 @@ __all__ = [
     "ConfigError",
     "PartwiseError",
     "EarlyStopping",
+    "EncoderCache",
     "LRSchedule",
     "LossTask",
     "NonFiniteLoss",
     "Phase",
+    "PhaseSpan",
     "Plan",
     "StepContext",
     "Task",
@@ -80,6 +90,7 @@ __all__ = [
     "load_state_by_name",
     "load_weights",
     "resolve_checkpoint",
+    "TokenTable",
     "TransferReport",
     "VocabTransfer",
     "load_part",
@@ -88,6 +99,7 @@ __all__ = [
     "FrozenGuard",
     "FrozenPartChanged",
     "GradReport",
+    "PartGrad",
     "OptimizerSet",
     "Part",
     "PartError",
@@ -102,6 +114,7 @@ __all__ = [
     "optimizer_class",
     "state_bytes",
     "unfreeze",
+    "Untied",
     "UntieReport",
     "untie",
 ]

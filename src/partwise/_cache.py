@@ -136,7 +136,8 @@ def _as_column(pieces: Sequence[Tensor]) -> _Column:
 
 
 class EncoderCache:
-    """Per-row encoder outputs for one dataset, looked up by row id (see the module's docstring)."""
+    """Per-row encoder outputs for one dataset, looked up by row id (``Trainer.cache``); how a task
+    opts in and what the cache guarantees follow."""
 
     def __init__(self, task: Any, columns: dict[str, _Column], ids: Tensor):
         self.task, self.columns = task, columns
@@ -226,6 +227,9 @@ class EncoderCache:
             raise CacheRefused("cached encoder outputs differ from live ones on the first training batch "
                                "(the encoder or the data changed after the cache was built)")
         self.verified = True
+
+
+EncoderCache.__doc__ = f"{EncoderCache.__doc__}\n{__doc__}"  # the protocol is documented once, above
 
 
 class _Builder:

@@ -303,7 +303,7 @@ def load_weights(model: nn.Module, parts: Parts, ckpt: str | Path, only: list[st
     >>> ckpt = save_checkpoint(tempfile.mkdtemp(), "step-1", a, Parts(a), {}, {})
     >>> load_weights(b, Parts(b), ckpt)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    partwise._errors.CheckpointError: checkpoint ... 1.weight (part '1') is missing from the checkpoint; ...
+    partwise.CheckpointError: checkpoint ... 1.weight (part '1') is missing from the checkpoint; ...
     """
     ckpt = resolve_checkpoint(ckpt)
     files: dict[str, str] = read_meta(ckpt)["parts"]

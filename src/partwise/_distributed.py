@@ -55,7 +55,7 @@ class _LossModule(nn.Module):
 
 def wrap(model: nn.Module, task: Any, world: int, encodings: Any = None) -> Callable[[Any, Any], torch.Tensor]:
     """``(batch, ctx) -> loss``: the task's loss, through DDP when ``world > 1``. With ``encodings``
-    (a :class:`~partwise._cache.EncoderCache`), the encoder's outputs are looked up, not computed."""
+    (a :class:`~partwise.EncoderCache`), the encoder's outputs are looked up, not computed."""
     module = _LossModule(model, task, encodings)
     if world <= 1:
         return module.forward

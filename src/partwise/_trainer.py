@@ -115,7 +115,7 @@ class Trainer:
             norm, ``None`` when there were no gradients), ``on_epoch_end(trainer, metrics)``,
             ``on_phase_start(trainer, span)``, ``on_plan_change(trainer, changes)``.
         guard: wrap training in a :class:`~partwise.FrozenGuard` re-armed at each phase.
-        cache: frozen-encoder output cache (see :mod:`partwise._cache`): ``"auto"`` uses it whenever the
+        cache: frozen-encoder output cache (see :class:`~partwise.EncoderCache`): ``"auto"`` uses it whenever the
             task supports it and the encoder is frozen, in eval mode and deterministic; ``"on"`` makes
             that a requirement (a :class:`~partwise.ConfigError` says why not); ``"off"`` never caches.
     """
@@ -219,7 +219,7 @@ class Trainer:
     # -- phases ------------------------------------------------------------------------------
     def _enter_phase(self, span: PhaseSpan) -> None:
         """Freeze what the phase does not train and unfreeze what it does (the optimizer follows, see
-        :mod:`partwise._optim`), set each part's optimizer options for the phase, give newly trainable
+        :func:`~partwise.build_optimizer`), set each part's optimizer options for the phase, give newly trainable
         parts their own warmup, and rebuild the DDP wrapper."""
         if self.use_guard and self._guard is not None:
             self._guard.check()  # the phase that ends left its frozen parts bit-identical
@@ -273,7 +273,7 @@ class Trainer:
     def _setup_cache(self) -> EncoderCache | None:
         """The encoder-output cache for this phase: kept from the previous phase while the encoder
         stays frozen, built when it has just been frozen, dropped when it trains. Under DDP every rank
-        encodes its share of the rows and the shares are gathered (see :mod:`partwise._cache`)."""
+        encodes its share of the rows and the shares are gathered (see :class:`~partwise.EncoderCache`)."""
         if self.cache_mode == "off" or self._train_loader is None:
             return None
         self.parts.train()  # the modes training will run in

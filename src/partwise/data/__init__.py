@@ -1,6 +1,6 @@
 """Data for partwise: vocabularies, CMUdict G2P, pair files (TSV, CSV, JSON lines), padded batches, bucketed sampling.
 
-Token ids follow :mod:`partwise.seq2seq._protocol`: ``PAD=0, UNK=1, BOS=2, EOS=3``.
+Token ids follow :mod:`partwise.seq2seq`: ``PAD=0, UNK=1, BOS=2, EOS=3``.
 """
 
 from partwise.data._batching import BucketBatchSampler

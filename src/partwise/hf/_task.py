@@ -171,7 +171,7 @@ class Seq2SeqLMTask:
         return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE,
                                            label_smoothing=self.label_smoothing)
 
-    # -- frozen-encoder cache (see partwise._cache) ----------------------------------------------
+    # -- frozen-encoder cache (see partwise.EncoderCache) ----------------------------------------------
     def split_encoding(self, encoding: Encoding, batch: Any) -> list[dict[str, Tensor]]:
         h = encoding.hidden
         lengths = encoding.mask.sum(1).tolist() if encoding.mask is not None else [h.shape[1]] * h.shape[0]

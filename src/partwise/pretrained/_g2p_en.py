@@ -10,7 +10,7 @@ Token ids. partwise uses ``PAD=0 UNK=1 BOS=2 EOS=3`` (:class:`~partwise.data.Voc
 phoneme table is ``<pad> <unk> <s> </s>`` + 70 ARPAbet symbols, already in that order, so the
 decoder keeps its rows as they are. Its grapheme table is ``<pad> <unk> </s> a..z`` (``</s>`` at 2,
 no ``<s>``); the encoder embedding is rearranged by token name into partwise order
-``<pad> <unk> <s> </s> a..z`` (with :func:`partwise._surgery.transfer_state`), so the sources
+``<pad> <unk> <s> </s> a..z`` (with :func:`partwise.transfer_state`), so the sources
 that ``Vocab.encode(list(word), add_eos=True)`` and partwise's datasets produce are read exactly as
 g2p-en reads them. The ``<s>`` row, which a source never contains, is the mean of the other rows;
 it makes the encoder 30 × 256 rather than 29 × 256 (835,146 parameters in all, 256 more than the

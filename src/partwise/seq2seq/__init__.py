@@ -19,10 +19,10 @@ Example:
 """
 
 from partwise.seq2seq import _protocol
-from partwise.seq2seq._decoding import beam_search, greedy_decode
+from partwise.seq2seq._decoding import MaxLen, beam_search, greedy_decode
 from partwise.seq2seq._gru import GRUDecoder, GRUEncoder, gru_seq2seq
 from partwise.seq2seq._model import Seq2Seq
-from partwise.seq2seq._protocol import BOS, EOS, PAD, UNK, Memory
+from partwise.seq2seq._protocol import BOS, EOS, PAD, UNK, Decoder, Encoder, Memory
 from partwise.seq2seq._task import Seq2SeqTask, max_len_from
 from partwise.seq2seq._teacher_forcing import (
     TEACHER_FORCING,
@@ -41,6 +41,7 @@ from partwise.seq2seq._teacher_forcing import (
     tf_schedule_from_dict,
 )
 from partwise.seq2seq._transformer import (
+    TransformerCache,
     TransformerDecoder,
     TransformerEncoder,
     transformer_seq2seq,
@@ -50,6 +51,10 @@ __doc__ = f"{__doc__}\n{_protocol.__doc__}"  # the protocol is documented once, 
 
 __all__ = [
     "Memory",
+    "Encoder",
+    "Decoder",
+    "MaxLen",
+    "TransformerCache",
     "PAD",
     "UNK",
     "BOS",

@@ -19,7 +19,7 @@ class Seq2Seq(nn.Module):
     """An encoder–decoder pair. Holds exactly two children, ``encoder`` and ``decoder``.
 
     The encoder maps ``(src, src_mask)`` to a :class:`Memory`; the decoder follows the protocol
-    of :mod:`partwise.seq2seq._protocol` (``forward``, ``initial_state``, ``step``,
+    of :mod:`partwise.seq2seq` (``forward``, ``initial_state``, ``step``,
     ``reorder_state``). The reference decoders keep their output projection at ``decoder.out``,
     so a new head is a one-line swap: ``model.decoder.out = nn.Linear(hidden, new_vocab)``.
 
@@ -46,7 +46,7 @@ class Seq2Seq(nn.Module):
         if missing:
             raise TypeError(
                 f"Seq2Seq(): decoder {type(decoder).__name__} lacks {', '.join(missing)}; "
-                "implement the decoder protocol described in partwise.seq2seq._protocol"
+                "implement the decoder protocol described in partwise.seq2seq (help(partwise.seq2seq))"
             )
         self.encoder = encoder
         self.decoder = decoder

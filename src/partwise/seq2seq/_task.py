@@ -88,7 +88,7 @@ class Seq2SeqTask:
     def loss(self, model: nn.Module, batch: Any, ctx: StepContext) -> Tensor:
         return self.loss_from_encoding(model, batch, None, ctx)
 
-    # -- frozen-encoder cache protocol (see partwise._cache) ------------------------------------
+    # -- frozen-encoder cache protocol (see partwise.EncoderCache) ------------------------------------
     def encoder_of(self, model: nn.Module) -> nn.Module:
         return model.encoder
 

@@ -182,7 +182,7 @@ class DigitsCycleTask:
     def loss(self, model: nn.Module, batch: DigitsBatch, ctx: StepContext) -> Tensor:
         return self.loss_from_encoding(model, batch, self.encode(model, batch), ctx)
 
-    # -- frozen-encoder cache protocol (see partwise._cache) ------------------------------------
+    # -- frozen-encoder cache protocol (see partwise.EncoderCache) ------------------------------------
     def encoder_of(self, model: nn.Module) -> nn.Module:
         return model.encoder
 

@@ -176,7 +176,7 @@ class StressTask:
         majority_stress: the most frequent stress index in the training data.
         majority_syllables: the most frequent syllable count in the training data.
 
-    Implements the frozen-encoder cache protocol (:mod:`partwise._cache`).
+    Implements the frozen-encoder cache protocol (:class:`partwise.EncoderCache`).
     """
 
     metrics = ("loss", "stress_acc", "syllables_acc", "both_acc", "majority_stress_acc", "majority_syllables_acc")
