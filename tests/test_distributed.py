@@ -60,8 +60,8 @@ def test_two_ranks_agree_on_evaluation_best_checkpoint_and_early_stopping(tmp_pa
     assert r0 == r1  # the same metrics, best value, stopping step and weights on both ranks
     assert r0["skipped"] == 1  # rank 1's infinite loss made every rank skip that step
     assert len(r0["history"]) == 3 and r0["step"] == 18  # early stopping fired (the plan has 6 epochs of 6 steps)
-    best_epoch = min(r0["history"], key=lambda h: h["val_loss"])
-    assert r0["best"] == best_epoch["val_loss"]
+    best_epoch = min(r0["history"], key=lambda h: h["dev_loss"])
+    assert r0["best"] == best_epoch["dev_loss"]
     best = pw.resolve_checkpoint(tmp_path / "run", "best")
     assert pw._checkpoint.read_meta(best)["step"] == best_epoch["step"]
 

@@ -77,7 +77,7 @@ def test_user_model_trains_by_plan_and_frozen_body_stays_fixed_in_phase_0():
     # the head's Adam state carried across the transition, the body's started fresh
     assert seen["all"]["head_state"] and all(id(p) not in seen["all"]["head_state"] for p in model.body.parameters())
     assert [h["phase"] for h in history] == ["head only", "head only", "all", "all"]
-    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    assert history[-1]["dev_loss"] < history[0]["dev_loss"]
     assert history[2]["lr/body"] == pytest.approx(1e-2 * pw.LRSchedule(warmup=3, decay="cosine").factor(4, 10))
 
 
@@ -107,7 +107,7 @@ def test_resume_is_bit_identical(tmp_path, stop_at):
     hist_c = trainer_c.fit(dataset(), dataset(60), resume=run)
     for (k, a), c in zip(model_a.state_dict().items(), model_c.state_dict().values(), strict=True):
         assert torch.equal(a, c), k
-    assert [h["val_loss"] for h in hist_a] == [h["val_loss"] for h in hist_c]
+    assert [h["dev_loss"] for h in hist_a] == [h["dev_loss"] for h in hist_c]
     assert [h["train_loss"] for h in hist_a] == [h["train_loss"] for h in hist_c]
 
 
@@ -247,7 +247,7 @@ def test_guard_catches_a_write_to_a_frozen_part_at_the_phase_end():
 def test_time_limit_stops_with_an_evaluated_resumable_checkpoint(tmp_path):
     _, _, trainer = make(run_dir=tmp_path)
     history = trainer.fit(dataset(), dataset(60), max_minutes=1e-6)
-    assert trainer.step == 1 and len(history) == 1 and "val_loss" in history[0]
+    assert trainer.step == 1 and len(history) == 1 and "dev_loss" in history[0]
     assert _checkpoint.read_meta(_checkpoint.resolve_checkpoint(tmp_path))["step"] == 1
     _, _, resumed = make(run_dir=tmp_path)
     resumed.fit(dataset(), dataset(60), resume=tmp_path)

@@ -165,7 +165,7 @@ def test_a_plain_list_is_training_and_validation_data():
     data = [(x, y) for x, y in dataset()]
     _, _, trainer = make()
     history = trainer.fit(data, data[:48])
-    assert trainer.step == 20 and "val_loss" in history[-1]
+    assert trainer.step == 20 and "dev_loss" in history[-1]
 
 
 def test_data_a_dataloader_cannot_take_is_refused_before_training():
@@ -261,7 +261,7 @@ def test_early_stopping_and_best_metric_follow_their_own_metrics(tmp_path):
     _, _, trainer = make(run_dir=tmp_path, best_metric=("loss", "min"), early_stopping=pw.EarlyStopping("loss", "max", 1))
     history = trainer.fit(dataset(), dataset(60))
     # val loss falls: the best checkpoint moves on, but in "max" mode it never improves after epoch 1
-    assert len(history) == 2 and history[1]["val_loss"] < history[0]["val_loss"]
+    assert len(history) == 2 and history[1]["dev_loss"] < history[0]["dev_loss"]
     assert pw.resolve_checkpoint(tmp_path, "best").name == "step-00000010"
 
 

@@ -33,7 +33,7 @@ def kill_at(monkeypatch, name: str, occurrence: int) -> None:
     monkeypatch.setattr(_failpoints, "reached", reached)
 
 
-def val_loader() -> DataLoader:
+def dev_loader() -> DataLoader:
     """Held-out batches from a DataLoader without a generator: iterating it draws from torch's RNG."""
     return DataLoader(dataset(48), batch_size=16)
 
@@ -48,7 +48,7 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 def test_evaluation_does_not_perturb_the_training_rng():
     with_eval, _, trainer = make()
-    trainer.fit(dataset(), val_loader())
+    trainer.fit(dataset(), dev_loader())
     without, _, trainer = make()
     trainer.fit(dataset())
     assert same(weights(with_eval), weights(without))
@@ -64,7 +64,7 @@ def test_no_checkpoint_is_written_between_an_epochs_last_step_and_its_evaluation
 
     monkeypatch.setattr(_checkpoint, "save_checkpoint", record)
     _, _, trainer = make(run_dir=tmp_path, save_every=5, best_metric=("loss", "min"))  # 5 steps per epoch
-    trainer.fit(dataset(), val_loader())
+    trainer.fit(dataset(), dev_loader())
     assert written == [(5, 1), (10, 2), (15, 3), (20, 4)]  # once per epoch end, after its evaluation
 
 
@@ -77,14 +77,14 @@ def test_no_checkpoint_is_written_between_an_epochs_last_step_and_its_evaluation
 ])
 def test_a_run_killed_and_resumed_ends_as_the_uninterrupted_one(tmp_path, monkeypatch, point, occurrence):
     ref_model, _, ref = make(run_dir=tmp_path / "ref", save_every=5, best_metric=("loss", "min"))
-    ref.fit(dataset(), val_loader())
+    ref.fit(dataset(), dev_loader())
     kill_at(monkeypatch, point, occurrence)
     _, _, trainer = make(run_dir=tmp_path / "run", save_every=5, best_metric=("loss", "min"))
     with pytest.raises(Killed):
-        trainer.fit(dataset(), val_loader())
+        trainer.fit(dataset(), dev_loader())
     monkeypatch.undo()
     model, _, trainer = make(seed=99, run_dir=tmp_path / "run", save_every=5, best_metric=("loss", "min"))
-    trainer.fit(dataset(), val_loader(), resume=tmp_path / "run")
+    trainer.fit(dataset(), dev_loader(), resume=tmp_path / "run")
     assert same(weights(model), weights(ref_model))
     drop_seconds = [{k: v for k, v in m.items() if k != "seconds"} for m in trainer.history]
     assert drop_seconds == [{k: v for k, v in m.items() if k != "seconds"} for m in ref.history]

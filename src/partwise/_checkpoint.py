@@ -222,13 +222,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:
+def resolve_checkpoint(checkpoint: str | Path, which: str = "latest") -> Path:
     """A checkpoint directory from a run directory, its ``checkpoints/`` folder or the checkpoint itself.
 
     Raises :class:`~partwise.CheckpointNotFound` (a ``FileNotFoundError``) with what was looked for
     when there is none.
     """
-    p = Path(path)
+    p = Path(checkpoint)
     if (p / META).exists():
         return p
     for root in (p / "checkpoints", p):
@@ -288,7 +288,7 @@ def mismatch_error(what: str, problems: list[str], fix: str) -> CheckpointError:
     return CheckpointError(f"{what} ({len(problems)} problem(s)): {shown}; {fix}", problems)
 
 
-def load_weights(model: nn.Module, parts: Parts, ckpt: str | Path, only: list[str] | None = None,
+def load_weights(model: nn.Module, parts: Parts, checkpoint: str | Path, only: list[str] | None = None,
                  strict: bool = True) -> list[str]:
     """Load the weights of ``only`` these parts (default: all) from a checkpoint into ``model``.
 
@@ -303,9 +303,9 @@ def load_weights(model: nn.Module, parts: Parts, ckpt: str | Path, only: list[st
     >>> ckpt = save_checkpoint(tempfile.mkdtemp(), "step-1", a, Parts(a), {}, {})
     >>> load_weights(b, Parts(b), ckpt)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    partwise.CheckpointError: checkpoint ... 1.weight (part '1') is missing from the checkpoint; ...
+    partwise._errors.CheckpointError: checkpoint ... 1.weight (part '1') is missing from the checkpoint; ...
     """
-    ckpt = resolve_checkpoint(ckpt)
+    ckpt = resolve_checkpoint(checkpoint)
     files: dict[str, str] = read_meta(ckpt)["parts"]
     wanted = list(files) if only is None else list(only)
     absent = [p for p in wanted if p not in files]

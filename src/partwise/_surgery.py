@@ -370,7 +370,7 @@ def load_part(model: nn.Module, part: str, checkpoint: str | os.PathLike[str], p
         checkpoint: a checkpoint folder, a run directory or its ``checkpoints/`` folder.
         parts: the registry naming ``part``; default ``Parts(model)`` (one part per top-level child).
         source_part: the part's name in the checkpoint, when it differs from ``part``.
-        which: for a run directory, ``"best"`` (default: the checkpoint with the best validation
+        which: for a run directory, ``"best"`` (default: the checkpoint with the best dev-set
             score; the latest when the run keeps no best, i.e. trained without ``best_metric``) or
             ``"latest"``. Ignored for a checkpoint folder.
 

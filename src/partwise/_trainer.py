@@ -41,6 +41,11 @@ class NonFiniteLoss(PartwiseError, FloatingPointError):
     """The loss or gradient norm became NaN or infinite (``on_nonfinite="stop"``)."""
 
 
+def _dev_key(name: str) -> str:
+    """A metric name in today's spelling: the held-out split is ``dev`` (``val_wer`` was the older key)."""
+    return f"dev_{name[4:]}" if name.startswith("val_") else name
+
+
 class EarlyStopping:
     """Stop when ``metric`` has not improved for ``patience`` evaluations."""
 
@@ -108,7 +113,7 @@ class Trainer:
             (``"stop"``). Under fp16 an overflowing gradient is the loss scaler's business: it skips
             the step and lowers the scale (counted in ``skipped_steps``, never a stop).
         early_stopping / best_metric: stop on a plateau; keep the best checkpoint by ``(metric, mode)``.
-            A metric is ``train_loss`` or one the task's ``evaluate`` returns (``"wer"`` or ``"val_wer"``).
+            A metric is ``train_loss`` or one the task's ``evaluate`` returns (``"wer"`` or ``"dev_wer"``; the older ``"val_wer"`` spelling is accepted).
             Under DDP rank 0 evaluates and every rank takes its metrics, so all decide alike.
         save_every: also checkpoint every N optimizer steps (always at each epoch end).
         callbacks: objects with any of ``on_step_end(trainer, logs)`` (``logs["grad_norm"]`` is the real
@@ -202,17 +207,17 @@ class Trainer:
             return []
         return [f"parts: {m}" for m in ckpt.part_file_problems([*self.parts.names, ckpt.REST])]
 
-    def _metric_problems(self, has_val: bool) -> list[str]:
+    def _metric_problems(self, has_dev: bool) -> list[str]:
         """Metrics early stopping and ``best_metric`` need, against what the task declares it returns."""
         declared = declared_metrics(self.task)
-        known = {"train_loss"} | ({f"val_{m}" for m in declared or ()} if has_val else set())
+        known = {"train_loss"} | ({f"dev_{m}" for m in declared or ()} if has_dev else set())
         rules = [("best_metric", self.best_metric[0])] if self.best_metric else []
         rules += [("early_stopping.metric", self.early_stopping.metric)] if self.early_stopping else []
         out = []
         for where, name in rules:
-            if name in known or f"val_{name}" in known or (has_val and declared is None):
+            if name in known or f"dev_{name}" in known or _dev_key(name) in known or (has_dev and declared is None):
                 continue  # a task that declares no metrics is checked at its first evaluation
-            why = "no val_data given" if not has_val else f"task {type(self.task).__name__} returns {sorted(declared or ())}"
+            why = "no dev_data given" if not has_dev else f"task {type(self.task).__name__} returns {sorted(declared or ())}"
             out.append(f"{where}: metric {name!r} will not be produced ({why}); choose one of {sorted(known)}")
         return out
 
@@ -322,7 +327,7 @@ class Trainer:
         return self._cache_loss(batch, ctx)
 
     # -- the loop ----------------------------------------------------------------------------
-    def fit(self, train_data: Any, val_data: Any = None, resume: str | Path | None = None,
+    def fit(self, train_data: Any, dev_data: Any = None, resume: str | Path | None = None,
             max_steps: int | None = None, max_minutes: float | None = None,
             allow_plan_change: bool = False) -> list[dict[str, Any]]:
         """Train until the plan ends, early stopping fires, or ``max_steps`` optimizer steps or
@@ -333,7 +338,7 @@ class Trainer:
         kept. ``resume``: a run directory or checkpoint; it must have been trained under this plan,
         unless ``allow_plan_change`` (e.g. to extend the last phase), which is then recorded.
         """
-        self._check_fit(val_data, max_steps, max_minutes)
+        self._check_fit(dev_data, max_steps, max_minutes)
         torch.manual_seed(self.seed)
         loader = make_loader(train_data, self.batch_size, self.seed, self.collate_fn, self.rank, self.world)
         self._train_loader = loader
@@ -371,20 +376,20 @@ class Trainer:
                 if self.step >= stop_at or self.step % steps_per_epoch == 0:
                     break
             if self.step % steps_per_epoch == 0 or self.step >= total:
-                if self._end_epoch(val_data, time.perf_counter() - t0):
+                if self._end_epoch(dev_data, time.perf_counter() - t0):
                     break
                 t0 = time.perf_counter()
         if timed_out and self.step % steps_per_epoch and self.step < total:
-            self._end_epoch(val_data, time.perf_counter() - t0)  # out of time: evaluate the partial epoch
+            self._end_epoch(dev_data, time.perf_counter() - t0)  # out of time: evaluate the partial epoch
         if self.step == stop_at < total and self._saved_at != self.step:
             self.save()  # interrupted by max_steps / max_minutes: resumable from here
         if self.use_guard and self._guard is not None:
             self._guard.check()
         return self.history
 
-    def _check_fit(self, val_data: Any, max_steps: Any, max_minutes: Any) -> None:
+    def _check_fit(self, dev_data: Any, max_steps: Any, max_minutes: Any) -> None:
         """What ``fit`` is given, checked before anything runs; all problems at once."""
-        errors = self._metric_problems(val_data is not None)
+        errors = self._metric_problems(dev_data is not None)
         if max_steps is not None and (not _is_int(max_steps) or max_steps < 0):
             errors.append(f"max_steps: {max_steps!r} must be a whole number >= 0, or None")
         if max_minutes is not None and not _is_positive(max_minutes):
@@ -403,7 +408,7 @@ class Trainer:
         if self.save_every and self.step % self.save_every == 0 and not ends_epoch:
             self.save()
 
-    def _end_epoch(self, val_data: Any, seconds: float) -> bool:
+    def _end_epoch(self, dev_data: Any, seconds: float) -> bool:
         """Evaluate (rank 0; its metrics go to every rank), keep the best checkpoint, and say whether
         early stopping fires (the same answer on every rank). In this order: evaluate, add the metrics
         to the history, decide best and early stopping, checkpoint, then tell the callbacks — so the
@@ -413,9 +418,9 @@ class Trainer:
         self._epoch_loss = (0.0, 0)
         metrics: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step, "phase": self.span.phase.name,
                                    "train_loss": total / max(n, 1), "seconds": seconds, **self.lrs()}
-        if val_data is not None:
-            scores = self._evaluate(val_data) if self.rank == 0 else None
-            metrics.update({f"val_{k}": v for k, v in dist.broadcast_object(scores, self.world).items()})
+        if dev_data is not None:
+            scores = self._evaluate(dev_data) if self.rank == 0 else None
+            metrics.update({f"dev_{k}": v for k, v in dist.broadcast_object(scores, self.world).items()})
         _failpoints.reached("epoch.evaluated")
         self.history.append(metrics)
         improved, stop = self._decide(metrics)
@@ -426,14 +431,14 @@ class Trainer:
         _failpoints.reached("epoch.logged")
         return stop
 
-    def _evaluate(self, val_data: Any) -> dict[str, Any]:
+    def _evaluate(self, dev_data: Any) -> dict[str, Any]:
         """The task's evaluation, on a forked RNG: whatever it draws (a DataLoader's base seed, sampling)
         leaves the training stream as it was, so a run does not depend on whether it evaluated."""
         self.model.eval()
-        dataset = val_data.dataset if isinstance(val_data, torch.utils.data.DataLoader) else val_data
+        dataset = dev_data.dataset if isinstance(dev_data, torch.utils.data.DataLoader) else dev_data
         cuda = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda, device_type="cuda"):
-            batches = eval_batches(val_data, self.batch_size, self.collate_fn, self.device)
+            batches = eval_batches(dev_data, self.batch_size, self.collate_fn, self.device)
             return dict(self.task.evaluate(self.model, batches, dataset))
 
     def _decide(self, metrics: dict[str, Any]) -> tuple[bool, bool]:
@@ -455,7 +460,7 @@ class Trainer:
         return improved, self._stale_evals >= es.patience
 
     def _metric(self, metrics: dict[str, Any], name: str) -> float:
-        key = name if name in metrics else f"val_{name}"
+        key = name if name in metrics else f"dev_{name}" if f"dev_{name}" in metrics else _dev_key(name)
         if key not in metrics:
             raise ConfigError([f"best/early-stopping metric {name!r} not produced by {type(self.task).__name__}; "
                                f"have {sorted(metrics)}; choose one of those, or declare the task's metrics"])

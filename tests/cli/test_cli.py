@@ -49,7 +49,7 @@ def test_train_eval_predict_inspect_resume(tmp_path, capsys):
     assert code == 0, err
     assert "dev: loss" in out and "wer " in out
     metrics = (run / "metrics.csv").read_text().splitlines()
-    assert len(metrics) >= 2 and "val_wer" in metrics[0]
+    assert len(metrics) >= 2 and "dev_wer" in metrics[0]
     assert (run / "report.md").is_file() and (run / "loss.png").is_file()
     code, out, _ = run_cli(capsys, "eval", str(run), "--split", "test")
     assert code == 0 and out.startswith("test: loss") and "wer " in out and "per " in out

@@ -63,7 +63,7 @@ def test_a_pairs_run_reports_task_neutral_metrics_and_what_it_guaranteed(pairs_r
                                    "target", "limit"}  # only the keys of pair files, no G2P keys
     assert config["training"]["best_metric"] == "seq_error" and "init" not in config
     header = (pairs_run / "metrics.csv").read_text().splitlines()[0]
-    assert "val_seq_error" in header and "val_token_error" in header and "val_wer" not in header
+    assert "dev_seq_error" in header and "dev_token_error" in header and "dev_wer" not in header
     report = (pairs_run / "report.md").read_text()
     best = (pairs_run / "checkpoints" / "best").read_text().strip()
     step = json.loads((pairs_run / "checkpoints" / best / "meta.json").read_text())["step"]

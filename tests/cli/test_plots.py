@@ -17,7 +17,7 @@ from partwise.seq2seq import TeacherForcing, tf_linear
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def log_run(run_dir: Path, *, teacher_forcing: bool = True, val_wer: bool = True, epochs: int = 4) -> list[dict]:
+def log_run(run_dir: Path, *, teacher_forcing: bool = True, dev_wer: bool = True, epochs: int = 4) -> list[dict]:
     """Feed a RunLog what a Trainer would for a 2-phase plan, 5 steps per epoch; return epoch metrics."""
     log = RunLog(run_dir)
     task = SimpleNamespace(teacher_forcing=TeacherForcing(tf_linear(c=0.04)) if teacher_forcing else None)
@@ -38,9 +38,9 @@ def log_run(run_dir: Path, *, teacher_forcing: bool = True, val_wer: bool = True
             trainer.step += 1
             log.on_step_end(trainer, {"step": trainer.step, "loss": 2.0 / trainer.step, "grad_norm": 0.0, **lrs})
         metrics = {"epoch": epoch + 1, "step": trainer.step, "phase": phases[index].name,
-                   "train_loss": 1.5 / (epoch + 1), "seconds": 12.25, **lrs, "val_loss": 1.7 / (epoch + 1)}
-        if val_wer:
-            metrics.update(val_wer=0.6 - 0.1 * epoch, val_per=0.2 - 0.03 * epoch)
+                   "train_loss": 1.5 / (epoch + 1), "seconds": 12.25, **lrs, "dev_loss": 1.7 / (epoch + 1)}
+        if dev_wer:
+            metrics.update(dev_wer=0.6 - 0.1 * epoch, dev_per=0.2 - 0.03 * epoch)
         log.on_epoch_end(trainer, metrics)
         history.append(metrics)
         trainer.epoch += 1
@@ -68,7 +68,7 @@ def test_plots_are_valid_pngs(tmp_path):
 def test_metric_panel_and_teacher_forcing_plot_only_when_logged(tmp_path):
     with_wer, plain = tmp_path / "wer", tmp_path / "plain"
     log_run(with_wer)
-    log_run(plain, teacher_forcing=False, val_wer=False)
+    log_run(plain, teacher_forcing=False, dev_wer=False)
     assert [p.name for p in make_plots(plain)] == ["loss.png", "lr.png"]
     make_plots(with_wer)
     # validation WER/PER get a second panel: the figure is twice as tall
@@ -105,12 +105,12 @@ def test_report_embeds_plots_and_metrics(tmp_path):
         assert f"![{plot.stem}]({plot.name})" in text and (path.parent / plot.name).is_file()
     epochs_section = text.split("## Epochs")[1].split("## Plots")[0]
     table = [line for line in epochs_section.splitlines() if line.startswith("|")]
-    assert table[0] == "| epoch | phase | step | train_loss | val_loss | val_wer | val_per | seconds |"
+    assert table[0] == "| epoch | phase | step | train_loss | dev_loss | dev_wer | dev_per | seconds |"
     for line, m in zip(table[2:], history, strict=True):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[:3] == [str(m["epoch"]), m["phase"], str(m["step"])]
         assert [float(c) for c in cells[3:7]] == pytest.approx(
-            [m["train_loss"], m["val_loss"], m["val_wer"], m["val_per"]], rel=1e-3)
+            [m["train_loss"], m["dev_loss"], m["dev_wer"], m["dev_per"]], rel=1e-3)
 
 
 def test_report_of_a_long_run_elides_middle_epochs(tmp_path):

@@ -152,7 +152,7 @@ def test_the_seq2seq_metrics_declared_for_checks_are_the_ones_logged(base_run):
 
     header, _ = read_rows(base_run / "metrics.csv")
     declared = Seq2SeqKind().metrics_for(read_run_config(base_run))  # G2P names on CMUdict: wer, per
-    assert sorted(c.removeprefix("val_") for c in header if c.startswith("val_")) == sorted(declared)
+    assert sorted(c.removeprefix("dev_") for c in header if c.startswith("dev_")) == sorted(declared)
     assert {"wer", "per"} <= set(declared) and len(declared) == len(METRICS["seq2seq"])
 
 

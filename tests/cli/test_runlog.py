@@ -65,7 +65,7 @@ def test_trainer_run_logs_epochs_steps_and_phases(tmp_path):
     assert header[:4] == ["epoch", "step", "phase", "train_loss"] and "lr/body" in header
     assert [r["lr/body"] for r in metrics[:2]] == ["", ""]
     for row, hist in zip(metrics, history, strict=True):
-        assert float(row["val_loss"]) == hist["val_loss"] and float(row["lr/head"]) == hist["lr/head"]
+        assert float(row["dev_loss"]) == hist["dev_loss"] and float(row["lr/head"]) == hist["lr/head"]
     assert float(metrics[2]["lr/body"]) == history[2]["lr/body"]
 
     _, steps = rows(tmp_path / "steps.csv")
@@ -116,7 +116,7 @@ def test_resume_drops_rows_past_the_checkpoint_and_logs_each_step_once(tmp_path)
     _, metrics = rows(run / "metrics.csv")
     _, expected = rows(straight / "metrics.csv")
     assert [r["epoch"] for r in metrics] == ["1", "2", "3", "4"]
-    assert [r["val_loss"] for r in metrics] == [r["val_loss"] for r in expected]
+    assert [r["dev_loss"] for r in metrics] == [r["dev_loss"] for r in expected]
     assert (run / "phases.csv").read_text() == (straight / "phases.csv").read_text()
 
 
@@ -153,9 +153,9 @@ def test_tensorboard_scalars_are_written(tmp_path):
     log.close()
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
-    val = events.Scalars("epoch/val_loss")
+    val = events.Scalars("epoch/dev_loss")
     assert [e.step for e in val] == [5, 10, 15, 20]
-    assert [e.value for e in val] == pytest.approx([h["val_loss"] for h in history])
+    assert [e.value for e in val] == pytest.approx([h["dev_loss"] for h in history])
     assert len(events.Scalars("train/loss")) == 20 and len(events.Scalars("train/lr/body")) == 10
 
 
@@ -174,7 +174,7 @@ def test_disabled_progress_prints_one_line_per_epoch():
     assert len(lines) == 4
     for i, (line, hist) in enumerate(zip(lines, history, strict=True), start=1):
         assert line.startswith(f"epoch {i} · {hist['phase']} · step {5 * i} · train_loss ")
-        assert f"val_loss {hist['val_loss']:.4g}" in line and line.endswith("s")
+        assert f"dev_loss {hist['dev_loss']:.4g}" in line and line.endswith("s")
 
 
 def test_enabled_progress_draws_a_bar_per_epoch_with_phase_lr_and_ratio():

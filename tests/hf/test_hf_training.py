@@ -69,7 +69,7 @@ def test_decoder_first_then_encoder_at_low_lr_encoder_fixed_in_phase_one():
     assert phases.cached == {"decoder first": True, "all": False}
     lrs = {g["part"]: g["base_lr"] for g in trainer.optimizer.param_groups}
     assert lrs == {"encoder": 1e-4, "embeddings": 1e-4, "decoder": 1e-2}
-    assert {"val_loss", "val_token_acc", "val_seq_acc"} <= set(history[-1])
+    assert {"dev_loss", "dev_token_acc", "dev_seq_acc"} <= set(history[-1])
 
 
 @pytest.mark.parametrize("stop_at", [4, 7])  # inside phase one (cached) and inside phase two
@@ -84,7 +84,7 @@ def test_resume_is_bit_identical(tmp_path, stop_at):
     hist_c = trainer_c.fit(rows("t5"), rows("t5", 6), resume=run)
     for (k, a), c in zip(model_a.state_dict().items(), model_c.state_dict().values(), strict=True):
         assert torch.equal(a, c), k
-    assert [h["val_loss"] for h in hist_a] == [h["val_loss"] for h in hist_c]
+    assert [h["dev_loss"] for h in hist_a] == [h["dev_loss"] for h in hist_c]
 
 
 @pytest.mark.parametrize("name", ["t5", "bart", "whisper"])

@@ -23,6 +23,6 @@ def test_readme_hf_quickstart_executes(capsys, monkeypatch, tmp_path):
     for block in blocks:
         exec(compile(block, str(README), "exec"), namespace)
     out = capsys.readouterr().out
-    assert "embeddings" in out and "val_seq_acc" in out and "['embeddings', 'encoder', 'decoder', 'head']" in out
+    assert "embeddings" in out and "dev_seq_acc" in out and "['embeddings', 'encoder', 'decoder', 'head']" in out
     again = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "runs" / "readme_t5")
     assert again.lm_head.weight is again.shared.weight  # still tied, as exported

@@ -29,8 +29,8 @@ def test_g2p_trains_with_separate_optimizers_and_scheduled_sampling(tmp_path):
     history = trainer.fit(loader, data.dev)
     assert isinstance(trainer.optimizer, pw.OptimizerSet) and set(trainer.optimizer.optimizers) == {"encoder", "decoder"}
     first, last = history[0], history[-1]
-    assert set(last) >= {"val_loss", "val_token_acc", "val_wer", "val_per"}
-    assert 0.0 <= last["val_wer"] <= 1.0 and 0.0 <= last["val_per"]
-    assert last["val_loss"] < first["val_loss"] and last["val_token_acc"] > first["val_token_acc"]
-    assert last["val_per"] < 0.5 * untrained["per"]  # a tiny run already far below the untrained model
+    assert set(last) >= {"dev_loss", "dev_token_acc", "dev_wer", "dev_per"}
+    assert 0.0 <= last["dev_wer"] <= 1.0 and 0.0 <= last["dev_per"]
+    assert last["dev_loss"] < first["dev_loss"] and last["dev_token_acc"] > first["dev_token_acc"]
+    assert last["dev_per"] < 0.5 * untrained["per"]  # a tiny run already far below the untrained model
     assert ratios[-1] < ratios[0]  # the teacher-forcing ratio decays with the trainer's step

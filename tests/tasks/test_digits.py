@@ -178,8 +178,8 @@ def test_two_phase_training_keeps_the_encoder_bit_identical(splits):
     assert watch.cache_used and all(watch.cache_used) and trainer.cache is not None
     first, last = history[0], history[-1]
     assert first["phase"] == "autoencoder" and last["phase"] == "cycle"
-    assert first["val_cycle_loss"] == first["val_untrained_cycle_loss"]  # the generator waits for its phase
-    assert last["val_cycle_loss"] < 0.5 * last["val_untrained_cycle_loss"]
+    assert first["dev_cycle_loss"] == first["dev_untrained_cycle_loss"]  # the generator waits for its phase
+    assert last["dev_cycle_loss"] < 0.5 * last["dev_untrained_cycle_loss"]
 
 
 def test_bad_recipes_are_reported_before_any_work():

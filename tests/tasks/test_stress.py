@@ -189,7 +189,7 @@ def test_recipe_trains_end_to_end(tmp_path, capsys):
     out = capsys.readouterr()
     assert code == 0, out.err
     rows = (run / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 4 and "val_both_acc" in rows[0] and "val_majority_stress_acc" in rows[0]
+    assert len(rows) == 4 and "dev_both_acc" in rows[0] and "dev_majority_stress_acc" in rows[0]
     assert yaml.safe_load((run / "config.yaml").read_text())["training"]["cache"] == "on"
     assert main(["eval", str(run), "--split", "test"]) == 0
     out = capsys.readouterr().out

@@ -143,7 +143,7 @@ def metric_problems(recipe: Recipe, kind: Any, part_names: list[str] | None) -> 
     metrics = declared_metrics(recipe.task.name, kind, recipe)
     if metrics is None:
         return []
-    known = {"train_loss", "epoch", "step", "seconds", *metrics, *(f"val_{m}" for m in metrics)}
+    known = {"train_loss", "epoch", "step", "seconds", *metrics, *(f"dev_{m}" for m in metrics), *(f"val_{m}" for m in metrics)}  # val_: older spelling
     lrs = {f"lr/{p}" for p in part_names} if part_names is not None else None
     t, out = recipe.training, []
     for where, name in (("training.best_metric", t.best_metric),
@@ -151,5 +151,5 @@ def metric_problems(recipe: Recipe, kind: Any, part_names: list[str] | None) -> 
         if name is None or name in known or (name.startswith("lr/") and (lrs is None or name in lrs)):
             continue
         out.append(f"{where}: {name!r} is not a metric of task {recipe.task.name!r}; choose one of "
-                   f"{', '.join(metrics)} (validation) or train_loss" + (" (or null)" if where.endswith("best_metric") else ""))
+                   f"{', '.join(metrics)} (on the dev set) or train_loss" + (" (or null)" if where.endswith("best_metric") else ""))
     return out

@@ -63,7 +63,7 @@ def _source(part: str, spec: InitConfig) -> _Source:
                            f"run written by `partwise train` or a checkpoint folder ({DOCS})"])
     if spec.checkpoint is None:
         raise ConfigError([f"{where}.checkpoint: required when from is a run directory; choose best (the best "
-                           "validation score) or latest"])
+                           "dev-set score) or latest"])
     try:
         ckpt = resolve_checkpoint(p, spec.checkpoint)
     except CheckpointNotFound:

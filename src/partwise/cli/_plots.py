@@ -22,7 +22,7 @@ _LOSS, _LR, _TF = "loss.png", "lr.png", "teacher_forcing.png"
 def make_plots(run_dir: str | Path) -> list[Path]:
     """Draw ``loss.png``, ``lr.png`` and ``teacher_forcing.png`` into ``run_dir``; return their paths.
 
-    ``loss.png``: train and validation loss per epoch, and the other validation metrics (WER, PER,
+    ``loss.png``: train and dev loss per epoch, and the other dev-set metrics (WER, PER,
     token accuracy ...) on a second panel when logged. ``lr.png``: learning rate per part per step
     (log scale). ``teacher_forcing.png``: the teacher-forcing ratio per step, only when one was
     logged. Every plot marks where each phase starts. Reads only ``metrics.csv``, ``steps.csv`` and
@@ -92,20 +92,20 @@ def _mark_phases(ax: Any, phases: Sequence[dict[str, str]], column: str, offset:
 
 def _loss_plot(new_figure: Any, rows: list[dict[str, str]], phases: list[dict[str, str]], path: Path) -> Path:
     epochs = _floats(rows, "epoch")
-    others = sorted(c for c in rows[0] if c.startswith("val_") and c != "val_loss")
+    others = sorted(c for c in rows[0] if c.startswith("dev_") and c != "dev_loss")
     others = [c for c in others if any(not math.isnan(v) for v in _floats(rows, c))]
     fig = new_figure(2 if others else 1)
     axes = fig.subplots(2 if others else 1, 1, sharex=True, squeeze=False)[:, 0]
-    for column, label in (("train_loss", "train loss"), ("val_loss", "validation loss")):
+    for column, label in (("train_loss", "train loss"), ("dev_loss", "dev loss")):
         values = _floats(rows, column)
         if any(not math.isnan(v) for v in values):
             axes[0].plot(epochs, values, marker="o", markersize=3, label=label)
     axes[0].set_ylabel("loss")
     axes[0].set_title("loss per epoch")
     for column in others:
-        axes[1].plot(epochs, _floats(rows, column), marker="o", markersize=3, label=column.removeprefix("val_"))
+        axes[1].plot(epochs, _floats(rows, column), marker="o", markersize=3, label=column.removeprefix("dev_"))
     if others:
-        axes[1].set_ylabel("validation metric")
+        axes[1].set_ylabel("dev metric")
     for ax in axes:
         _mark_phases(ax, phases, "start_epoch", offset=-0.5)  # the phase's first epoch starts after the previous
         ax.grid(alpha=0.3)

@@ -21,15 +21,15 @@ def epoch_line(metrics: Mapping[str, Any]) -> str:
     """One readable line for an epoch's metrics: epoch, phase, step, train loss, val metrics, seconds.
 
     >>> epoch_line({"epoch": 2, "step": 10, "phase": "head", "train_loss": 0.51234, "seconds": 1.25,
-    ...             "lr/head": 0.001, "val_wer": 0.25})
-    'epoch 2 · head · step 10 · train_loss 0.5123 · val_wer 0.25 · 1.2s'
+    ...             "lr/head": 0.001, "dev_wer": 0.25})
+    'epoch 2 · head · step 10 · train_loss 0.5123 · dev_wer 0.25 · 1.2s'
     """
     parts = [f"epoch {metrics.get('epoch', '?')}"]
     if "phase" in metrics:
         parts.append(str(metrics["phase"]))
     if "step" in metrics:
         parts.append(f"step {metrics['step']}")
-    shown = ["train_loss"] + sorted(k for k in metrics if k.startswith("val_"))
+    shown = ["train_loss"] + sorted(k for k in metrics if k.startswith("dev_"))
     parts += [f"{k} {_num(metrics[k])}" for k in shown if k in metrics]
     if "seconds" in metrics:
         parts.append(f"{float(metrics['seconds']):.1f}s")

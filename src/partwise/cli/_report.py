@@ -11,7 +11,7 @@ from ._runlog import METRICS, read_rows
 
 __all__ = ["write_report"]
 
-_KEY_COLUMNS = ("epoch", "phase", "step", "train_loss")  # then every val_* column, then seconds
+_KEY_COLUMNS = ("epoch", "phase", "step", "train_loss")  # then every dev_* column, then seconds
 _MAX_EPOCH_ROWS = 40  # longer runs show the first and last epochs
 
 
@@ -20,7 +20,7 @@ def write_report(run_dir: str | Path, title: str, summary: Mapping[str, Any], pl
 
     ``summary`` values may be numbers, strings, lists, or mappings (one row per entry, e.g.
     parameters trained per phase). The epochs table reads the key columns of ``metrics.csv``
-    (epoch, phase, step, train loss, validation metrics, seconds). Plots are linked relative to
+    (epoch, phase, step, train loss, dev-set metrics, seconds). Plots are linked relative to
     ``run_dir``, so the folder can be moved or published as it is.
 
     >>> import tempfile
@@ -68,7 +68,7 @@ def _flatten(summary: Mapping[str, Any]) -> list[tuple[str, Any]]:
 
 def _epoch_table(header: list[str], rows: list[dict[str, str]]) -> list[str]:
     columns = [c for c in _KEY_COLUMNS if c in header]
-    columns += [c for c in header if c.startswith("val_")] + [c for c in ("seconds",) if c in header]
+    columns += [c for c in header if c.startswith("dev_")] + [c for c in ("seconds",) if c in header]
     shown: list[dict[str, str] | None] = list(rows)
     if len(rows) > _MAX_EPOCH_ROWS:
         half = _MAX_EPOCH_ROWS // 2
