@@ -38,7 +38,7 @@ from ..data import (
     make_g2p_datasets,
     read_pairs,
 )
-from ..recipe import METRICS, KindData, Recipe, error_names
+from ..recipe import METRICS, CmudictData, KindData, PairsData, Recipe, error_names
 from ..seq2seq import Seq2SeqTask, gru_seq2seq, max_len_from, transformer_seq2seq
 from . import _hf
 from ._build import teacher_forcing
@@ -79,7 +79,7 @@ def model_factory(name: str, factories: dict[str, Any], path: str | None = None)
     raise ConfigError([f"model.name: {name!r} is not one of {sorted(factories)}, 'hf' or 'package.module:factory'"])
 
 
-def eval_loader(dataset: Seq2SeqDataset | None, batch_size: int = 256) -> DataLoader | None:
+def eval_loader(dataset: Seq2SeqDataset | None, batch_size: int = 256) -> DataLoader[Any] | None:
     if dataset is None:
         return None
     return DataLoader(dataset, collate_fn=collate,
@@ -95,7 +95,7 @@ def tokenization(side: Any) -> Tokenization:
 def _sides(recipe: Recipe) -> tuple[Tokenization, Tokenization]:
     """Source and target tokenisation: CMUdict is lowercase characters to ARPAbet symbols."""
     d = recipe.data
-    if d.name == "cmudict":
+    if not isinstance(d, PairsData):  # CMUdict: lowercase characters to ARPAbet symbols
         return Tokenization("char", lowercase=True), Tokenization("space")
     return tokenization(d.source), tokenization(d.target)
 
@@ -164,13 +164,15 @@ class Seq2SeqKind:
     def load_data(self, recipe: Recipe, artifacts: dict[str, Any] | None) -> KindData:
         d = recipe.data
         vocabs = None if artifacts is None else (Vocab.from_dict(artifacts["src"]), Vocab.from_dict(artifacts["tgt"]))
-        if d.name == "cmudict":
+        if isinstance(d, CmudictData):
             g = make_g2p_datasets(stress=d.stress, limit=d.limit)
             if vocabs is not None and (vocabs[0] != g.src_vocab or vocabs[1] != g.tgt_vocab):
                 raise ConfigError(["data: the run's saved vocabulary differs from this data's; use the run's own data settings"])
             return KindData(g.train, g.dev, g.test, {"src": g.src_vocab, "tgt": g.tgt_vocab})
+        if not isinstance(d, PairsData):
+            raise ConfigError([f"data.name: {d.name!r} does not fit task 'seq2seq'; use cmudict or a pair file"])
         src_tok, tgt_tok = _sides(recipe)
-        pairs = {}
+        pairs: dict[str, list[tuple[list[str], list[str]]] | None] = {}
         for split in ("train", "dev", "test"):
             path = getattr(d, split)
             try:
@@ -183,7 +185,8 @@ class Seq2SeqKind:
         if d.limit:
             pairs = {k: (v[: d.limit] if v else v) for k, v in pairs.items()}
         if vocabs is None:
-            vocabs = (Vocab.build(s for s, _ in pairs["train"]), Vocab.build(t for _, t in pairs["train"]))
+            train = pairs["train"] or []
+            vocabs = (Vocab.build(s for s, _ in train), Vocab.build(t for _, t in train))
         sets = {k: Seq2SeqDataset(v, *vocabs) if v else None for k, v in pairs.items()}
         return KindData(sets["train"], sets["dev"], sets["test"], {"src": vocabs[0], "tgt": vocabs[1]})
 
@@ -224,12 +227,12 @@ class Seq2SeqKind:
                            tgt_vocab=data.extra["tgt"], beam_size=recipe.eval.beam_size, max_len=limit,
                            max_len_ratio=recipe.eval.max_len_ratio or 2.0, metric_names=error_names(recipe))
 
-    def loaders(self, recipe: Recipe, data: KindData) -> tuple[DataLoader, DataLoader | None]:
+    def loaders(self, recipe: Recipe, data: KindData) -> tuple[DataLoader[Any], DataLoader[Any] | None]:
         train = DataLoader(data.train, collate_fn=collate, batch_sampler=BucketBatchSampler(
             data.train.lengths, recipe.training.batch_size, seed=recipe.seed))
         return train, eval_loader(data.dev)
 
-    def eval_loader(self, recipe: Recipe, dataset: Any) -> DataLoader | None:
+    def eval_loader(self, recipe: Recipe, dataset: Any) -> DataLoader[Any] | None:
         return eval_loader(dataset)
 
     def join(self, recipe: Recipe, tokens: list[str], sep: str | None = None) -> str:

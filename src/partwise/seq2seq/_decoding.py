@@ -16,7 +16,7 @@ be dropped from the output, hiding an error).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor
@@ -29,9 +29,15 @@ MaxLen = int | Callable[[Tensor], "int | Tensor"]
 
 
 class _EncoderDecoder(Protocol):
+    encoder: Any
     decoder: Any
 
     def encode(self, src: Tensor, src_mask: Tensor) -> Memory: ...
+
+
+def encoder_decoder(model: Any) -> _EncoderDecoder:
+    """``model`` seen as a seq2seq model (``encoder``, ``decoder``, ``encode(src, src_mask)``)."""
+    return cast(_EncoderDecoder, model)
 
 
 def _limits(max_len: MaxLen, src_mask: Tensor, where: str) -> Tensor:

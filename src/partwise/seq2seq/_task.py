@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .._task import StepContext
-from ._decoding import MaxLen, beam_search, greedy_decode
+from ._decoding import MaxLen, beam_search, encoder_decoder, greedy_decode
 from ._protocol import PAD, Memory
 from ._teacher_forcing import phase_teacher_forcing
 
@@ -78,22 +78,24 @@ class Seq2SeqTask:
 
     def logits(self, model: nn.Module, batch: Any, ctx: StepContext | None = None, memory: Memory | None = None) -> Tensor:
         """Training logits: the phase's (else the task's) teacher forcing at ``ctx.step``."""
+        m = encoder_decoder(model)
         if memory is None:
-            memory = model.encode(batch.src, batch.src_mask)
+            memory = m.encode(batch.src, batch.src_mask)
         tf = phase_teacher_forcing(ctx.task_options if ctx is not None else None, self.teacher_forcing)
         if tf is None or ctx is None:
-            return model.decoder(batch.tgt_in, memory, model.decoder.initial_state(memory))
-        return tf(model.decoder, memory, batch.tgt_in, step=ctx.step)
+            return m.decoder(batch.tgt_in, memory, m.decoder.initial_state(memory))
+        return tf(m.decoder, memory, batch.tgt_in, step=ctx.step)
 
     def loss(self, model: nn.Module, batch: Any, ctx: StepContext) -> Tensor:
         return self.loss_from_encoding(model, batch, None, ctx)
 
     # -- frozen-encoder cache protocol (see partwise.EncoderCache) ------------------------------------
     def encoder_of(self, model: nn.Module) -> nn.Module:
-        return model.encoder
+        encoder: nn.Module = encoder_decoder(model).encoder
+        return encoder
 
     def encode(self, model: nn.Module, batch: Any) -> Memory:
-        return model.encode(batch.src, batch.src_mask)
+        return encoder_decoder(model).encode(batch.src, batch.src_mask)
 
     def loss_from_encoding(self, model: nn.Module, batch: Any, memory: Memory | None, ctx: StepContext) -> Tensor:
         logits = self.logits(model, batch, ctx, memory)
@@ -138,8 +140,8 @@ class Seq2SeqTask:
         """Token ids per row (no ``BOS``/``EOS``); a row hit its limit when it has ``limits`` tokens."""
         limits = self.limits(src_mask)
         if self.beam_size == 1:
-            return greedy_decode(model, src, src_mask, max_len=lambda n: limits)
-        return beam_search(model, src, src_mask, beam_size=self.beam_size, max_len=lambda n: limits)
+            return greedy_decode(encoder_decoder(model), src, src_mask, max_len=lambda n: limits)
+        return beam_search(encoder_decoder(model), src, src_mask, beam_size=self.beam_size, max_len=lambda n: limits)
 
     def decode_counted(self, model: nn.Module, src: Tensor, src_mask: Tensor) -> tuple[list[list[int]], int]:
         """:meth:`decode` and how many rows stopped at their limit instead of at ``EOS``."""
@@ -158,7 +160,7 @@ class Seq2SeqTask:
         predictions: list[list[str]] = []
         references: list[list[list[str]]] = []
         score = self.tgt_vocab is not None and getattr(dataset, "references", None) is not None
-        devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []  # type: ignore[no-untyped-call]
         with torch.random.fork_rng(devices=devices):  # a DataLoader draws a seed per iteration: not from training's RNG
             for batch in batches:
                 total, tokens, correct, truncated = self._score_batch(

@@ -73,7 +73,7 @@ def _step(step: object) -> int:
     if isinstance(step, bool):
         raise TypeError(f"schedule step={step!r} must be a non-negative int, got bool")
     try:
-        i = operator.index(step)  # accepts int and integer numpy/torch scalars
+        i = operator.index(step)  # type: ignore[arg-type]  # int and integer numpy/torch scalars
     except TypeError:
         kind = type(step).__name__
         raise TypeError(f"schedule step={step!r} must be a non-negative int, got {kind}") from None
@@ -294,7 +294,7 @@ class TeacherForcing:
         count_from: str = "run",
     ) -> None:
         if isinstance(schedule, numbers.Real) and not isinstance(schedule, bool):
-            schedule = tf_constant(schedule)
+            schedule = tf_constant(float(schedule))
         if not isinstance(schedule, TFSchedule):
             raise TypeError(
                 f"TeacherForcing schedule={schedule!r} must be a number, a schedule such as "

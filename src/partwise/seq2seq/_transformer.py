@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,7 @@ def _check_sizes(where: str, vocab_size: int, d_model: int, heads: int, layers: 
 
 
 class _Embedding(nn.Module):
+    positions: Tensor  # a buffer: the sinusoidal table
     """Token embedding * sqrt(d_model) + sinusoidal position, then dropout."""
 
     def __init__(self, vocab_size: int, d_model: int, max_len: int, dropout: float) -> None:
@@ -232,9 +234,12 @@ class TransformerDecoder(nn.Module):
                 f"TransformerDecoder: prev_tokens must be (B, T), got shape {tuple(prev_tokens.shape)}"
             )
         x = self.embed(prev_tokens, 0, "TransformerDecoder")
-        for layer in self.layers:
+        for layer in self._decoder_layers():
             x, _ = layer(x, None, layer.cross_attn.keys_values(memory.states), memory.mask)
         return self.out(self.norm(x))
+
+    def _decoder_layers(self) -> list[_DecoderLayer]:
+        return [cast(_DecoderLayer, layer) for layer in self.layers]
 
     def step(self, prev_token: Tensor, memory: Memory, state: TransformerCache | None
              ) -> tuple[Tensor, TransformerCache]:
@@ -244,7 +249,7 @@ class TransformerDecoder(nn.Module):
                 f"TransformerDecoder.step: prev_token must be (B,), got shape {tuple(prev_token.shape)}"
             )
         if state is None:
-            cross = [layer.cross_attn.keys_values(memory.states) for layer in self.layers]
+            cross = [layer.cross_attn.keys_values(memory.states) for layer in self._decoder_layers()]
             state = TransformerCache(0, [], [], [k for k, _ in cross], [v for _, v in cross], memory.mask)
         x = self.embed(prev_token[:, None], state.position, "TransformerDecoder.step")
         keys, values = [], []
