@@ -11,6 +11,7 @@
 ['decoder']
 """
 
+from ._callbacks import Callback
 from ._checkpoint import load_weights, resolve_checkpoint
 from ._errors import (
     CacheRefused,
@@ -70,6 +71,7 @@ __all__ = [
     "TeacherForcing",
     "TeacherForcingStats",
     "Trainer",
+    "Callback",
     "constant",
     "exponential",
     "inverse_sigmoid",
