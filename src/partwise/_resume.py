@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import _checkpoint as ckpt
+from ._atomic import write_text_atomic
 from ._callbacks import load_callback_states, notify
 from ._errors import ConfigError
 from ._fingerprint import plan_differences, plan_fingerprint
@@ -85,4 +86,4 @@ def _restore_best_pointer(trainer: Trainer, source: Path, recorded: Any) -> None
     trainer._best_name = name
     pointer = root / "best"
     if not pointer.is_file() or pointer.read_text(encoding="utf-8").strip() != name:
-        ckpt.write_text_atomic(pointer, name)
+        write_text_atomic(pointer, name)

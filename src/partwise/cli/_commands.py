@@ -19,6 +19,8 @@ from typing import Any
 import torch
 
 from .. import _checkpoint, _errors, _failpoints
+from .._atomic import write_text_atomic
+from .._checkpoint import best_or_latest
 from .._errors import ConfigError, PartError
 from .._plan import Plan
 from .._trainer import Trainer
@@ -160,7 +162,7 @@ def _report(built: Built, run_dir: Path, title: str, steps: int, minutes: float,
     """Score the run's best checkpoint (else its latest) on dev, with the recipe's seed, then write
     the plots, report.md and the closing lines of log.txt."""
     recipe = built.recipe
-    which = "best" if (run_dir / "checkpoints" / "best").exists() else "latest"
+    which = best_or_latest(run_dir)
     ckpt = checkpoint_dir(run_dir, which)
     _checkpoint.load_weights(built.model, built.parts, ckpt)
     ckpt_step = read_meta(ckpt).get("step", steps)
@@ -215,7 +217,7 @@ def _plots(run_dir: Path) -> list[Path]:
 
 def _start_run(built: Built, run_dir: Path, prior: Prior, source: str, title: str) -> None:
     create_run_dir(run_dir, prior, source, title)
-    _checkpoint.write_text_atomic(run_dir / "config.yaml", dump(built.recipe))
+    write_text_atomic(run_dir / "config.yaml", dump(built.recipe))
     build.save_artifacts(run_dir, built.kind.artifacts(built.data))
     for line in built.init_log:
         log_line(run_dir, line, echo=False)
@@ -392,11 +394,6 @@ def load_run(run_dir: Path, which: str = "best", command: str = "eval") -> tuple
     return recipe, kind, model.eval(), data, parts
 
 
-def _which(run_dir: Path) -> str:
-    """The checkpoint ``eval``/``predict`` use: the best one, or the latest when the run kept no best."""
-    return "best" if (run_dir / "checkpoints" / "best").is_file() else "latest"
-
-
 def _checkpoint_label(run_dir: Path, which: str) -> str:
     try:
         step = read_meta(checkpoint_dir(run_dir, which)).get("step")
@@ -407,7 +404,7 @@ def _checkpoint_label(run_dir: Path, which: str) -> str:
 
 def evaluate(run_dir: str, split: str, beam_size: int | None, max_len: int | None = None) -> int:
     path = Path(run_dir)
-    which = _which(path)
+    which = best_or_latest(path)
     recipe, kind, model, data, _ = load_run(path, which, command="eval")
     dataset = getattr(data, split)
     if dataset is None:
@@ -459,7 +456,7 @@ def predict(run_dir: str, inputs: list[str], file: str | None, beam_size: int | 
     if not inputs:
         raise ConfigError(["no inputs given: pass them as arguments, --file FILE, or pipe them on stdin ('-')"])
     path = Path(run_dir)
-    recipe, kind, model, data, _ = load_run(path, _which(path), command="predict")
+    recipe, kind, model, data, _ = load_run(path, best_or_latest(path), command="predict")
     if not hasattr(kind, "predict"):
         raise ConfigError([f"predict: runs of task {recipe.task.name!r} make no predictions"])
     if not hasattr(kind, "predict_details"):
