@@ -104,7 +104,7 @@ def grad_norm(optimizer: Optimizer, grad_clip: float | Mapping[str, float] | Non
     if isinstance(grad_clip, Mapping):
         norms = []
         for part, params in by_part.items():
-            norm = nn.utils.get_total_norm([p.grad for p in params])
+            norm = nn.utils.get_total_norm(_grads(params))
             if part in grad_clip:
                 nn.utils.clip_grads_with_norm_(params, grad_clip[part], norm)
             norms.append(norm)
@@ -112,7 +112,11 @@ def grad_norm(optimizer: Optimizer, grad_clip: float | Mapping[str, float] | Non
     params = [p for ps in by_part.values() for p in ps]
     if grad_clip:
         return nn.utils.clip_grad_norm_(params, grad_clip)
-    return nn.utils.get_total_norm([p.grad for p in params])
+    return nn.utils.get_total_norm(_grads(params))
+
+
+def _grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [g for p in params if (g := p.grad) is not None]
 
 
 class EpochCursor:

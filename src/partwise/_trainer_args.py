@@ -10,6 +10,7 @@ import torch
 
 from . import _checkpoint as ckpt
 from ._errors import ConfigError
+from ._parts import REST
 from ._task import declared_metrics
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ def _clip_problems(trainer: Trainer) -> list[str]:
 def _part_name_problems(trainer: Trainer) -> list[str]:
     if trainer.run_dir is None:
         return []
-    return [f"parts: {m}" for m in ckpt.part_file_problems([*trainer.parts.names, ckpt.REST])]
+    return [f"parts: {m}" for m in ckpt.part_file_problems([*trainer.parts.names, REST])]
 
 def _metric_problems(trainer: Trainer, has_val: bool) -> list[str]:
     """Metrics early stopping and ``best_metric`` need, against what the task declares it returns."""

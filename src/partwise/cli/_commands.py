@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,9 +255,14 @@ def train(recipe_path: str, overrides: list[str], overwrite: bool, max_steps: in
     check_recipe(recipe, recipe_path)
     run_dir = Path(recipe.run_dir)
     prior = plan_run_dir(run_dir, overwrite)  # read-only: refuses before the data is even read
+    return _until_interrupted(run_dir, lambda: _train_new(
+        recipe, run_dir, max_steps=max_steps, title=f"partwise train {recipe_path}", prior=prior, source=recipe_path))
+
+
+def _until_interrupted(run_dir: Path, work: Callable[[], Any]) -> int:
+    """Run ``work``: 0 when it ends, 130 on Ctrl-C (after saying how to resume the run)."""
     try:
-        _train_new(recipe, run_dir, max_steps=max_steps, title=f"partwise train {recipe_path}", prior=prior,
-                   source=recipe_path)
+        work()
     except KeyboardInterrupt:
         _interrupted(run_dir)
         return 130
@@ -332,13 +337,8 @@ def resume(run_dir: str, max_steps: int | None, allow_plan_change: bool = False)
         return 0
     trainer = make_trainer(built, path)
     _checkpoint.remove_debris(path)  # half-written logs or reports of a killed process
-    try:
-        _fit_and_report(built, trainer, path, resume=ckpt, max_steps=max_steps, title=_title(path),
-                        allow_plan_change=allow_plan_change)
-    except KeyboardInterrupt:
-        _interrupted(path)
-        return 130
-    return 0
+    return _until_interrupted(path, lambda: _fit_and_report(
+        built, trainer, path, resume=ckpt, max_steps=max_steps, title=_title(path), allow_plan_change=allow_plan_change))
 
 
 def _title(run_dir: Path) -> str:
