@@ -12,6 +12,7 @@
 """
 
 from ._cache import EncoderCache
+from ._callbacks import Callback
 from ._checkpoint import load_weights, resolve_checkpoint
 from ._errors import (
     CacheRefused,
@@ -87,6 +88,7 @@ __all__ = [
     "StepContext",
     "Task",
     "Trainer",
+    "Callback",
     "load_state_by_name",
     "load_weights",
     "resolve_checkpoint",

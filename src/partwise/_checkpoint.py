@@ -33,10 +33,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from . import _failpoints
+from ._atomic import write_text_atomic
 from ._errors import CheckpointError, CheckpointNotFound
 from ._parts import REST, Parts
 
-__all__ = ["part_tensors", "save_checkpoint", "resolve_checkpoint", "load_weights", "load_state", "read_meta",
+__all__ = ["part_tensors", "save_checkpoint", "resolve_checkpoint", "best_or_latest", "load_weights", "load_state", "read_meta",
            "read_part", "part_file_problems", "remove_debris", "tidy"]
 
 META, STATE = "meta.json", "state.pt"
@@ -68,12 +69,6 @@ def part_tensors(model: nn.Module, parts: Parts) -> dict[str, dict[str, torch.Te
         part = owner.get(id(t)) if isinstance(t, nn.Parameter) else module_part.get(key.rpartition(".")[0], REST)
         out.setdefault(part or REST, {})[key] = t.detach()
     return out
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def save_checkpoint(
@@ -222,6 +217,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def best_or_latest(path: str | Path) -> str:
+    """Which checkpoint stands for run ``path``: ``"best"`` when it keeps one (a ``best`` pointer in it
+    or in its ``checkpoints/`` folder), else ``"latest"`` (a run trained without ``best_metric``).
+    The one place this is decided; a damaged ``best`` pointer is then reported, not passed over."""
+    p = Path(path)
+    kept = any((root / "best").exists() or (root / "best").is_symlink() for root in (p / "checkpoints", p))
+    return "best" if kept else "latest"
+
+
 def resolve_checkpoint(checkpoint: str | Path, which: str = "latest") -> Path:
     """A checkpoint directory from a run directory, its ``checkpoints/`` folder or the checkpoint itself.
 
@@ -258,13 +262,15 @@ def read_meta(ckpt: Path) -> dict[str, Any]:
 
 
 def read_part(ckpt: Path, fname: str) -> dict[str, torch.Tensor]:
-    """Every tensor of one part file; :class:`~partwise.CheckpointError` if it is missing or damaged."""
+    """Every tensor of one part file: the one reader of checkpoint weights (``load_weights``,
+    ``load_part``, resume and the CLI's checks). :class:`~partwise.CheckpointError` if the file is
+    missing or damaged; its ``problems`` hold the reader's own words."""
     try:
         with safe_open(str(ckpt / fname), framework="pt") as f:
             return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has keys(), not iteration)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for damaged files
         raise CheckpointError(f"checkpoint {str(ckpt)!r}: {fname} cannot be read ({type(e).__name__}: {e}); "
-                              "the checkpoint is damaged, resume from an older one") from None
+                              "the checkpoint is damaged, resume from an older one", [str(e)]) from None
 
 
 def tensor_problems(stored: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
@@ -332,10 +338,12 @@ def load_weights(model: nn.Module, parts: Parts, checkpoint: str | Path, only: l
 
 
 def load_state(ckpt: str | Path) -> dict[str, Any]:
-    """The training state of a checkpoint, loaded with ``weights_only=True`` (no arbitrary unpickling)."""
+    """The training state of a checkpoint, loaded with ``weights_only=True`` (no arbitrary unpickling):
+    the one reader of ``state.pt`` (resume and the CLI's checks). :class:`~partwise.CheckpointError`
+    if it is damaged; its ``problems`` hold the loader's own words."""
     path = resolve_checkpoint(ckpt) / STATE
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a truncated or foreign file
         raise CheckpointError(f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: {e}); "
-                              "the checkpoint is damaged, resume from an older one") from None
+                              "the checkpoint is damaged, resume from an older one", [str(e)]) from None

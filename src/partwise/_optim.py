@@ -158,7 +158,17 @@ def _option_problems(opts: Mapping[str, Any], cls: type[Optimizer]) -> list[str]
         v = opts.get(key)
         if key in opts and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0):
             out.append(f"{key}={v!r} must be a finite number >= 0")
-    return out
+    return out or _dry_run(opts, cls)
+
+
+def _dry_run(opts: Mapping[str, Any], cls: type[Optimizer]) -> list[str]:
+    """What ``cls``'s own constructor refuses in ``opts`` (e.g. Adam's ``betas`` out of [0, 1)),
+    found by building it over one throwaway tensor."""
+    try:
+        cls([torch.zeros(1, requires_grad=True)], **opts)
+    except (ValueError, TypeError, RuntimeError) as e:
+        return [" ".join(str(e).split())]
+    return []
 
 
 class PartConfig:

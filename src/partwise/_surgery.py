@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checkpoint import (
+    best_or_latest,
     mismatch_error,
     part_tensors,
     read_meta,
@@ -395,12 +396,7 @@ def load_part(model: nn.Module, part: str, checkpoint: str | os.PathLike[str], p
     if which not in ("best", "latest"):
         raise ValueError(f"load_part(): which={which!r} must be 'best' or 'latest'")
     try:
-        try:
-            ckpt = resolve_checkpoint(Path(checkpoint), which)
-        except CheckpointNotFound:
-            if which != "best":
-                raise
-            ckpt = resolve_checkpoint(Path(checkpoint), "latest")  # the run keeps no best checkpoint
+        ckpt = resolve_checkpoint(Path(checkpoint), best_or_latest(checkpoint) if which == "best" else which)
     except CheckpointNotFound as e:
         raise CheckpointNotFound(f"load_part(): {e}") from None
     stored_name = source_part or part

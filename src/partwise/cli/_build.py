@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from .. import _checkpoint
+from .._atomic import write_text_atomic
 from .._errors import ConfigError, PartError
 from .._parts import Parts
 from .._plan import Phase, Plan
@@ -21,7 +21,7 @@ __all__ = ["build_parts", "build_plan", "teacher_forcing", "trainer_kwargs", "sa
 
 
 def save_artifacts(run_dir: Path, artifacts: dict[str, Any]) -> None:
-    _checkpoint.write_text_atomic(run_dir / "artifacts.json", json.dumps(artifacts))
+    write_text_atomic(run_dir / "artifacts.json", json.dumps(artifacts))
 
 
 def load_artifacts(run_dir: Path) -> dict[str, Any]:

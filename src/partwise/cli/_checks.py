@@ -2,8 +2,8 @@
 
 :func:`check_recipe` runs the task kind's own checks, then builds the recipe's model (a stand-in when
 the kind offers ``model_for_check``), its parts and plan, and checks on them: each phase's optimizer
-(name and options, by building it on a throwaway copy of the parts), ``training.grad_clip`` part
-names, the metric that ``best_metric`` / ``early_stopping`` name (against the kind's declared
+(name and options, by the validator ``Plan.check`` runs, a dry run of the optimizer class
+included), ``training.grad_clip`` part names, the metric that ``best_metric`` / ``early_stopping`` name (against the kind's declared
 metrics), and that ``training.device`` exists on this machine. Every problem is reported at once,
 as one :class:`~partwise.ConfigError`, with its path in the recipe.
 """
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .._errors import ConfigError, PartError
-from .._optim import build_optimizer
+from .._optim import PartConfig
 from .._parts import Parts
 from .._plan import Plan
 from ..recipe import Recipe, declared_metrics
@@ -57,7 +57,7 @@ def _problems(recipe: Recipe, model: nn.Module | None) -> list[str]:
             raise ConfigError(e.errors + problems) from None
         model = kind.model_for_check(recipe) if hasattr(kind, "model_for_check") else None
     else:
-        model = copy.deepcopy(model)  # optimizer_problems freezes and unfreezes its parts
+        model = copy.deepcopy(model)  # the checks build a parts registry on it: the run's model stays untouched
     problems += device_problems(recipe)
     if model is None:
         return problems + metric_problems(recipe, kind, None)
@@ -102,19 +102,13 @@ def _unavailable(spec: str, device: torch.device) -> str | None:
 
 
 def optimizer_problems(plan: Plan, parts: Parts) -> list[str]:
-    """Build each phase's optimizer, as the trainer will at the phase's start, on ``parts``'s model
-    (a throwaway: parts are frozen and unfrozen). Problems name the phase."""
+    """Each phase's optimizer options, checked by the validator :meth:`~partwise.Plan.check` runs (names,
+    values, and a dry run of the optimizer class's own constructor), with recipe paths. Problems
+    name the phase."""
     problems = []
     for i, ph in enumerate(plan.phases):
-        trained = [n for n in parts.names if n in ph.train]
-        if any(parts.is_frozen(n) for n in trained):
-            parts.unfreeze(*[n for n in trained if parts.is_frozen(n)])
-        frozen = [n for n in parts.names if n not in ph.train]
-        if frozen:
-            parts.freeze(*frozen)
         try:
-            build_optimizer(parts, per_part=ph.train_options(), default=ph.default_options(),
-                            separate=ph.separate)
+            PartConfig(parts, ph.train_options(), ph.default_options())
         except (PartError, ConfigError, ValueError, TypeError, KeyError) as e:
             why = _per_part_once(" ".join(str(e).split()))
             problems.append(f"plan.{i} ({ph.name!r}): optimizer: {why}; fix optimizer or plan.{i}.optimizer / plan.{i}.train")

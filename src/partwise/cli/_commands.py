@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,8 @@ from typing import Any
 import torch
 
 from .. import _checkpoint, _errors, _failpoints
+from .._atomic import write_text_atomic
+from .._checkpoint import best_or_latest
 from .._errors import ConfigError, PartError
 from .._plan import Plan
 from .._trainer import Trainer
@@ -161,7 +163,7 @@ def _report(built: Built, run_dir: Path, title: str, steps: int, minutes: float,
     """Score the run's best checkpoint (else its latest) on dev, with the recipe's seed, then write
     the plots, report.md and the closing lines of log.txt."""
     recipe = built.recipe
-    which = "best" if (run_dir / "checkpoints" / "best").exists() else "latest"
+    which = best_or_latest(run_dir)
     ckpt = checkpoint_dir(run_dir, which)
     _checkpoint.load_weights(built.model, built.parts, ckpt)
     ckpt_step = read_meta(ckpt).get("step", steps)
@@ -216,7 +218,7 @@ def _plots(run_dir: Path) -> list[Path]:
 
 def _start_run(built: Built, run_dir: Path, prior: Prior, source: str, title: str) -> None:
     create_run_dir(run_dir, prior, source, title)
-    _checkpoint.write_text_atomic(run_dir / "config.yaml", dump(built.recipe))
+    write_text_atomic(run_dir / "config.yaml", dump(built.recipe))
     build.save_artifacts(run_dir, built.kind.artifacts(built.data))
     for line in built.init_log:
         log_line(run_dir, line, echo=False)
@@ -254,9 +256,14 @@ def train(recipe_path: str, overrides: list[str], overwrite: bool, max_steps: in
     check_recipe(recipe, recipe_path)
     run_dir = Path(recipe.run_dir)
     prior = plan_run_dir(run_dir, overwrite)  # read-only: refuses before the data is even read
+    return _until_interrupted(run_dir, lambda: _train_new(
+        recipe, run_dir, max_steps=max_steps, title=f"partwise train {recipe_path}", prior=prior, source=recipe_path))
+
+
+def _until_interrupted(run_dir: Path, work: Callable[[], Any]) -> int:
+    """Run ``work``: 0 when it ends, 130 on Ctrl-C (after saying how to resume the run)."""
     try:
-        _train_new(recipe, run_dir, max_steps=max_steps, title=f"partwise train {recipe_path}", prior=prior,
-                   source=recipe_path)
+        work()
     except KeyboardInterrupt:
         _interrupted(run_dir)
         return 130
@@ -331,13 +338,8 @@ def resume(run_dir: str, max_steps: int | None, allow_plan_change: bool = False)
         return 0
     trainer = make_trainer(built, path)
     _checkpoint.remove_debris(path)  # half-written logs or reports of a killed process
-    try:
-        _fit_and_report(built, trainer, path, resume=ckpt, max_steps=max_steps, title=_title(path),
-                        allow_plan_change=allow_plan_change)
-    except KeyboardInterrupt:
-        _interrupted(path)
-        return 130
-    return 0
+    return _until_interrupted(path, lambda: _fit_and_report(
+        built, trainer, path, resume=ckpt, max_steps=max_steps, title=_title(path), allow_plan_change=allow_plan_change))
 
 
 def _title(run_dir: Path) -> str:
@@ -393,11 +395,6 @@ def load_run(run_dir: Path, which: str = "best", command: str = "eval") -> tuple
     return recipe, kind, model.eval(), data, parts
 
 
-def _which(run_dir: Path) -> str:
-    """The checkpoint ``eval``/``predict`` use: the best one, or the latest when the run kept no best."""
-    return "best" if (run_dir / "checkpoints" / "best").is_file() else "latest"
-
-
 def _checkpoint_label(run_dir: Path, which: str) -> str:
     try:
         step = read_meta(checkpoint_dir(run_dir, which)).get("step")
@@ -408,7 +405,7 @@ def _checkpoint_label(run_dir: Path, which: str) -> str:
 
 def evaluate(run_dir: str, split: str, beam_size: int | None, max_len: int | None = None) -> int:
     path = Path(run_dir)
-    which = _which(path)
+    which = best_or_latest(path)
     recipe, kind, model, data, _ = load_run(path, which, command="eval")
     dataset = getattr(data, split)
     if dataset is None:
@@ -460,7 +457,7 @@ def predict(run_dir: str, inputs: list[str], file: str | None, beam_size: int | 
     if not inputs:
         raise ConfigError(["no inputs given: pass them as arguments, --file FILE, or pipe them on stdin ('-')"])
     path = Path(run_dir)
-    recipe, kind, model, data, _ = load_run(path, _which(path), command="predict")
+    recipe, kind, model, data, _ = load_run(path, best_or_latest(path), command="predict")
     if not hasattr(kind, "predict"):
         raise ConfigError([f"predict: runs of task {recipe.task.name!r} make no predictions"])
     if not hasattr(kind, "predict_details"):

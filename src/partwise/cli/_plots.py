@@ -7,11 +7,11 @@ headless machines and inside programs that use matplotlib themselves.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._atomic import atomic_path
 from ._runlog import METRICS, PHASES, STEPS, read_rows
 
 __all__ = ["make_plots"]
@@ -147,10 +147,6 @@ def _tf_plot(new_figure: Any, rows: list[dict[str, str]], phases: list[dict[str,
 
 def _save(fig: Any, path: Path) -> Path:
     """Save under a temporary name, then rename over ``path`` (a reader never sees half a file)."""
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

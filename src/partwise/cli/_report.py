@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._atomic import write_text_atomic
 from ._runlog import METRICS, read_rows
 
 __all__ = ["write_report"]
@@ -47,12 +48,7 @@ def write_report(run_dir: str | Path, title: str, summary: Mapping[str, Any], pl
             link = Path(os.path.relpath(Path(plot).resolve(), run_dir.resolve())).as_posix()
             lines += [f"![{Path(plot).stem}]({link})", ""]
     path = run_dir / "report.md"
-    tmp = path.with_name(f".report.md.tmp-{os.getpid()}")
-    try:
-        tmp.write_text("\n".join(lines), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomic(path, "\n".join(lines))
     return path
 
 

@@ -22,7 +22,9 @@ from typing import Any
 
 import yaml
 
-from .._errors import PartwiseError
+from .._atomic import write_text_atomic
+from .._checkpoint import best_or_latest, load_state, read_part
+from .._errors import CheckpointError, PartwiseError
 
 __all__ = ["BadFileError", "MARKER", "RUN_LAYOUT", "read_yaml", "read_json", "run_folder", "not_a_run",
            "has_checkpoint", "checkpoint_dir", "read_meta", "read_state", "check_weight_files", "write_marker"]
@@ -126,11 +128,10 @@ def has_checkpoint(run_dir: Path) -> bool:
 
 
 def write_marker(run_dir: Path, recipe_source: str, title: str | None = None) -> None:
-    from .. import _checkpoint
 
     info = {"format": MARKER_FORMAT, "recipe": recipe_source, "pid": os.getpid(), **({"title": title} if title else {}),
             "note": "written by `partwise train`; marks this folder as a run that --overwrite may replace"}
-    _checkpoint.write_text_atomic(run_dir / MARKER, json.dumps(info, indent=2) + "\n")
+    write_text_atomic(run_dir / MARKER, json.dumps(info, indent=2) + "\n")
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -158,10 +159,9 @@ def checkpoint_dir(run_dir: Path, which: str = "latest") -> Path:
     pointer (a kill between a checkpoint and its pointer) falls back to the newest complete one.
     """
     root = run_dir / "checkpoints"
+    which = best_or_latest(run_dir) if which == "best" else which
     if (root / which).exists() or (root / which).is_symlink():
         return _pointer(root, which)
-    if which == "best":
-        return checkpoint_dir(run_dir, "latest")
     if has_checkpoint(run_dir):
         return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
                       and (d / "meta.json").is_file())[-1]
@@ -186,35 +186,29 @@ def read_meta(ckpt: Path) -> dict[str, Any]:
 
 def check_weight_files(ckpt: Path, meta: dict[str, Any]) -> None:
     """Every ``.safetensors`` file the checkpoint names exists and reads whole."""
-    from safetensors import safe_open
-
     for part, name in meta["parts"].items():
         path = ckpt / name
         if not path.is_file():
             raise BadFileError(f"{path}: missing (part {part!r} of this checkpoint); the checkpoint is incomplete: "
                                "resume from an older checkpoint or retrain")
         try:
-            with safe_open(str(path), framework="pt") as f:
-                for key in f.keys():  # noqa: SIM118 (safe_open has keys(), not iteration)
-                    f.get_tensor(key)
-        except Exception as e:  # noqa: BLE001 - any failure to read the file means it is damaged
-            why = " ".join(str(e).split())[:120]
+            read_part(ckpt, name)
+        except CheckpointError as e:
+            why = " ".join(" ".join(e.problems).split())[:120]
             raise BadFileError(f"{path}: damaged safetensors file ({why}); the checkpoint cannot be loaded: resume "
                                "from an older checkpoint or retrain") from None
 
 
 def read_state(ckpt: Path) -> dict[str, Any]:
     """``state.pt`` loaded with ``weights_only=True`` (no code runs) and checked to be a training state."""
-    import torch
-
     path = ckpt / "state.pt"
     fix = "it cannot be resumed: delete this checkpoint folder and resume from an older one, or retrain"
     if not path.is_file():
         raise BadFileError(f"{path}: missing; {fix}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - refused pickles, truncation, garbage: all "not a training state"
-        why = " ".join(str(e).split())
+        state = load_state(ckpt)
+    except CheckpointError as e:  # refused pickles, truncation, garbage: all "not a training state"
+        why = " ".join(" ".join(e.problems).split())
         why = why.split(". ")[0][:120]
         raise BadFileError(f"{path}: not a partwise training state (refused to load it: {why}); {fix}") from None
     missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._atomic import atomic_path
 from ..seq2seq import phase_teacher_forcing
 
 __all__ = ["RunLog", "read_rows", "teacher_forcing_ratio", "span_steps_per_epoch"]
@@ -58,15 +58,10 @@ def _cell(value: Any) -> Any:
 
 def _write_atomic(path: Path, header: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> None:
     """Write the whole file to a temporary name beside it, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(header), restval="", extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows({k: _cell(v) for k, v in _today(r).items()} for r in rows)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(header), restval="", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({k: _cell(v) for k, v in _today(r).items()} for r in rows)
 
 
 def _header(path: Path) -> list[str]:

@@ -23,7 +23,6 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
-from .._checkpoint import resolve_checkpoint
 from .._errors import CheckpointError, ConfigError, PartError
 from .._surgery import load_part
 from ..data import BucketBatchSampler, G2PSplit, Vocab, load_cmudict_splits, stress_labels
@@ -331,8 +330,7 @@ class StressKind:
                 raise ConfigError([f"task.args.encoder: 'g2p_en': {e}; or use encoder: scratch"]) from None
         elif load and opts.encoder == "run":
             try:  # the run's best checkpoint (the one its eval scores), else its latest
-                best = opts.run / "checkpoints" / "best"
-                load_part(model, "encoder", resolve_checkpoint(opts.run, "best" if best.is_file() else "latest"))
+                load_part(model, "encoder", opts.run, which="best")
             except (PartError, CheckpointError, FileNotFoundError) as e:
                 raise ConfigError([f"task.args.encoder: the encoder of run {str(opts.run)!r} does not fit the "
                                    f"stress model's GRUEncoder(emb {ENCODER_EMB}, hidden {ENCODER_HIDDEN}, "

@@ -1,0 +1,134 @@
+"""The trainer's arguments, checked before any work: every problem found, reported at once."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from . import _checkpoint as ckpt
+from ._errors import ConfigError
+from ._parts import REST
+from ._task import declared_metrics
+
+if TYPE_CHECKING:
+    from ._trainer import Trainer
+
+__all__ = ["EarlyStopping", "device_for", "option_problems", "check_fit", "dev_key"]
+
+
+class EarlyStopping:
+    """Stop when ``metric`` has not improved for ``patience`` evaluations."""
+
+    def __init__(self, metric: str = "loss", mode: str = "min", patience: int = 3):
+        errors = []
+        if not isinstance(metric, str) or not metric:
+            errors.append(f"EarlyStopping metric={metric!r} must name a metric, e.g. 'loss'")
+        if mode not in ("min", "max"):
+            errors.append(f"EarlyStopping mode={mode!r} must be 'min' or 'max'")
+        if not is_int(patience) or patience < 1:
+            errors.append(f"EarlyStopping patience={patience!r} must be a whole number >= 1")
+        if errors:
+            raise ConfigError(errors)
+        self.metric, self.mode, self.patience = metric, mode, patience
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def device_for(device: Any) -> tuple[torch.device | None, str | None]:
+    """The torch device for ``device``, or a message saying why it cannot be used here."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu"), None
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        return None, f"device: {device!r} is not a device; use 'auto', 'cpu' or 'cuda' (or 'cuda:N')"
+    available = getattr(getattr(torch, d.type, None), "is_available", None) or getattr(
+        getattr(torch.backends, d.type, None), "is_available", None)
+    if d.type != "cpu" and (available is None or not available()):
+        return None, f"device: {device!r} is not available on this machine; use 'auto' or 'cpu'"
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        return None, f"device: {device!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return d, None
+
+
+def option_problems(trainer: Trainer) -> list[str]:
+    """Every argument of ``Trainer(...)`` that has a wrong type or value, one message each."""
+    out = []
+    if trainer.precision not in ("fp32", "bf16", "fp16"):
+        out.append(f"precision: {trainer.precision!r} must be 'fp32', 'bf16' or 'fp16'")
+    if trainer.on_nonfinite not in ("skip", "stop"):
+        out.append(f"on_nonfinite: {trainer.on_nonfinite!r} must be 'skip' or 'stop'")
+    for name in ("batch_size", "grad_accum"):
+        if not is_int(getattr(trainer, name)) or getattr(trainer, name) < 1:
+            out.append(f"{name}: {getattr(trainer, name)!r} must be a whole number >= 1")
+    if trainer.save_every is not None and (not is_int(trainer.save_every) or trainer.save_every < 1):
+        out.append(f"save_every: {trainer.save_every!r} must be a whole number >= 1, or None")
+    if not is_int(trainer.seed):
+        out.append(f"seed: {trainer.seed!r} must be a whole number")
+    if trainer.cache_mode not in ("auto", "on", "off"):
+        out.append(f"cache: {trainer.cache_mode!r} must be 'auto', 'on' or 'off'")
+    if not isinstance(trainer.use_guard, bool):
+        out.append(f"guard: {trainer.use_guard!r} must be True or False")
+    if trainer.early_stopping is not None and not isinstance(trainer.early_stopping, EarlyStopping):
+        out.append(f"early_stopping: {trainer.early_stopping!r} must be an EarlyStopping(metric, mode, patience)")
+    bm = trainer.best_metric
+    if bm is not None and not (isinstance(bm, tuple | list) and len(bm) == 2 and isinstance(bm[0], str)
+                               and bm[1] in ("min", "max")):
+        out.append(f"best_metric: {bm!r} must be (metric name, 'min' or 'max'), e.g. ('loss', 'min')")
+    return out + _clip_problems(trainer) + _part_name_problems(trainer)
+
+def _clip_problems(trainer: Trainer) -> list[str]:
+    clip = trainer.grad_clip
+    if clip is None:
+        return []
+    if not isinstance(clip, Mapping):
+        return [] if is_positive(clip) else [f"grad_clip: {clip!r} must be a number > 0 or a part -> max norm "
+                                              "mapping (None turns clipping off)"]
+    out = [f"grad_clip: unknown part {p!r}; parts are {trainer.parts.names}" for p in clip if p not in trainer.parts]
+    out += [f"grad_clip.{p}: {v!r} must be a number > 0" for p, v in clip.items() if not is_positive(v)]
+    return out
+
+
+def _part_name_problems(trainer: Trainer) -> list[str]:
+    if trainer.run_dir is None:
+        return []
+    return [f"parts: {m}" for m in ckpt.part_file_problems([*trainer.parts.names, REST])]
+
+def _metric_problems(trainer: Trainer, has_dev: bool) -> list[str]:
+    """Metrics early stopping and ``best_metric`` need, against what the task declares it returns."""
+    declared = declared_metrics(trainer.task)
+    known = {"train_loss"} | ({f"dev_{m}" for m in declared or ()} if has_dev else set())
+    rules = [("best_metric", trainer.best_metric[0])] if trainer.best_metric else []
+    rules += [("early_stopping.metric", trainer.early_stopping.metric)] if trainer.early_stopping else []
+    out = []
+    for where, name in rules:
+        if name in known or f"dev_{name}" in known or dev_key(name) in known or (has_dev and declared is None):
+            continue  # a task that declares no metrics is checked at its first evaluation
+        why = "no dev_data given" if not has_dev else f"task {type(trainer.task).__name__} returns {sorted(declared or ())}"
+        out.append(f"{where}: metric {name!r} will not be produced ({why}); choose one of {sorted(known)}")
+    return out
+
+
+def dev_key(name: str) -> str:
+    """A metric name in today's spelling: the held-out split is ``dev`` (``val_wer`` was the older key)."""
+    return f"dev_{name[4:]}" if name.startswith("val_") else name
+
+
+def check_fit(trainer: Trainer, dev_data: Any, max_steps: Any, max_minutes: Any) -> None:
+    """What ``fit`` is given, checked before anything runs; all problems at once."""
+    errors = _metric_problems(trainer, dev_data is not None)
+    if max_steps is not None and (not is_int(max_steps) or max_steps < 0):
+        errors.append(f"max_steps: {max_steps!r} must be a whole number >= 0, or None")
+    if max_minutes is not None and not is_positive(max_minutes):
+        errors.append(f"max_minutes: {max_minutes!r} must be a number > 0, or None")
+    if errors:
+        raise ConfigError(errors)
