@@ -32,7 +32,7 @@ bench: setup
 # Style (ruff), then the layer and no-cycle contracts in pyproject.toml (import-linter).
 lint: setup
 	$(VENV)/bin/ruff check src tests bench
-	# (type checker: added here)
+	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 
 clean:

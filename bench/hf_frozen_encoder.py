@@ -235,17 +235,19 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="32 rows, 300 frames, 3 timed rounds")
     p.add_argument("--scale", choices=["small", "full"], default="small")
     p.add_argument("--models", default="whisper,t5")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up round")
-    p.add_argument("--rows", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds after one warm-up round (default 5)")
+    p.add_argument("--rows", type=int, default=None, help="training rows (default 64)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--frames", type=int, default=600, help="mel frames per example (whisper-tiny: 3000)")
+    p.add_argument("--frames", type=int, default=None, help="mel frames per example (default 600; whisper-tiny: 3000)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--amortise", type=int, default=3)
     p.add_argument("--memory", action="store_true", help="also measure each variant's peak memory alone")
     p.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.quick:
-        args.rows, args.frames, args.repeats = 32, 300, 3
+    quick = {"rows": 32, "frames": 300, "repeats": 3} if args.quick else {"rows": 64, "frames": 600, "repeats": 5}
+    for key, value in quick.items():  # options given explicitly win over --quick
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.memory_of:
         memory_worker(args.memory_of, args)
         return

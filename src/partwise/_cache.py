@@ -153,7 +153,7 @@ class EncoderCache:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, task: Any, model: nn.Module, dataset: Dataset, collate_fn: Callable[[list[Any]], Any] | None,
+    def build(cls, task: Any, model: nn.Module, dataset: Dataset[Any], collate_fn: Callable[[list[Any]], Any] | None,
               device: torch.device, *, build_bytes: int | None = None, batch_size: int | None = None,
               spill_dir: str | Path | None = None, spill_bytes: int = 2 << 30, rank: int = 0,
               world: int = 1) -> EncoderCache:
@@ -174,7 +174,7 @@ class EncoderCache:
 
         collate = collate_fn or default_collate
         lengths = source_lengths(dataset)
-        order = torch.argsort(lengths, stable=True) if lengths is not None else torch.arange(len(dataset))
+        order = torch.argsort(lengths, stable=True) if lengths is not None else torch.arange(len(dataset))  # type: ignore[arg-type]
         mine = order[rank::world].tolist()
         builder = _Builder(task, model, dataset, collate, device)
         per_token = builder.probe(mine[:_PROBE_ROWS], lengths)
@@ -235,7 +235,7 @@ EncoderCache.__doc__ = f"{EncoderCache.__doc__}\n{__doc__}"  # the protocol is d
 class _Builder:
     """Encodes batches of rows and keeps their pieces on the CPU."""
 
-    def __init__(self, task: Any, model: nn.Module, dataset: Dataset, collate: Callable[[list[Any]], Any],
+    def __init__(self, task: Any, model: nn.Module, dataset: Dataset[Any], collate: Callable[[list[Any]], Any],
                  device: torch.device):
         self.task, self.model, self.dataset, self.collate, self.device = task, model, dataset, collate, device
         self.pieces: dict[str, list[Tensor]] = {}

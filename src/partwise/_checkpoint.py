@@ -66,8 +66,8 @@ def part_tensors(model: nn.Module, parts: Parts) -> dict[str, dict[str, torch.Te
         if not isinstance(t, torch.Tensor) or id(t) in seen:
             continue
         seen.add(id(t))
-        part = owner.get(id(t)) if isinstance(t, nn.Parameter) else module_part.get(key.rpartition(".")[0], REST)
-        out.setdefault(part or REST, {})[key] = t.detach()
+        name = owner.get(id(t)) if isinstance(t, nn.Parameter) else module_part.get(key.rpartition(".")[0], REST)
+        out.setdefault(name or REST, {})[key] = t.detach()
     return out
 
 

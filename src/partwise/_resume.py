@@ -40,7 +40,7 @@ def restore(trainer: Trainer, source: str | Path, steps_per_epoch: int, allow_pl
     # before the phase is entered: a callback sees a resumed phase as its own
     load_callback_states(trainer.callbacks, state.get("callbacks", {}))
     trainer._enter_phase(trainer.plan.span_at(trainer.step, steps_per_epoch))  # the freeze state comes from the plan
-    load_state_by_name(trainer.optimizer, state["optimizer"])
+    load_state_by_name(trainer.running()[1], state["optimizer"])
     if trainer.scaler is not None and state["scaler"]:
         trainer.scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"]["cpu"])

@@ -45,7 +45,7 @@ def forward_backward(loss_fn: Callable[[], Any], device: torch.device, precision
         got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
         raise ConfigError([f"task.loss: returned {got}; it must return a scalar tensor (e.g. loss.mean())"])
     scaled = loss / grad_accum
-    (scaler.scale(scaled) if scaler else scaled).backward()
+    (scaler.scale(scaled) if scaler else scaled).backward()  # type: ignore[no-untyped-call]
     return loss.detach().float().reshape(())
 
 

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -210,7 +210,8 @@ class TokenTable(Protocol):
 
 def _token_list(tokens: TokenTable | Sequence[str], what: str) -> list[str]:
     # duck-typed: the core never imports partwise.data (a layer above it)
-    items = list(tokens) if isinstance(tokens, str) else list(getattr(tokens, "tokens", tokens))
+    source: Any = getattr(tokens, "tokens", tokens)
+    items = list(tokens) if isinstance(tokens, str) else list(source)
     if isinstance(tokens, str) or any(not isinstance(t, str) for t in items):
         raise TypeError(f"transfer_state(): {what} must be a Vocab or a list of token strings")
     if len(set(items)) != len(items):
@@ -396,7 +397,7 @@ def load_part(model: nn.Module, part: str, checkpoint: str | os.PathLike[str], p
     if which not in ("best", "latest"):
         raise ValueError(f"load_part(): which={which!r} must be 'best' or 'latest'")
     try:
-        ckpt = resolve_checkpoint(Path(checkpoint), best_or_latest(checkpoint) if which == "best" else which)
+        ckpt = resolve_checkpoint(Path(checkpoint), best_or_latest(Path(checkpoint)) if which == "best" else which)
     except CheckpointNotFound as e:
         raise CheckpointNotFound(f"load_part(): {e}") from None
     stored_name = source_part or part

@@ -105,16 +105,21 @@ class Trainer:
             errors += e.errors
         if errors:
             raise ConfigError(errors)
+        if device_ is None:  # unreachable: a device problem raised above
+            raise ConfigError([f"device: {device!r} cannot be used"])
         self.task, self.device, self.callbacks = as_task(task), device_, list(callbacks)
         self.cache: EncoderCache | None = None
         self._guard: Any = None
         self._train_loader: Any = None
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         self.rank, self.world = dist.rank_and_world()
-        self.step, self.epoch, self.span, self.optimizer = 0, 0, None, None
+        self.step, self.epoch = 0, 0
+        self.span: PhaseSpan | None = None  # the phase running now (set when the first step enters it)
+        self.optimizer: torch.optim.Optimizer | OptimizerSet | None = None
         self.history: list[dict[str, Any]] = []
         self.best: float | None = None  # best value of best_metric
-        self.skipped_steps, self._stale_evals, self._stop_best = 0, 0, None  # _stop_best: early stopping's best
+        self.skipped_steps, self._stale_evals = 0, 0
+        self._stop_best: float | None = None  # early stopping's best value
         self.plan_changes: list[str] = []  # accepted on resume with allow_plan_change=True
         self._epoch_loss = (0.0, 0)  # sum and count of this epoch's step losses
         self._saved_at, self._steps_per_epoch = -1, 0
@@ -181,7 +186,8 @@ class Trainer:
         if self.cache_mode == "off" or self._train_loader is None:
             return None
         self.parts.train()  # the modes training will run in
-        if supports_cache(self.task) and any(p.requires_grad for p in self.task.encoder_of(self.model).parameters()):
+        task: Any = self.task  # the cache protocol (partwise.EncoderCache), checked by supports_cache
+        if supports_cache(task) and any(p.requires_grad for p in task.encoder_of(self.model).parameters()):
             return None  # the encoder trains in this phase: nothing to cache (a later freeze rebuilds)
         blockers = cache_blockers(self.task, self.model, self.world)
         if blockers:
@@ -202,7 +208,8 @@ class Trainer:
         self._cache_loss = dist.wrap(self.model, self.task, self.world, encodings=cache)
         return cache
 
-    def _refuse_cache(self, reason: CacheRefused) -> None:
+    def _refuse_cache(self, reason: CacheRefused) -> EncoderCache | None:
+        """No cache (a warning says why), or a :class:`~partwise.ConfigError` when ``cache="on"``."""
         if self.cache_mode == "on":
             raise ConfigError([f"cache: 'on', but {reason}"]) from None
         warnings.warn(f"frozen-encoder cache not used: {reason}", RuntimeWarning, stacklevel=3)
@@ -304,11 +311,17 @@ class Trainer:
         return forward_backward(lambda: self.wrapped(batch, ctx), self.device, self.precision, self.grad_accum,
                                 self.scaler)
 
+    def running(self) -> tuple[PhaseSpan, torch.optim.Optimizer | OptimizerSet]:
+        """The phase running now and the run's optimizer (both set once ``fit`` entered a phase)."""
+        if self.span is None or self.optimizer is None:
+            raise RuntimeError("partwise internal error: no phase has been entered yet")
+        return self.span, self.optimizer
+
     def _update(self, loss_sum: torch.Tensor) -> tuple[float, float | None]:
         """The optimizer update (``optimizer_update``) with the phase's LR
         schedule; a step not applied (NaN/inf, fp16 overflow) is counted in ``skipped_steps``.
         Returns the step's loss and gradient norm."""
-        span, optimizer = self.span, self.optimizer
+        span, optimizer = self.running()
         result = optimizer_update(
             optimizer, loss_sum, grad_accum=self.grad_accum, grad_clip=self.grad_clip, scaler=self.scaler,
             world=self.world, on_nonfinite=self._nonfinite,
@@ -323,7 +336,7 @@ class Trainer:
         """A NaN/inf loss or gradient (its gradients already dropped): stop, or warn and skip the step
         (the batch is consumed and the step counter moves on, so the data order stays that of the plan)."""
         if self.on_nonfinite == "stop":
-            raise NonFiniteLoss(f"{what} at step {self.step} (phase {self.span.phase.name!r}); nothing after the "
+            raise NonFiniteLoss(f"{what} at step {self.step} (phase {self.running()[0].phase.name!r}); nothing after the "
                                 "last good checkpoint was saved. Lower the learning rate or clip gradients.")
         warnings.warn(f"skipped step {self.step}: {what}", RuntimeWarning, stacklevel=4)
 
@@ -345,11 +358,12 @@ class Trainer:
         resume), and a kill before it replays the epoch end from the previous checkpoint."""
         total, n = self._epoch_loss
         self._epoch_loss = (0.0, 0)
-        metrics: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step, "phase": self.span.phase.name,
+        metrics: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step, "phase": self.running()[0].phase.name,
                                    "train_loss": total / max(n, 1), "seconds": cursor.epoch_seconds(), **self.lrs()}
         if dev_data is not None:
-            scores = self._evaluate(dev_data) if self.rank == 0 else None
-            metrics.update({f"dev_{k}": v for k, v in dist.broadcast_object(scores, self.world).items()})
+            scores: dict[str, Any] | None = self._evaluate(dev_data) if self.rank == 0 else None
+            received = dist.broadcast_object(scores, self.world)
+            metrics.update({f"dev_{k}": v for k, v in (received or {}).items()})
         _failpoints.reached("epoch.evaluated")
         self.history.append(metrics)
         improved, stop = self._decide(metrics)
@@ -402,7 +416,7 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        rng = {"cpu": torch.get_rng_state()}
+        rng: dict[str, Any] = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {"step": self.step, "epoch": self.epoch, "phase": self.span.index if self.span else -1,

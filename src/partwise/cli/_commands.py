@@ -151,7 +151,7 @@ def _fit_and_report(built: Built, trainer: Trainer, run_dir: Path, *, resume: Pa
                     max_minutes=recipe.training.max_minutes, allow_plan_change=allow_plan_change)
     finally:
         for cb in trainer.callbacks:
-            cb.close()  # flush the step rows and TensorBoard, clear the bar
+            getattr(cb, "close", lambda: None)()  # flush the step rows and TensorBoard, clear the bar
     facts.finish(completed=True)
     _failpoints.reached("fit.done")
     return _report(built, run_dir, title, trainer.step, (time.perf_counter() - t0) / 60, trainer.device,

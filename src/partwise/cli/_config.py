@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ def validate(raw: Any, source: str) -> Recipe:
     return validate_recipe(raw, source, resolve_factory)
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Recipe, dict[str, Any]]:
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Recipe, dict[str, Any]]:
     """Read, override and validate a recipe; returns it and the raw (overridden) mapping."""
     from ._runfiles import read_yaml
 
@@ -31,7 +32,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Recipe, di
     if not p.is_file():
         raise ConfigError([f"recipe {str(p)!r} is a folder, not a file (give a path such as recipes/g2p.yaml)"])
     raw = read_yaml(p, "fix the recipe (see recipes/g2p.yaml for a commented example)")
-    raw = apply_overrides(raw if raw is not None else {}, overrides, str(p))
+    raw = apply_overrides(raw if raw is not None else {}, list(overrides), str(p))
     model = raw.get("model") if isinstance(raw, dict) else None
     if isinstance(model, dict) and ":" in str(model.get("name", "")) and model.get("path") is None:
         model["path"] = str(p.resolve().parent)  # a custom factory is imported from the recipe's folder

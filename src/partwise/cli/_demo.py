@@ -25,7 +25,7 @@ MARKER = "DEMO"
 # Words that are not in CMUdict, to show predictions on unseen spellings.
 UNSEEN = ["partwise", "pytorch", "tokenizer", "backprop", "dataloader", "finetune", "checkpointing"]
 
-G2P = {
+G2P: dict[str, Any] = {
     "data": {"name": "cmudict", "stress": False},
     "model": {"name": "gru", "args": {"emb": 64, "hidden": 128, "bidirectional": True, "attention": "dot", "dropout": 0.1}},
     "separate": True,

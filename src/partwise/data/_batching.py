@@ -124,12 +124,12 @@ class BucketBatchSampler(Sampler[list[int]]):
         epoch = self._epoch if epoch is None else epoch
         size = self.batch_size
         if not self.shuffle:
-            return [b.tolist() for b in self._drop_short(list(_argsort(self._key).split(size)))]
+            return [b.tolist() for b in self._drop_short(list(_argsort(self._key).split(size)))]  # type: ignore[no-untyped-call]
         generator = torch.Generator()
         generator.manual_seed((self.seed * _SEED_STRIDE + epoch) % 2**63)
         order = torch.randperm(self._num_rows, generator=generator)
         batches: list[Tensor] = []
-        for chunk in order.split(size * self.bucket_size_multiplier):
+        for chunk in order.split(size * self.bucket_size_multiplier):  # type: ignore[no-untyped-call]
             # index_select: much faster than advanced indexing on small tensors
             ranked = chunk.index_select(0, _argsort(self._key.index_select(0, chunk)))
             batches.extend(ranked.split(size))

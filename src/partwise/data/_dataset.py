@@ -21,7 +21,7 @@ __all__ = ["Batch", "Seq2SeqDataset", "Seq2SeqItem", "collate"]
 class Seq2SeqItem(NamedTuple):
     """One dataset row: ``src`` = source ids + EOS, ``tgt`` = BOS + target ids + EOS."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # the row id; shadows tuple.index, as NamedTuple fields may
     src: Tensor
     tgt: Tensor
 

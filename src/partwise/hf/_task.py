@@ -36,7 +36,8 @@ class Encoding:
 
 def _token_ids(config: Any, name: str) -> int | None:
     value = getattr(config, name, None)
-    return value[0] if isinstance(value, list | tuple) and value else value
+    first = value[0] if isinstance(value, list | tuple) and value else value
+    return first if isinstance(first, int) else None
 
 
 def _cut(ids: list[int], eos: set[int], drop: set[int]) -> list[int]:
@@ -139,11 +140,13 @@ class Seq2SeqLMTask:
 
     # -- training ----------------------------------------------------------------------------------
     def encoder_of(self, model: nn.Module) -> nn.Module:
-        return model.get_encoder()
+        hf: Any = model  # a Hugging Face PreTrainedModel, duck-typed
+        encoder: nn.Module = hf.get_encoder()
+        return encoder
 
     def encode(self, model: nn.Module, batch: Any) -> Encoding:
         enc, _, _ = self.split(model, batch)
-        out = model.get_encoder()(**enc, return_dict=True)
+        out = self.encoder_of(model)(**enc, return_dict=True)
         return Encoding(out.last_hidden_state, enc.get("attention_mask"))
 
     def enter_phase(self, start: int) -> None:
@@ -208,7 +211,8 @@ class Seq2SeqLMTask:
             ids = encoder_inputs.get("input_ids")
             limit = int(ids.shape[1] * self.max_len_ratio) + 5 if ids is not None else fallback_limit
         kwargs = {"num_beams": self.num_beams, "do_sample": False, "max_new_tokens": limit, **self.generate_kwargs}
-        out = model.generate(**encoder_inputs, **kwargs)
+        hf: Any = model
+        out = hf.generate(**encoder_inputs, **kwargs)
         eos, pad = self._special(model)
         return [_cut(row[1:], eos, pad) for row in out.tolist()]
 

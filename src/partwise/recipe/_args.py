@@ -154,14 +154,14 @@ def args_problems(raw: dict[str, Any], factory: Callable[[str, str | None], Call
     >>> args_problems({"task": {"args": {"encoder": "run:runs/x"}}})[0].split(";")[0]
     'task.args.encoder: unknown key'
     """
-    task = raw.get("task") if isinstance(raw.get("task"), dict) else {}
-    model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    task: dict[str, Any] = raw["task"] if isinstance(raw.get("task"), dict) else {}
+    model: dict[str, Any] = raw["model"] if isinstance(raw.get("model"), dict) else {}
     kind, name = task.get("name", "seq2seq"), model.get("name", "gru")
     out: list[str] = []
     if kind in TASK_ARGS:
-        schema = TASK_ARGS[kind]
-        out += _problems(schema, task.get("args", {}), "task.args", _HINTS.get(kind, _keys(schema)))
-    schema = MODEL_ARGS.get((kind, name))
+        task_schema = TASK_ARGS[kind]
+        out += _problems(task_schema, task.get("args", {}), "task.args", _HINTS.get(kind, _keys(task_schema)))
+    schema: type[BaseModel] | None = MODEL_ARGS.get((kind, name))
     if schema is None and kind == "seq2seq" and isinstance(name, str) and ":" in name and factory is not None:
         try:
             schema = signature_schema(factory(name, model.get("path")))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -48,7 +48,7 @@ class DigitsBatch:
         return DigitsBatch(self.x.to(device), self.index.to(device))
 
 
-class DigitsDataset(Dataset):
+class DigitsDataset(Dataset[tuple[Tensor, int]]):
     """Digit images as rows of 64 pixels, each item ``(pixels, index in load_digits())``."""
 
     def __init__(self, pixels: Tensor, index: Tensor):
@@ -155,6 +155,17 @@ class DigitsCycle(nn.Module):
 
 
 # -- task -----------------------------------------------------------------------------------------
+class _CycleModel(Protocol):
+    encoder: Any
+    decoder: Any
+    generator: Any
+
+
+def _cycle(model: nn.Module) -> _CycleModel:
+    """``model`` seen through the children the cycle task needs (``encoder``, ``decoder``, ``generator``)."""
+    return cast(_CycleModel, model)
+
+
 class DigitsCycleTask:
     """Autoencoder loss in ``autoencoder_phases``, the latent cycle loss in every other phase.
 
@@ -164,7 +175,7 @@ class DigitsCycleTask:
     >>> task, model = DigitsCycleTask(), DigitsCycle()
     >>> batch = collate_digits([(torch.rand(64), i) for i in range(4)])
     >>> task.loss(model, batch, StepContext(0, 0, "cycle")).backward()
-    >>> model.generator[0].weight.grad is not None
+    >>> _cycle(model).generator[0].weight.grad is not None
     True
     """
 
@@ -184,16 +195,16 @@ class DigitsCycleTask:
 
     # -- frozen-encoder cache protocol (see partwise.EncoderCache) ------------------------------------
     def encoder_of(self, model: nn.Module) -> nn.Module:
-        return model.encoder
+        return _cycle(model).encoder
 
     def encode(self, model: nn.Module, batch: DigitsBatch) -> Tensor:
-        return model.encoder(batch.x)
+        return _cycle(model).encoder(batch.x)
 
     def loss_from_encoding(self, model: nn.Module, batch: DigitsBatch, latent: Tensor, ctx: StepContext) -> Tensor:
         """``MSE(D(X), x)`` in an autoencoder phase, else ``MSE(E(G(X)), X)``, with ``X = E(x)``."""
         if self.is_autoencoder_phase(ctx.phase):
-            return F.mse_loss(model.decoder(latent), batch.x)
-        return F.mse_loss(model.encoder(model.generator(latent)), latent)
+            return F.mse_loss(_cycle(model).decoder(latent), batch.x)
+        return F.mse_loss(_cycle(model).encoder(_cycle(model).generator(latent)), latent)
 
     def split_encoding(self, latent: Tensor, batch: DigitsBatch) -> list[dict[str, Tensor]]:
         return [{"latent": latent[i : i + 1]} for i in range(len(latent))]
@@ -206,9 +217,9 @@ class DigitsCycleTask:
 
     # -- evaluation -----------------------------------------------------------------------------
     def untrained_generator(self, model: nn.Module) -> nn.Module:
-        """A copy of ``model.generator`` re-initialised from ``seed``: where the cycle phase starts."""
-        fresh = seeded_reset(copy.deepcopy(model.generator).cpu(), self.seed)
-        return fresh.to(next(model.generator.parameters()).device).eval()
+        """A copy of ``_cycle(model).generator`` re-initialised from ``seed``: where the cycle phase starts."""
+        fresh = seeded_reset(copy.deepcopy(_cycle(model).generator).cpu(), self.seed)
+        return fresh.to(next(_cycle(model).generator.parameters()).device).eval()
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Any, dataset: Any = None) -> dict[str, float]:
@@ -219,12 +230,12 @@ class DigitsCycleTask:
         untrained = self.untrained_generator(model)
         for batch in batches:
             x = batch.x
-            z = model.encoder(x)
-            sums["recon_mse"] += float(F.mse_loss(model.decoder(z), x, reduction="sum"))
-            for prefix, generator in (("", model.generator), ("untrained_", untrained)):
+            z = _cycle(model).encoder(x)
+            sums["recon_mse"] += float(F.mse_loss(_cycle(model).decoder(z), x, reduction="sum"))
+            for prefix, generator in (("", _cycle(model).generator), ("untrained_", untrained)):
                 y = generator(z)
                 sums[f"{prefix}pixel_mse"] += float(F.mse_loss(y, x, reduction="sum"))
-                sums[f"{prefix}cycle_loss"] += float(F.mse_loss(model.encoder(y), z, reduction="sum"))
+                sums[f"{prefix}cycle_loss"] += float(F.mse_loss(_cycle(model).encoder(y), z, reduction="sum"))
             pixels, latents = pixels + x.numel(), latents + z.numel()
         return {k: v / max(latents if "cycle" in k else pixels, 1) for k, v in sums.items()}
 
@@ -284,7 +295,7 @@ class DigitsCycleKind:
         except TypeError as e:
             raise ConfigError([f"task.args: {e}"]) from None
 
-    def loaders(self, recipe: Recipe, data: KindData) -> tuple[DataLoader, DataLoader | None]:
+    def loaders(self, recipe: Recipe, data: KindData) -> tuple[DataLoader[Any], DataLoader[Any] | None]:
         """Shuffled training batches by ``(seed, epoch)``, dropping each epoch's last partial batch
         (BatchNorm cannot train on a batch of one)."""
         size = recipe.training.batch_size
@@ -295,7 +306,7 @@ class DigitsCycleKind:
         train = DataLoader(data.train, batch_sampler=batches, collate_fn=collate_digits)
         return train, self.eval_loader(recipe, data.dev)
 
-    def eval_loader(self, recipe: Recipe, dataset: Any) -> DataLoader | None:
+    def eval_loader(self, recipe: Recipe, dataset: Any) -> DataLoader[Any] | None:
         if dataset is None:
             return None
         return DataLoader(dataset, batch_size=256, shuffle=False, collate_fn=collate_digits)

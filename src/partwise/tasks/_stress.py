@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -168,6 +168,16 @@ def stress_model(vocab_size: int, hidden: int = 256, dropout: float = 0.1, max_s
     return StressModel(encoder, StressHead(encoder.output_dim, ENCODER_HIDDEN, hidden, max_syllables, dropout))
 
 
+
+class _StressModel(Protocol):
+    encoder: Any
+    decoder: Any
+
+
+def _stress_model(model: nn.Module) -> _StressModel:
+    """``model`` seen through the children the stress task needs (``encoder``, ``decoder``)."""
+    return cast(_StressModel, model)
+
 class StressTask:
     """Loss ``CE(stress) + CE(syllable count)``; accuracies next to the majority-class baselines.
 
@@ -187,20 +197,23 @@ class StressTask:
         return self.loss_from_encoding(model, batch, None, ctx)
 
     def encoder_of(self, model: nn.Module) -> nn.Module:
-        return model.encoder
+        return _stress_model(model).encoder
 
     def encode(self, model: nn.Module, batch: StressBatch) -> Memory:
-        return model.encoder(batch.src, batch.src_mask)
+        return _stress_model(model).encoder(batch.src, batch.src_mask)
 
     def loss_from_encoding(self, model: nn.Module, batch: StressBatch, memory: Memory | None, ctx: Any = None,
                            reduction: str = "mean") -> Tensor:
-        logits = model.decoder(self.encode(model, batch) if memory is None else memory)
+        logits = _stress_model(model).decoder(self.encode(model, batch) if memory is None else memory)
         ce = nn.functional.cross_entropy
         return (ce(logits.stress.float(), batch.stress, reduction=reduction)
                 + ce(logits.syllables.float(), batch.syllables - 1, reduction=reduction))
 
     def split_encoding(self, memory: Memory, batch: StressBatch) -> list[dict[str, Tensor]]:
-        return [{"states": memory.states[i, :n], "final": memory.final[:, i]}
+        final = memory.final
+        if final is None:  # the stress encoder always hands its final state to the head
+            raise ValueError("stress task: the encoder's Memory has no final state to cache")
+        return [{"states": memory.states[i, :n], "final": final[:, i]}
                 for i, n in enumerate(memory.mask.sum(1).tolist())]
 
     def merge_encoding(self, rows: list[dict[str, Tensor]], batch: StressBatch) -> Memory:
@@ -216,7 +229,7 @@ class StressTask:
     def evaluate(self, model: nn.Module, batches: Any, dataset: Any = None) -> dict[str, float]:
         n, loss, hits = 0, 0.0, torch.zeros(5, dtype=torch.long)
         for batch in batches:
-            logits = model.decoder(self.encode(model, batch))
+            logits = _stress_model(model).decoder(self.encode(model, batch))
             stress_ok = logits.stress.argmax(-1) == batch.stress
             count_ok = logits.syllables.argmax(-1) + 1 == batch.syllables
             loss += float(self.loss_from_encoding(model, batch, None, reduction="sum"))
@@ -330,7 +343,7 @@ class StressKind:
                 raise ConfigError([f"task.args.encoder: 'g2p_en': {e}; or use encoder: scratch"]) from None
         elif load and opts.encoder == "run":
             try:  # the run's best checkpoint (the one its eval scores), else its latest
-                load_part(model, "encoder", opts.run, which="best")
+                load_part(model, "encoder", cast(Path, opts.run), which="best")
             except (PartError, CheckpointError, FileNotFoundError) as e:
                 raise ConfigError([f"task.args.encoder: the encoder of run {str(opts.run)!r} does not fit the "
                                    f"stress model's GRUEncoder(emb {ENCODER_EMB}, hidden {ENCODER_HIDDEN}, "
@@ -340,12 +353,12 @@ class StressKind:
     def build_task(self, recipe: Recipe, data: KindData) -> StressTask:
         return StressTask(data.extra["majority"]["stress"], data.extra["majority"]["syllables"])
 
-    def loaders(self, recipe: Recipe, data: KindData) -> tuple[DataLoader, DataLoader | None]:
+    def loaders(self, recipe: Recipe, data: KindData) -> tuple[DataLoader[Any], DataLoader[Any] | None]:
         train = DataLoader(data.train, collate_fn=collate_stress, batch_sampler=BucketBatchSampler(
             data.train.lengths, recipe.training.batch_size, seed=recipe.seed))
         return train, self.eval_loader(recipe, data.dev)
 
-    def eval_loader(self, recipe: Recipe, dataset: StressDataset | None) -> DataLoader | None:
+    def eval_loader(self, recipe: Recipe, dataset: StressDataset | None) -> DataLoader[Any] | None:
         if dataset is None:
             return None
         return DataLoader(dataset, collate_fn=collate_stress,
