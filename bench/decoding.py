@@ -144,7 +144,8 @@ def main() -> None:
     same = sum(x == y for x, y in zip(outputs["a"], outputs["b"], strict=True))
     print(f"decoding: {len(words):,} CMUdict test words, threads={args.threads}, {args.repeats} rounds, batch "
           f"{args.batch_size}; {which}")
-    labels = {"a": "(a) g2p-en predict, per word", "b": "(b) partwise greedy, batched", "c": "(c) partwise beam 5, batched"}
+    labels = {"a": "(a) g2p-en predict, per word", "b": "(b) partwise greedy, batched",
+              "c": "(c) partwise beam 5, batched"}
     flops = gru_flops(words, outputs["a"], ours.model)
     for key, label in labels.items():
         wer = score_g2p(outputs[key], refs)["wer"]
@@ -152,7 +153,8 @@ def main() -> None:
         print(f"{label:<32}: {len(words) / median(t[key]):9,.0f} words/s ({median(t[key]):.3f} s; WER with stress "
               f"{wer:.1%}{rate})")
     print(f"(b) outputs equal (a)'s: {same:,} / {len(words):,} words")
-    print(f"(b) vs (a) words/s (target >= 10x): {paired(t['a'], t['b']):.1f}x; (c) vs (a): {paired(t['a'], t['c']):.1f}x")
+    print(f"(b) vs (a) words/s (target >= 10x): {paired(t['a'], t['b']):.1f}x; "
+          f"(c) vs (a): {paired(t['a'], t['c']):.1f}x")
     print(load_line(load))
 
 

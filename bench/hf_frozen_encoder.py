@@ -24,9 +24,9 @@ the same batches, in the same order, and the same initial weights in every varia
 Method: the six variants run in threads of this one process and take turns epoch by epoch, rotated
 round by round (``bench/_interleave.py``), one intra-op thread; round 0 is warm-up (and holds (c)'s
 build); medians over the timed rounds, ratios as medians of per-round ratios. Amortised, per round:
-(a) / ((c) + (f) / ``--amortise``). Targets (issue 13): (c) >= 3x (a) per epoch, >= 2x amortised over 3 epochs, (b) >= 0.97x
-(a). ``--memory`` also runs each variant alone in a subprocess for two epochs and reports its peak
-resident memory (the one-process timing run cannot separate them).
+(a) / ((c) + (f) / ``--amortise``). Targets (issue 13): (c) >= 3x (a) per epoch, >= 2x amortised
+over 3 epochs, (b) >= 0.97x (a). ``--memory`` also runs each variant alone in a subprocess for two
+epochs and reports its peak resident memory (the one-process timing run cannot separate them).
 
     .venv/bin/python bench/hf_frozen_encoder.py [--quick] [--scale small|full] [--repeats 5] [--memory]
 """

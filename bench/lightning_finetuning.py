@@ -231,12 +231,14 @@ def main() -> None:
     import lightning
 
     load = os.getloadavg()[0]
-    print(f"lightning_finetuning: lightning {lightning.__version__}, torch {torch.__version__}, threads={args.threads}, "
+    print(f"lightning_finetuning: lightning {lightning.__version__}, torch {torch.__version__}, "
+          f"threads={args.threads}, "
           f"{args.batches} batches of 64 per epoch, encoder {args.enc_layers}x256, {args.frozen} frozen + "
           f"{args.unfrozen} unfrozen epochs; one process, alternated epoch by epoch")
     times = interleave({k: (lambda g, k=k: RUNS[k](data, g, args, record)) for k in RUNS}, epochs, args.threads)
     memory = {k: peak_rss(k, argv) for k in RUNS} if args.memory else {}
-    print("seconds per epoch, in order: " + "; ".join(f"{k} " + " ".join(f"{x:.3f}" for x in v) for k, v in times.items()))
+    print("seconds per epoch, in order: "
+          + "; ".join(f"{k} " + " ".join(f"{x:.3f}" for x in v) for k, v in times.items()))
     report(times, args, record, memory)
     print(load_line(load))
 

@@ -17,7 +17,8 @@ the median (and the minimum) over the timed steps, after warmup steps; one intra
 Transformer on a CPU (the GRU and short lengths are reported as they come: at G2P lengths on a CPU
 both spend their time in the same matrix multiplies); two-pass <= 2.2x the cost of (b). Models are
 the reference factories' defaults (``gru_seq2seq``: bidirectional GRU 256 + additive attention;
-``transformer_seq2seq``: d_model 256, 3 + 3 layers), dropout 0.1, train mode. Decoding throughput is measured by ``bench/decoding.py``.
+``transformer_seq2seq``: d_model 256, 3 + 3 layers), dropout 0.1, train mode. Decoding throughput is
+measured by ``bench/decoding.py``.
 
 Run: ``python bench/teacher_forcing.py [--quick]`` (about 3 minutes on 2 loaded CPU cores; 40 s quick).
 """

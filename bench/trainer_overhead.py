@@ -74,7 +74,8 @@ def main() -> None:
         hand.append(hand_loop(build(sizes), loader()))
         ours.append(trainer_loop(build(sizes), loader()))
     h, t = statistics.median(hand), statistics.median(ours)
-    print(f"threads={torch.get_num_threads()} batches/epoch={args.batches} batch={args.batch_size} repeats={args.repeats}")
+    print(f"threads={torch.get_num_threads()} batches/epoch={args.batches} batch={args.batch_size} "
+          f"repeats={args.repeats}")
     print(f"hand-written loop : {h:.3f} s/epoch (median), {args.batches / h:.1f} steps/s")
     print(f"partwise.Trainer  : {t:.3f} s/epoch (median), {args.batches / t:.1f} steps/s")
     print(f"trainer speed vs hand loop: {h / t:.3f}x (target >= 0.97x)")

@@ -28,7 +28,8 @@ def reversal_data(n: int = 256) -> Seq2SeqDataset:
 def train(data: Seq2SeqDataset, cache: str, model: nn.Module | None = None, encoder_phase: bool = False,
           dropout: str = "eval") -> tuple[nn.Module, pw.Trainer]:
     torch.manual_seed(0)
-    model = model or gru_seq2seq(len(data.src_vocab), len(data.tgt_vocab), emb=16, hidden=32, attention="dot", dropout=0.2)
+    model = model or gru_seq2seq(len(data.src_vocab), len(data.tgt_vocab), emb=16, hidden=32, attention="dot",
+                                 dropout=0.2)
     phases = [pw.Phase("decoder", epochs=2, train={"decoder": 1e-2}, dropout=dropout)]
     if encoder_phase:
         phases.append(pw.Phase("all", epochs=1, train={"decoder": 1e-2, "encoder": 1e-3}))

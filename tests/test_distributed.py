@@ -45,7 +45,8 @@ def test_two_ranks_identical_and_equal_to_one_process(tmp_path):
         torch.testing.assert_close(r0[k], single[k], rtol=1e-4, atol=1e-5)
     torch.manual_seed(0)
     initial_body = nn.Sequential(nn.Linear(6, 16), nn.Tanh())  # same init as the script's
-    assert not torch.equal(initial_body[0].weight, r0["body.0.weight"]), "the body unfrozen in phase 2 must have trained"
+    assert not torch.equal(initial_body[0].weight, r0["body.0.weight"]), (
+        "the body unfrozen in phase 2 must have trained")
 
 
 VALIDATE = Path(__file__).parent / "scripts" / "ddp_validate.py"

@@ -66,7 +66,8 @@ def test_unfreeze_never_makes_a_fixed_parameter_trainable():
 
 def test_plan_naming_a_part_of_only_fixed_parameters_is_refused():
     model = WithFixed()
-    parts = pw.Parts(model, {"pos": "re:encoder\\.pos", "encoder": ["encoder", "!re:encoder\\.pos"], "decoder": "decoder"})
+    parts = pw.Parts(model, {"pos": "re:encoder\\.pos", "encoder": ["encoder", "!re:encoder\\.pos"],
+                             "decoder": "decoder"})
     plan = pw.Plan([pw.Phase("p", epochs=1, train={"pos": 1e-3, "decoder": 1e-3})])
     with pytest.raises(pw.ConfigError, match="'pos' holds only fixed parameters"):
         plan.check(parts)
@@ -293,7 +294,8 @@ def test_freeze_frees_the_optimizer_state_of_the_frozen_part():
     train_steps(model, opt, 1)
     parts.freeze("encoder", keep_state=True)
     kept = pw.kept_state_bytes(opt, parts)["encoder"]
-    assert kept == 2 * 4 * sum(p.numel() for p in model.encoder.parameters()) + 4 * len(list(model.encoder.parameters()))
+    assert kept == (2 * 4 * sum(p.numel() for p in model.encoder.parameters())
+                    + 4 * len(list(model.encoder.parameters())))
     parts.unfreeze("encoder", restore_state=True)
     assert pw.state_bytes(opt, parts)["encoder"] == kept and pw.kept_state_bytes(opt, parts)["encoder"] == 0
 
@@ -414,7 +416,8 @@ def test_user_added_param_group_is_saved_and_loaded():
     again = pw.build_optimizer(pw.Parts(model), default={"name": "adam", "lr": 1e-2})
     again.add_param_group({"params": [extra], "lr": 0.1})
     again.load_state_dict(copy.deepcopy(sd))
-    assert again.param_groups[-1]["lr"] == 0.5 and torch.equal(again.state[extra]["exp_avg"], opt.state[extra]["exp_avg"])
+    assert again.param_groups[-1]["lr"] == 0.5
+    assert torch.equal(again.state[extra]["exp_avg"], opt.state[extra]["exp_avg"])
 
 
 class SharedStack(nn.Module):

@@ -21,7 +21,8 @@ def test_an_older_checkpoint_fingerprint_matches_the_same_plan_today():
     old = {"steps_per_epoch": 5, "phases": []}
     for ph in now["phases"]:  # as written before task_options: the option itself, under its old class name
         legacy = {k: v for k, v in ph.items() if k != "task_options"}
-        value = ph["task_options"].removeprefix("{'teacher_forcing': ").removesuffix("}") if ph["task_options"] != "{}" else "None"
+        value = (ph["task_options"].removeprefix("{'teacher_forcing': ").removesuffix("}")
+                 if ph["task_options"] != "{}" else "None")
         legacy["teacher_forcing"] = value.replace("InverseSigmoidTFSchedule(", "InverseSigmoidSchedule(")
         old["phases"].append(legacy)
     assert "InverseSigmoidSchedule(k=100.0)" in old["phases"][1]["teacher_forcing"]

@@ -19,7 +19,8 @@ def test_groups_per_part_with_own_lr_and_no_decay_on_biases_and_norms(encdec):
     assert set(by_key) == {("encoder", False), ("encoder", True), ("decoder", False), ("decoder", True)}
     assert by_key[("encoder", False)]["lr"] == 1e-5 and by_key[("decoder", False)]["lr"] == 1e-3
     nodecay = {id(p) for p in by_key[("decoder", True)]["params"]}
-    assert nodecay == {id(encdec.decoder[i].bias) for i in (0, 4)} | {id(encdec.decoder[1].weight), id(encdec.decoder[1].bias)}
+    assert nodecay == ({id(encdec.decoder[i].bias) for i in (0, 4)}
+                       | {id(encdec.decoder[1].weight), id(encdec.decoder[1].bias)})
     assert by_key[("decoder", True)]["weight_decay"] == 0.0 and by_key[("decoder", False)]["weight_decay"] == 0.05
     flat = pw.build_optimizer(parts, default={"weight_decay": 0.05}, no_decay=None)
     assert all(not g["no_decay"] for g in flat.param_groups)

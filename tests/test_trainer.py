@@ -162,12 +162,14 @@ def test_checkpoint_has_one_safetensors_file_per_part_and_safe_state(tmp_path):
     model, parts, trainer = make(run_dir=tmp_path)
     trainer.fit(dataset(), max_steps=2)
     ckpt = _checkpoint.resolve_checkpoint(tmp_path)
-    assert sorted(p.name for p in ckpt.iterdir()) == ["meta.json", "part-body.safetensors", "part-head.safetensors", "state.pt"]
+    assert sorted(p.name for p in ckpt.iterdir()) == [
+        "meta.json", "part-body.safetensors", "part-head.safetensors", "state.pt"]
     state = torch.load(ckpt / "state.pt", weights_only=True)  # no arbitrary unpickling needed
     assert state["step"] == 2 and state["parts"]["frozen"] == {"body": {"dropout": "eval", "norm": "eval"}}
     other = UserModel()
     assert pw.load_weights(other, pw.Parts(other), tmp_path, only=["body"]) == ["body"]
-    assert all(torch.equal(a, b) for a, b in zip(other.body.state_dict().values(), model.body.state_dict().values(), strict=True))
+    assert all(torch.equal(a, b)
+               for a, b in zip(other.body.state_dict().values(), model.body.state_dict().values(), strict=True))
 
 
 def test_killed_write_leaves_last_complete_checkpoint(tmp_path, monkeypatch):

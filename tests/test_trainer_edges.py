@@ -258,7 +258,8 @@ def test_a_metric_the_task_does_not_produce_is_refused_before_the_first_step():
 
 
 def test_early_stopping_and_best_metric_follow_their_own_metrics(tmp_path):
-    _, _, trainer = make(run_dir=tmp_path, best_metric=("loss", "min"), early_stopping=pw.EarlyStopping("loss", "max", 1))
+    _, _, trainer = make(run_dir=tmp_path, best_metric=("loss", "min"),
+                         early_stopping=pw.EarlyStopping("loss", "max", 1))
     history = trainer.fit(dataset(), dataset(60))
     # val loss falls: the best checkpoint moves on, but in "max" mode it never improves after epoch 1
     assert len(history) == 2 and history[1]["dev_loss"] < history[0]["dev_loss"]

@@ -91,7 +91,8 @@ def test_a_run_killed_and_resumed_ends_as_the_uninterrupted_one(tmp_path, monkey
     for which in ("latest", "best"):
         a, b = (_checkpoint.resolve_checkpoint(r, which) for r in (tmp_path / "ref", tmp_path / "run"))
         assert a.name == b.name
-        assert same(_checkpoint.read_part(a, "part-head.safetensors"), _checkpoint.read_part(b, "part-head.safetensors"))
+        assert same(_checkpoint.read_part(a, "part-head.safetensors"),
+                    _checkpoint.read_part(b, "part-head.safetensors"))
     assert not list((tmp_path / "run" / "checkpoints").glob(".*"))  # the killed save's temporaries are gone
 
 

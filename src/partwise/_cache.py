@@ -184,7 +184,8 @@ class EncoderCache:
         columns, ids = builder.columns()
         if world > 1:
             columns, ids = _gather(columns, ids, world, device)
-        if spill_dir is not None and sum(c.flat.numel() * c.flat.element_size() for c in columns.values()) > spill_bytes:
+        if spill_dir is not None and sum(c.flat.numel() * c.flat.element_size()
+                                         for c in columns.values()) > spill_bytes:
             where = Path(spill_dir) / (f"rank{rank}" if world > 1 else "")
             columns = {k: _Column(_spill(c.flat, where / f"{k}.bin"), c.offsets) for k, c in columns.items()}
         return cls(task, columns, ids)
@@ -222,7 +223,8 @@ class EncoderCache:
     def verify(self, model: nn.Module, batch: Any, device: torch.device) -> None:
         """Compare cached and live outputs on one batch; raise :class:`CacheRefused` if they differ."""
         cached = self.rows(self.task.row_ids(batch).tolist())
-        live = [{k: v.cpu() for k, v in r.items()} for r in self.task.split_encoding(self.task.encode(model, batch), batch)]
+        live = [{k: v.cpu() for k, v in r.items()}
+                for r in self.task.split_encoding(self.task.encode(model, batch), batch)]
         if not _rows_equal(live, cached, exact=False):
             raise CacheRefused("cached encoder outputs differ from live ones on the first training batch "
                                "(the encoder or the data changed after the cache was built)")

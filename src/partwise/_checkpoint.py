@@ -37,8 +37,8 @@ from ._atomic import write_text_atomic
 from ._errors import CheckpointError, CheckpointNotFound
 from ._parts import REST, Parts
 
-__all__ = ["part_tensors", "save_checkpoint", "resolve_checkpoint", "best_or_latest", "load_weights", "load_state", "read_meta",
-           "read_part", "part_file_problems", "remove_debris", "tidy"]
+__all__ = ["part_tensors", "save_checkpoint", "resolve_checkpoint", "best_or_latest", "load_weights", "load_state",
+           "read_meta", "read_part", "part_file_problems", "remove_debris", "tidy"]
 
 META, STATE = "meta.json", "state.pt"
 POINTERS = ("latest", "best")
@@ -242,7 +242,8 @@ def resolve_checkpoint(checkpoint: str | Path, which: str = "latest") -> Path:
             if (target / META).exists():
                 return target
         if root.is_dir():
-            complete = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and (d / META).exists())
+            complete = sorted(d for d in root.iterdir()
+                              if d.is_dir() and not d.name.startswith(".") and (d / META).exists())
             if complete and which == "latest":
                 return complete[-1]
     raise CheckpointNotFound(f"no complete checkpoint at {str(p)!r} (looked for {which!r} under it and under "
@@ -283,7 +284,8 @@ def tensor_problems(stored: dict[str, torch.Tensor], expected: dict[str, torch.T
             problems.append(f"{k}: checkpoint shape {tuple(t.shape)} vs model {tuple(model[k].shape)}")
         elif k in model and t.dtype != model[k].dtype:
             problems.append(f"{k}: checkpoint dtype {t.dtype} vs model {model[k].dtype}")
-    problems += [f"{k} (part {where.get(k, '?')!r}) is missing from the checkpoint" for k in expected if k not in stored]
+    problems += [f"{k} (part {where.get(k, '?')!r}) is missing from the checkpoint"
+                 for k in expected if k not in stored]
     problems += [f"{k} is in the checkpoint but not in {scope}" for k in stored if k not in model]
     return problems
 

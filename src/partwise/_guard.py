@@ -164,6 +164,7 @@ def grad_report(parts: Parts) -> GradReport:
     rows = []
     for part in parts:
         grads = [p.grad for p in part.parameters() if p.grad is not None]
-        norm = float(torch.linalg.vector_norm(torch.stack([g.detach().float().norm() for g in grads]))) if grads else 0.0
+        norm = (float(torch.linalg.vector_norm(torch.stack([g.detach().float().norm() for g in grads])))
+                if grads else 0.0)
         rows.append(PartGrad(part.name, parts.is_frozen(part.name), part.num_parameters, len(grads), norm))
     return GradReport(rows)

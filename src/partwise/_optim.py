@@ -179,8 +179,8 @@ class PartConfig:
         self.parts = parts
         self.no_decay: str | list[str] | None = (
             no_decay if no_decay is None or isinstance(no_decay, str) else list(no_decay))
-        base = dict(DEFAULT_OPTIONS if default is None else {"name": DEFAULT_OPTIONS["name"], "lr": DEFAULT_OPTIONS["lr"],
-                                                            **default})
+        base = dict(DEFAULT_OPTIONS if default is None
+                    else {"name": DEFAULT_OPTIONS["name"], "lr": DEFAULT_OPTIONS["lr"], **default})
         per_part = dict(per_part or {})
         errors = []
         unknown = [n for n in per_part if n not in parts]
@@ -285,7 +285,8 @@ def _matching_state(optimizer: Optimizer, binding: _Binding, sd: Mapping[str, An
                        f"{list(p.shape)} {p.dtype})")
     if bad:
         warnings.warn(f"optimizer state of {len(bad)} parameter(s) not loaded, their shape or dtype changed; they "
-                      f"start fresh: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}", RuntimeWarning, stacklevel=5)
+                      f"start fresh: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}", RuntimeWarning,
+                      stacklevel=5)
     return good
 
 

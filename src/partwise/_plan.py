@@ -217,7 +217,8 @@ class Plan:
             config = PartConfig(parts, opts, ph.default_options(), "auto")
             n_train = sum(v.numel() for p in opts for n, v in parts[p].named_parameters() if n not in parts[p].fixed)
             frozen = [p for p in parts.names if p not in opts]
-            lines.append(f"phase {i} {ph.name!r}: {length}; trainable {n_train:,} params; frozen: {', '.join(frozen) or '-'}")
+            lines.append(f"phase {i} {ph.name!r}: {length}; trainable {n_train:,} params; "
+                         f"frozen: {', '.join(frozen) or '-'}")
             for p in opts:
                 o = config.options[p]
                 wd = float(o.get("weight_decay", 0.0) or 0.0)

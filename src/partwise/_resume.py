@@ -60,7 +60,8 @@ def check_plan(trainer: Trainer, state: dict[str, Any], steps_per_epoch: int, al
         span = trainer.plan.span_at(step, steps_per_epoch)
         allowed = {span.index} | ({span.index - 1} if step == span.start else set())
         changes = [] if state["phase"] in allowed else [
-            f"the checkpoint is in phase {state['phase']} at step {step}, the plan puts that step in phase {span.index}"]
+            f"the checkpoint is in phase {state['phase']} at step {step}, "
+            f"the plan puts that step in phase {span.index}"]
     if not changes:
         return
     if not allow_plan_change:

@@ -381,7 +381,9 @@ def load_part(model: nn.Module, part: str, checkpoint: str | os.PathLike[str], p
 
     >>> import tempfile
     >>> from partwise._checkpoint import save_checkpoint
-    >>> def net(): m = nn.Sequential(); m.add_module("enc", nn.Linear(2, 2)); m.add_module("dec", nn.Linear(2, 2)); return m
+    >>> def net():
+    ...     m = nn.Sequential(); m.add_module("enc", nn.Linear(2, 2)); m.add_module("dec", nn.Linear(2, 2))
+    ...     return m
     >>> a, b = net(), net()
     >>> ckpt = save_checkpoint(tempfile.mkdtemp(), "step-1", a, Parts(a), {}, {})
     >>> load_part(b, "enc", ckpt)

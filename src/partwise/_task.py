@@ -79,7 +79,8 @@ def as_task(task_or_loss_fn: Task | Callable[[nn.Module, Any], Tensor]) -> Task:
         return task_or_loss_fn
     if callable(task_or_loss_fn):
         return LossTask(task_or_loss_fn)
-    raise TypeError(f"expected a Task (loss + evaluate) or a loss_fn(model, batch), got {type(task_or_loss_fn).__name__}")
+    raise TypeError("expected a Task (loss + evaluate) or a loss_fn(model, batch), "
+                    f"got {type(task_or_loss_fn).__name__}")
 
 
 def enter_phase(task: Any, task_options: Mapping[str, Any], start: int) -> None:

@@ -68,7 +68,8 @@ class Trainer:
             (``"stop"``). Under fp16 an overflowing gradient is the loss scaler's business: it skips
             the step and lowers the scale (counted in ``skipped_steps``, never a stop).
         early_stopping / best_metric: stop on a plateau; keep the best checkpoint by ``(metric, mode)``.
-            A metric is ``train_loss`` or one the task's ``evaluate`` returns (``"wer"`` or ``"dev_wer"``; the older ``"val_wer"`` spelling is accepted).
+            A metric is ``train_loss`` or one the task's ``evaluate`` returns (``"wer"`` or ``"dev_wer"``;
+            the older ``"val_wer"`` spelling is accepted).
             Under DDP rank 0 evaluates and every rank takes its metrics, so all decide alike.
         save_every: also checkpoint every N optimizer steps (always at each epoch end).
         callbacks: objects with any of the :class:`~partwise.Callback` hooks: ``on_phase_start(trainer,
@@ -87,12 +88,14 @@ class Trainer:
         seed: int = 0, device: str | torch.device = "auto", precision: str = "fp32",
         grad_clip: float | Mapping[str, float] | None = None, grad_accum: int = 1, on_nonfinite: str = "skip",
         early_stopping: EarlyStopping | None = None, best_metric: tuple[str, str] | None = None,
-        save_every: int | None = None, callbacks: Sequence[Callback | object] = (), guard: bool = False, cache: str = "auto",
+        save_every: int | None = None, callbacks: Sequence[Callback | object] = (), guard: bool = False,
+        cache: str = "auto",
     ):
         self.model, self.parts, self.plan = model, parts, plan
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.batch_size, self.collate_fn, self.seed = batch_size, collate_fn, seed
-        self.precision, self.grad_clip, self.grad_accum, self.on_nonfinite = precision, grad_clip, grad_accum, on_nonfinite
+        self.precision, self.grad_clip, self.grad_accum = precision, grad_clip, grad_accum
+        self.on_nonfinite = on_nonfinite
         self.early_stopping, self.best_metric, self.save_every = early_stopping, best_metric, save_every
         self.use_guard, self.cache_mode = guard, cache
         device_, device_problem = device_for(device)
@@ -173,7 +176,8 @@ class Trainer:
             carry_state(old, new)
             before = {g["part"]: type(o).__name__ for o in optimizers_of(old) for g in o.param_groups if "part" in g}
             after = {g["part"]: type(o).__name__ for o in optimizers_of(new) for g in o.param_groups if "part" in g}
-            switched = [f"{p} ({before[p]} -> {after[p]})" for p in ph.train if before.get(p, after.get(p)) != after.get(p)]
+            switched = [f"{p} ({before[p]} -> {after[p]})" for p in ph.train
+                        if before.get(p, after.get(p)) != after.get(p)]
             if switched:
                 warnings.warn(f"phase {ph.name!r} changes the optimizer of {', '.join(switched)}: their optimizer "
                               "state starts fresh", RuntimeWarning, stacklevel=3)
@@ -336,8 +340,9 @@ class Trainer:
         """A NaN/inf loss or gradient (its gradients already dropped): stop, or warn and skip the step
         (the batch is consumed and the step counter moves on, so the data order stays that of the plan)."""
         if self.on_nonfinite == "stop":
-            raise NonFiniteLoss(f"{what} at step {self.step} (phase {self.running()[0].phase.name!r}); nothing after the "
-                                "last good checkpoint was saved. Lower the learning rate or clip gradients.")
+            raise NonFiniteLoss(f"{what} at step {self.step} (phase {self.running()[0].phase.name!r}); "
+                                "nothing after the last good checkpoint was saved. "
+                                "Lower the learning rate or clip gradients.")
         warnings.warn(f"skipped step {self.step}: {what}", RuntimeWarning, stacklevel=4)
 
     def _end_step(self, loss_value: float, norm: float | None, ends_epoch: bool) -> None:

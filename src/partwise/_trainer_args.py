@@ -113,7 +113,8 @@ def _metric_problems(trainer: Trainer, has_dev: bool) -> list[str]:
     for where, name in rules:
         if name in known or f"dev_{name}" in known or dev_key(name) in known or (has_dev and declared is None):
             continue  # a task that declares no metrics is checked at its first evaluation
-        why = "no dev_data given" if not has_dev else f"task {type(trainer.task).__name__} returns {sorted(declared or ())}"
+        why = ("no dev_data given" if not has_dev
+               else f"task {type(trainer.task).__name__} returns {sorted(declared or ())}")
         out.append(f"{where}: metric {name!r} will not be produced ({why}); choose one of {sorted(known)}")
     return out
 

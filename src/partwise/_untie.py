@@ -146,7 +146,8 @@ def _update_tie_bookkeeping(model: nn.Module) -> list[str]:
             sub._tied_weights_keys = kept or None  # an instance attribute: the class keeps its own
             where = f"{prefix}." if prefix else ""
             dropped = sorted(set(mapping) - set(kept))
-            changes.append(f"tie mapping of {type(sub).__name__} no longer ties {', '.join(where + d for d in dropped)}")
+            changes.append(f"tie mapping of {type(sub).__name__} no longer ties "
+                           f"{', '.join(where + d for d in dropped)}")
     for config, any_kept in configs.values():
         if not any(any_kept) and getattr(config, "tie_word_embeddings", False):
             config.tie_word_embeddings = False

@@ -113,10 +113,12 @@ case("training.device cuda unavailable", "training.device", "cuda")(
     lambda run, d: train_with(d, "training.device=" + ("cuda:99" if torch.cuda.is_available() else "cuda")))
 case("training.precision fp16 on CPU", "training.precision", "fp16")(
     lambda run, d: train_with(d, "training.device=cpu", "training.precision=fp16"))
-case("optimizer name typo in phase 2", "plan.1", "adamm")(lambda run, d: train_with(d, "plan.1.optimizer={name: adamm}"))
+case("optimizer name typo in phase 2", "plan.1", "adamm")(
+    lambda run, d: train_with(d, "plan.1.optimizer={name: adamm}"))
 case("optimizer option the class lacks", "plan.1", "momentum")(
     lambda run, d: train_with(d, "plan.1.optimizer={momentum: 0.9}"))
-case("optimizer option value torch refuses", "plan.0", "beta")(lambda run, d: train_with(d, "optimizer.betas=[2.0, 3.0]"))
+case("optimizer option value torch refuses", "plan.0", "beta")(
+    lambda run, d: train_with(d, "optimizer.betas=[2.0, 3.0]"))
 case("best_metric typo", "training.best_metric", "'wre'")(lambda run, d: train_with(d, "training.best_metric=wre"))
 case("early stopping metric typo", "training.early_stopping.metric", "'accuracy'")(
     lambda run, d: train_with(d, "training.early_stopping={metric: accuracy}"))
@@ -126,19 +128,22 @@ case("plan names an unknown part", "plan.0.train.decodr", "unknown part")(
     lambda run, d: train_with(d, "plan.0.train={decodr: 0.001}"))
 case("model.args unknown", "model.args", "bogus")(lambda run, d: train_with(d, "model.args.bogus=1"))
 case("override not key=value", "'foo'", "key=value")(lambda run, d: train_with(d, "foo"))
-case("override into a value", "training.batch_size", "not a section")(lambda run, d: train_with(d, "training.batch_size.x=1"))
+case("override into a value", "training.batch_size", "not a section")(
+    lambda run, d: train_with(d, "training.batch_size.x=1"))
 
 
 def tsv_recipe(d: Path, train_text: bytes | None) -> dict:
     if train_text is not None:
         (d / "train.tsv").write_bytes(train_text)
     (d / "dev.tsv").write_text("cat\tK AE T\n")
-    return {**TINY, "training": {**TINY["training"], "best_metric": "seq_error"}, "data": {"name": "tsv", "train": str(d / "train.tsv"), "dev": str(d / "dev.tsv")}}
+    return {**TINY, "training": {**TINY["training"], "best_metric": "seq_error"},
+            "data": {"name": "tsv", "train": str(d / "train.tsv"), "dev": str(d / "dev.tsv")}}
 
 
 case("tsv data with bad lines", "train.tsv", "line 2")(
     lambda run, d: train_with(d, recipe=tsv_recipe(d, b"cat\tK AE T\ndog D AO G\n")))
-case("tsv data file missing", "data.train", "train.tsv", "not found")(lambda run, d: train_with(d, recipe=tsv_recipe(d, None)))
+case("tsv data file missing", "data.train", "train.tsv", "not found")(
+    lambda run, d: train_with(d, recipe=tsv_recipe(d, None)))
 case("tsv data not UTF-8", "train.tsv", "not UTF-8")(
     lambda run, d: train_with(d, recipe=tsv_recipe(d, b"cat\tK AE T\n\xff\xfe\tX\n")))
 
@@ -353,7 +358,8 @@ def _(run: Path, d: Path) -> list[str]:
 case("predict: an empty word", "input 2 is empty")(lambda run, d: ["predict", str(run), "hello", ""])
 case("predict: '-' and --file", "'-'", "--file", "conflict")(
     lambda run, d: ["predict", str(run), "-", "--file", str(d / "words.txt")])
-case("predict: --file missing", "--file", "not found")(lambda run, d: ["predict", str(run), "--file", str(d / "nope.txt")])
+case("predict: --file missing", "--file", "not found")(
+    lambda run, d: ["predict", str(run), "--file", str(d / "nope.txt")])
 
 
 @case("predict: --file not UTF-8", "--file", "not UTF-8")

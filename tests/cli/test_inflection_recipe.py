@@ -35,7 +35,8 @@ def test_pairs_are_split_by_lemma_and_baselines_are_what_the_header_says(prepare
     for split in ("train", "dev", "test"):
         lines = (tmp_path / f"{split}.tsv").read_text(encoding="utf-8").splitlines()
         lemmas[split] = {line.split(" <")[0] for line in lines}
-    assert len(lemmas["train"]) == 17_365 and not lemmas["test"] & lemmas["train"] and not lemmas["dev"] & lemmas["train"]
+    assert (len(lemmas["train"]) == 17_365 and not lemmas["test"] & lemmas["train"]
+            and not lemmas["dev"] & lemmas["train"])
     assert "swim <VBD>\tswam" in (tmp_path / "train.tsv").read_text() + (tmp_path / "dev.tsv").read_text() + (
         tmp_path / "test.tsv").read_text()
     assert prepare.rule("swim", "swam") == (2, "am") and prepare.apply("swim", (2, "am")) == "swam"

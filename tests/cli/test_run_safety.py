@@ -47,7 +47,8 @@ def test_resume_continues_the_logs_of_an_unfinished_run(base_run, finished_run):
     _, metrics = read_rows(finished_run / "metrics.csv")
     assert [r["step"] for r in steps] == ["1", "2", "3", "4", "5", "6"]
     assert [r["epoch"] for r in metrics] == ["1", "2"]
-    assert (base_run / "metrics.csv").read_text().splitlines() == (finished_run / "metrics.csv").read_text().splitlines()[:2]
+    assert (base_run / "metrics.csv").read_text().splitlines() == (
+        finished_run / "metrics.csv").read_text().splitlines()[:2]
 
 
 def test_overwrite_refuses_a_folder_that_is_not_a_run_and_keeps_its_files(tmp_path, capsys):
@@ -66,8 +67,9 @@ def test_overwrite_with_a_bad_data_file_leaves_the_existing_run_intact(base_run,
     before = tree_hash(run)
     (tmp_path / "train.tsv").write_text("cat\tK AE T\nno tab here\n")
     (tmp_path / "dev.tsv").write_text("cat\tK AE T\n")
-    recipe = write_recipe(tmp_path, {**TINY, "training": {**TINY["training"], "best_metric": "seq_error"}, "data": {"name": "tsv", "train": str(tmp_path / "train.tsv"),
-                                                      "dev": str(tmp_path / "dev.tsv")}})
+    recipe = write_recipe(tmp_path, {**TINY, "training": {**TINY["training"], "best_metric": "seq_error"},
+                                     "data": {"name": "tsv", "train": str(tmp_path / "train.tsv"),
+                                              "dev": str(tmp_path / "dev.tsv")}})
     code, _, err = run_cli(capsys, "train", str(recipe), f"run_dir={run}", "--overwrite")
     assert code == 2 and "train.tsv" in err and "line 2" in err
     assert tree_hash(run) == before

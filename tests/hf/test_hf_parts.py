@@ -22,7 +22,8 @@ import partwise.hf as ph  # noqa: E402
 # LM head (T5, BART, Marian, ...); Whisper's proj_out is the decoder's embed_tokens, so it is no part
 # of its own; BERT2BERT's output layer is tied to the decoder's word embeddings.
 EXPECTED = {
-    **dict.fromkeys(["t5", "umt5", "bart", "mbart", "marian", "pegasus", "m2m100"], ["embeddings", "encoder", "decoder"]),
+    **dict.fromkeys(["t5", "umt5", "bart", "mbart", "marian", "pegasus", "m2m100"],
+                    ["embeddings", "encoder", "decoder"]),
     "whisper": ["encoder", "decoder"],
     "bert2bert": ["encoder", "decoder"],
     "vit2bert": ["encoder", "decoder"],
@@ -82,7 +83,8 @@ def test_freezing_encoder_alone_needs_untying_only_when_shared():
     model = H.build("t5")
     parts = ph.parts(model)
     parts.freeze("encoder")  # the shared embedding is its own part: freezing the encoder is allowed
-    assert model.shared.weight.requires_grad and not model.encoder.block[0].layer[0].SelfAttention.q.weight.requires_grad
+    assert model.shared.weight.requires_grad
+    assert not model.encoder.block[0].layer[0].SelfAttention.q.weight.requires_grad
 
 
 @pytest.mark.parametrize("name", ["marian", "pegasus", "whisper"])

@@ -97,7 +97,8 @@ def test_cached_and_live_encoder_outputs_equal(name):
     cache = EncoderCache.build(task, model, data, collate, torch.device("cpu"), batch_size=5)
     batch = collate([data[i] for i in (7, 2, 12, 5)])
     live, cached = task.encode(model, batch), cache.lookup(batch, torch.device("cpu"))
-    real = batch["attention_mask"].bool() if "attention_mask" in batch else torch.ones(live.hidden.shape[:2], dtype=torch.bool)
+    real = (batch["attention_mask"].bool() if "attention_mask" in batch
+            else torch.ones(live.hidden.shape[:2], dtype=torch.bool))
     torch.testing.assert_close(cached.hidden[real], live.hidden[real], rtol=1e-5, atol=1e-6)
     if "attention_mask" in batch:
         assert torch.equal(cached.mask, batch["attention_mask"])

@@ -18,16 +18,19 @@ def test_g2p_trains_with_separate_optimizers_and_scheduled_sampling(tmp_path):
     tf = TeacherForcing(tf_inverse_sigmoid(20.0), per="token", mode="two_pass")
     plan = pw.Plan([
         pw.Phase("warm", epochs=3, train={"encoder": 3e-3, "decoder": 1e-2}, separate=True),
-        pw.Phase("sampled", epochs=2, train={"encoder": 3e-3, "decoder": 1e-2}, separate=True, task_options={"teacher_forcing": tf}),
+        pw.Phase("sampled", epochs=2, train={"encoder": 3e-3, "decoder": 1e-2}, separate=True,
+                 task_options={"teacher_forcing": tf}),
     ])
     task = Seq2SeqTask(tgt_vocab=data.tgt_vocab, metric_names=("wer", "per"))  # G2P names
     untrained = task.evaluate(model.eval(), DataLoader(data.dev, batch_size=128, collate_fn=collate), data.dev)
-    loader = DataLoader(data.train, batch_sampler=BucketBatchSampler(data.train.lengths, 32, seed=0), collate_fn=collate)
+    loader = DataLoader(data.train, batch_sampler=BucketBatchSampler(data.train.lengths, 32, seed=0),
+                        collate_fn=collate)
     trainer = pw.Trainer(model, parts, plan, task, run_dir=tmp_path, batch_size=64, collate_fn=collate, device="cpu")
     ratios = []
     trainer.callbacks.append(type("R", (), {"on_step_end": lambda s, tr, logs: ratios.append(tf.ratio(tr.step))})())
     history = trainer.fit(loader, data.dev)
-    assert isinstance(trainer.optimizer, pw.OptimizerSet) and set(trainer.optimizer.optimizers) == {"encoder", "decoder"}
+    assert isinstance(trainer.optimizer, pw.OptimizerSet)
+    assert set(trainer.optimizer.optimizers) == {"encoder", "decoder"}
     first, last = history[0], history[-1]
     assert set(last) >= {"dev_loss", "dev_token_acc", "dev_wer", "dev_per"}
     assert 0.0 <= last["dev_wer"] <= 1.0 and 0.0 <= last["dev_per"]

@@ -189,7 +189,8 @@ def test_bad_recipes_are_reported_before_any_work():
     text = str(e.value)
     assert "model.args.latnet: unknown key" in text and "model.args.hidden" in text
     assert "task.args.autoencoder_phase: unknown key" in text
-    bad = recipe_of(data={"name": "cmudict"}, task={"name": "digits_cycle", "args": {"autoencoder_phases": ["autoencodr"]}})
+    bad = recipe_of(data={"name": "cmudict"},
+                    task={"name": "digits_cycle", "args": {"autoencoder_phases": ["autoencodr"]}})
     with pytest.raises(ConfigError) as e:
         DigitsCycleKind().check(bad)
     text = str(e.value)

@@ -22,9 +22,11 @@ EXAMPLES = {
     "resume": "partwise resume runs/g2p",
     "eval": "partwise eval runs/g2p --split test --beam 5",
     "predict": "partwise predict runs/g2p partwise pytorch   |   echo tokenizer | partwise predict runs/g2p -",
-    "predict_pairs": "partwise predict runs/inflection 'walk <VBD>' --join ''   |   partwise predict RUN --file inputs.txt",
+    "predict_pairs": "partwise predict runs/inflection 'walk <VBD>' --join ''   |   "
+                     "partwise predict RUN --file inputs.txt",
     "inspect": "partwise inspect recipes/g2p.yaml plan.1.train.encoder=1e-5",
-    "export": "partwise export runs/g2p_t5 models/g2p_t5   # then AutoModelForSeq2SeqLM.from_pretrained('models/g2p_t5')",
+    "export": "partwise export runs/g2p_t5 models/g2p_t5   "
+              "# then AutoModelForSeq2SeqLM.from_pretrained('models/g2p_t5')",
     "demo": "partwise demo",
 }
 

@@ -27,7 +27,8 @@ def save_artifacts(run_dir: Path, artifacts: dict[str, Any]) -> None:
 def load_artifacts(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "artifacts.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{str(path)!r} is missing: is {str(run_dir)!r} a run directory written by `partwise train`?")
+        raise FileNotFoundError(f"{str(path)!r} is missing: "
+                                f"is {str(run_dir)!r} a run directory written by `partwise train`?")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -78,8 +79,9 @@ def build_plan(recipe: Recipe, parts: Parts) -> Plan:
 
 def trainer_kwargs(recipe: Recipe, collate_fn: Any = None) -> dict[str, Any]:
     t = recipe.training
-    stop = EarlyStopping(t.early_stopping.metric, t.early_stopping.mode, t.early_stopping.patience) if t.early_stopping else None
-    return dict(seed=recipe.seed, device=t.device, precision=t.precision, grad_clip=t.grad_clip, grad_accum=t.grad_accum,
-                on_nonfinite=t.on_nonfinite, save_every=t.save_every, early_stopping=stop,
+    stop = (EarlyStopping(t.early_stopping.metric, t.early_stopping.mode, t.early_stopping.patience)
+            if t.early_stopping else None)
+    return dict(seed=recipe.seed, device=t.device, precision=t.precision, grad_clip=t.grad_clip,
+                grad_accum=t.grad_accum, on_nonfinite=t.on_nonfinite, save_every=t.save_every, early_stopping=stop,
                 best_metric=(t.best_metric, t.best_mode) if t.best_metric else None, batch_size=t.batch_size,
                 collate_fn=collate_fn, cache=t.cache, guard=t.guard)

@@ -3,9 +3,9 @@
 :func:`check_recipe` runs the task kind's own checks, then builds the recipe's model (a stand-in when
 the kind offers ``model_for_check``), its parts and plan, and checks on them: each phase's optimizer
 (name and options, by the validator ``Plan.check`` runs, a dry run of the optimizer class
-included), ``training.grad_clip`` part names, the metric that ``best_metric`` / ``early_stopping`` name (against the kind's declared
-metrics), and that ``training.device`` exists on this machine. Every problem is reported at once,
-as one :class:`~partwise.ConfigError`, with its path in the recipe.
+included), ``training.grad_clip`` part names, the metric that ``best_metric`` / ``early_stopping`` name
+(against the kind's declared metrics), and that ``training.device`` exists on this machine. Every
+problem is reported at once, as one :class:`~partwise.ConfigError`, with its path in the recipe.
 """
 
 from __future__ import annotations
@@ -91,13 +91,16 @@ def _unavailable(spec: str, device: torch.device) -> str | None:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             build_ = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-            return f"training.device: {spec!r} but CUDA is not available here (torch {torch.__version__}, {build_}); {DEVICE_FIX}"
+            return (f"training.device: {spec!r} but CUDA is not available here (torch {torch.__version__}, {build_}); "
+                    f"{DEVICE_FIX}")
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            return f"training.device: {spec!r} but this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1}); {DEVICE_FIX}"
+            return (f"training.device: {spec!r} but this machine has {count} CUDA device(s) "
+                    f"(cuda:0..cuda:{count - 1}); {DEVICE_FIX}")
         return None
     if device.type == "mps":
-        return None if torch.backends.mps.is_available() else f"training.device: 'mps' is not available here; {DEVICE_FIX}"
+        return (None if torch.backends.mps.is_available()
+                else f"training.device: 'mps' is not available here; {DEVICE_FIX}")
     return f"training.device: {spec!r}: partwise trains on cpu, cuda or mps; {DEVICE_FIX}"
 
 
@@ -111,7 +114,8 @@ def optimizer_problems(plan: Plan, parts: Parts) -> list[str]:
             PartConfig(parts, ph.train_options(), ph.default_options())
         except (PartError, ConfigError, ValueError, TypeError, KeyError) as e:
             why = _per_part_once(" ".join(str(e).split()))
-            problems.append(f"plan.{i} ({ph.name!r}): optimizer: {why}; fix optimizer or plan.{i}.optimizer / plan.{i}.train")
+            problems.append(f"plan.{i} ({ph.name!r}): optimizer: {why}; "
+                            f"fix optimizer or plan.{i}.optimizer / plan.{i}.train")
     return problems
 
 
@@ -137,7 +141,8 @@ def metric_problems(recipe: Recipe, kind: Any, part_names: list[str] | None) -> 
     metrics = declared_metrics(recipe.task.name, kind, recipe)
     if metrics is None:
         return []
-    known = {"train_loss", "epoch", "step", "seconds", *metrics, *(f"dev_{m}" for m in metrics), *(f"val_{m}" for m in metrics)}  # val_: older spelling
+    known = {"train_loss", "epoch", "step", "seconds", *metrics, *(f"dev_{m}" for m in metrics),
+             *(f"val_{m}" for m in metrics)}  # val_: older spelling
     lrs = {f"lr/{p}" for p in part_names} if part_names is not None else None
     t, out = recipe.training, []
     for where, name in (("training.best_metric", t.best_metric),
@@ -145,5 +150,6 @@ def metric_problems(recipe: Recipe, kind: Any, part_names: list[str] | None) -> 
         if name is None or name in known or (name.startswith("lr/") and (lrs is None or name in lrs)):
             continue
         out.append(f"{where}: {name!r} is not a metric of task {recipe.task.name!r}; choose one of "
-                   f"{', '.join(metrics)} (on the dev set) or train_loss" + (" (or null)" if where.endswith("best_metric") else ""))
+                   f"{', '.join(metrics)} (on the dev set) or train_loss"
+                   + (" (or null)" if where.endswith("best_metric") else ""))
     return out

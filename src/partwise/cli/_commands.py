@@ -272,7 +272,8 @@ def _until_interrupted(run_dir: Path, work: Callable[[], Any]) -> int:
 
 def _interrupted(run_dir: Path) -> None:
     if run_dir.is_dir() and has_checkpoint(run_dir):
-        print(f"partwise: interrupted; the last complete checkpoint is intact: `partwise resume {run_dir}`", file=sys.stderr)
+        print(f"partwise: interrupted; the last complete checkpoint is intact: `partwise resume {run_dir}`",
+              file=sys.stderr)
     else:
         print("partwise: interrupted before the first checkpoint; nothing to resume", file=sys.stderr)
 
@@ -339,7 +340,8 @@ def resume(run_dir: str, max_steps: int | None, allow_plan_change: bool = False)
     trainer = make_trainer(built, path)
     _checkpoint.remove_debris(path)  # half-written logs or reports of a killed process
     return _until_interrupted(path, lambda: _fit_and_report(
-        built, trainer, path, resume=ckpt, max_steps=max_steps, title=_title(path), allow_plan_change=allow_plan_change))
+        built, trainer, path, resume=ckpt, max_steps=max_steps, title=_title(path),
+        allow_plan_change=allow_plan_change))
 
 
 def _title(run_dir: Path) -> str:

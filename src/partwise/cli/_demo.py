@@ -27,7 +27,8 @@ UNSEEN = ["partwise", "pytorch", "tokenizer", "backprop", "dataloader", "finetun
 
 G2P: dict[str, Any] = {
     "data": {"name": "cmudict", "stress": False},
-    "model": {"name": "gru", "args": {"emb": 64, "hidden": 128, "bidirectional": True, "attention": "dot", "dropout": 0.1}},
+    "model": {"name": "gru",
+              "args": {"emb": 64, "hidden": 128, "bidirectional": True, "attention": "dot", "dropout": 0.1}},
     "separate": True,
     "optimizer": {"name": "adamw", "weight_decay": 0.01},
     "plan": [

@@ -112,7 +112,8 @@ class PhaseFacts:
 
     def _passed(self) -> None:
         if self.rows and self.rows[-1]["guard"].startswith("armed") and "passed" not in self.rows[-1]["guard"]:
-            self.rows[-1]["guard"] += ", passed (frozen parts bit-identical at the end of the phase, or where the run stopped)"
+            self.rows[-1]["guard"] += (", passed (frozen parts bit-identical at the end of the phase, "
+                                       "or where the run stopped)")
             self._log(f"phase {self.rows[-1]['phase']}: guard passed")
 
     def _log(self, text: str) -> None:

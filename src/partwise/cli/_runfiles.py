@@ -148,7 +148,8 @@ def _pointer(root: Path, which: str) -> Path:
         raise BadFileError(f"{pointer}: {name[:40]!r} is not a checkpoint name; {fix}")
     target = root / name
     if not (target / "meta.json").is_file():
-        raise BadFileError(f"{pointer}: names {name!r}, which is not a complete checkpoint (no {name}/meta.json); {fix}")
+        raise BadFileError(f"{pointer}: names {name!r}, which is not a complete checkpoint "
+                           f"(no {name}/meta.json); {fix}")
     return target
 
 

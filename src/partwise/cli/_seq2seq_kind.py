@@ -167,7 +167,8 @@ class Seq2SeqKind:
         if isinstance(d, CmudictData):
             g = make_g2p_datasets(stress=d.stress, limit=d.limit)
             if vocabs is not None and (vocabs[0] != g.src_vocab or vocabs[1] != g.tgt_vocab):
-                raise ConfigError(["data: the run's saved vocabulary differs from this data's; use the run's own data settings"])
+                raise ConfigError(["data: the run's saved vocabulary differs from this data's; "
+                                   "use the run's own data settings"])
             return KindData(g.train, g.dev, g.test, {"src": g.src_vocab, "tgt": g.tgt_vocab})
         if not isinstance(d, PairsData):
             raise ConfigError([f"data.name: {d.name!r} does not fit task 'seq2seq'; use cmudict or a pair file"])

@@ -176,7 +176,8 @@ def read_pairs(
     for number, (src, tgt) in enumerate(texts, start=1):
         pair = (src_tok.split(src), tgt_tok.split(tgt))
         if not pair[0] or not pair[1]:
-            empty.append(f"pair {number} ({src[:30]!r} -> {tgt[:30]!r}): no {'source' if not pair[0] else 'target'} tokens")
+            empty.append(f"pair {number} ({src[:30]!r} -> {tgt[:30]!r}): "
+                         f"no {'source' if not pair[0] else 'target'} tokens")
             continue
         out.append(pair)
     if empty:

@@ -182,7 +182,8 @@ class Seq2SeqLMTask:
 
     def merge_encoding(self, rows: list[dict[str, Tensor]], batch: Any) -> Encoding:
         hidden = nn.utils.rnn.pad_sequence([r["hidden"] for r in rows], batch_first=True)
-        has_mask = hasattr(batch, "src_mask") or (isinstance(batch, Mapping) and batch.get("attention_mask") is not None)
+        has_mask = hasattr(batch, "src_mask") or (
+            isinstance(batch, Mapping) and batch.get("attention_mask") is not None)
         if not has_mask:
             return Encoding(hidden, None)
         lengths = torch.tensor([r["hidden"].shape[0] for r in rows], device=hidden.device)
@@ -192,7 +193,8 @@ class Seq2SeqLMTask:
     def merge_padded(self, columns: dict[str, tuple[Tensor, Tensor]], batch: Any) -> Encoding:
         """:meth:`merge_encoding` from rows already padded (the cache's vectorised lookup)."""
         hidden, lengths = columns["hidden"]
-        has_mask = hasattr(batch, "src_mask") or (isinstance(batch, Mapping) and batch.get("attention_mask") is not None)
+        has_mask = hasattr(batch, "src_mask") or (
+            isinstance(batch, Mapping) and batch.get("attention_mask") is not None)
         if not has_mask:
             return Encoding(hidden, None)
         return Encoding(hidden, (torch.arange(hidden.shape[1], device=hidden.device) < lengths[:, None]).long())
@@ -204,7 +206,8 @@ class Seq2SeqLMTask:
         enc, labels, _ = self.split(model, batch)
         return self.generate_from(model, enc, labels.shape[1] + 5)
 
-    def generate_from(self, model: nn.Module, encoder_inputs: Mapping[str, Tensor], fallback_limit: int = 64) -> list[list[int]]:
+    def generate_from(self, model: nn.Module, encoder_inputs: Mapping[str, Tensor],
+                      fallback_limit: int = 64) -> list[list[int]]:
         """:meth:`generate` from encoder inputs alone (``input_ids`` ... without labels)."""
         limit = self.max_new_tokens
         if limit is None:

@@ -35,7 +35,7 @@ class _Strict(BaseModel):
 
 class TaskConfig(_Strict):
     name: Literal["seq2seq", "stress", "digits_cycle"] = "seq2seq"  # what is trained (see partwise.recipe.TaskKind)
-    args: dict[str, Any] = Field(default_factory=dict)  # options of that task kind (checked by partwise.recipe.args_problems)
+    args: dict[str, Any] = Field(default_factory=dict)  # that kind's options (checked by partwise.recipe.args_problems)
 
 
 # -- data: one schema per data kind, so a saved config holds only the keys of its own kind ---------

@@ -76,7 +76,8 @@ class Seq2SeqTask:
         if self.teacher_forcing is not None:
             self.teacher_forcing.enter_phase(start)
 
-    def logits(self, model: nn.Module, batch: Any, ctx: StepContext | None = None, memory: Memory | None = None) -> Tensor:
+    def logits(self, model: nn.Module, batch: Any, ctx: StepContext | None = None,
+               memory: Memory | None = None) -> Tensor:
         """Training logits: the phase's (else the task's) teacher forcing at ``ctx.step``."""
         m = encoder_decoder(model)
         if memory is None:

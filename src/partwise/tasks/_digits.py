@@ -225,7 +225,8 @@ class DigitsCycleTask:
     def evaluate(self, model: nn.Module, batches: Any, dataset: Any = None) -> dict[str, float]:
         """Per-element MSEs: ``recon_mse`` (D(E(x)) vs x), ``cycle_loss`` (E(G(E(x))) vs E(x)),
         ``pixel_mse`` (G(E(x)) vs x), and the last two for the untrained generator."""
-        sums = dict.fromkeys(("recon_mse", "cycle_loss", "pixel_mse", "untrained_cycle_loss", "untrained_pixel_mse"), 0.0)
+        sums = dict.fromkeys(
+            ("recon_mse", "cycle_loss", "pixel_mse", "untrained_cycle_loss", "untrained_pixel_mse"), 0.0)
         pixels = latents = 0
         untrained = self.untrained_generator(model)
         for batch in batches:
@@ -261,7 +262,8 @@ class DigitsCycleKind:
         phases = recipe.task.args.get("autoencoder_phases")
         names = [ph.name for ph in recipe.plan]
         if phases is not None and (isinstance(phases, str) or not isinstance(phases, list)):
-            problems.append(f"task.args.autoencoder_phases: {phases!r} must be a list of phase names, e.g. [autoencoder]")
+            problems.append(f"task.args.autoencoder_phases: {phases!r} must be a list of phase names, "
+                            "e.g. [autoencoder]")
         elif phases is not None:
             problems += [f"task.args.autoencoder_phases: {p!r} is not a phase of the plan; phases are {names}"
                          for p in phases if p not in names]
