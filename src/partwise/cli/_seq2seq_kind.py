@@ -156,7 +156,8 @@ class Seq2SeqKind:
         ``None`` for a custom factory: it is only ever called with the data's sizes, so its parts and
         plan are checked once the data is read (still before anything is written)."""
         if recipe.model.name == "hf":
-            return _hf.build_model(recipe.model.args, 1, 1)  # the data's vocabulary is checked when it is read
+            # stand-in sizes that hold partwise's special ids (PAD=0 .. EOS=3); the data's are checked when read
+            return _hf.build_model(recipe.model.args, 8, 8)
         if recipe.model.name not in FACTORIES:
             return None
         return self.build_model(recipe, KindData(None, None, None, {"src": range(40), "tgt": range(80)}))
