@@ -448,3 +448,37 @@ def test_a_module_shared_by_parts_is_pinned_once_all_of_them_are_frozen():
     parts.unfreeze("embeddings")
     model.train()
     assert model.encoder.dropout.training
+
+
+def test_a_phase_that_drops_an_option_or_turns_weight_decay_on_gets_what_it_says():
+    """In-place reconfiguration between phases never keeps a previous phase's option by accident."""
+    torch.manual_seed(0)
+    model = EncDec()
+    parts = pw.Parts(model)
+    opt = pw.build_optimizer(parts, default={"name": "sgd", "lr": 0.1, "momentum": 0.9})  # no weight decay
+    assert pw.reconfigure(opt, parts, {"decoder": {"lr": 0.05}}, {"name": "sgd"})
+    assert {g["momentum"] for g in opt.param_groups} == {0.0} and {g["lr"] for g in opt.param_groups} >= {0.05}
+    # weight decay turned on: biases and norm weights need their own group, so a new optimizer is needed
+    assert not pw.reconfigure(opt, parts, {}, {"name": "sgd", "weight_decay": 0.05})
+
+
+def test_trainer_phase_turning_weight_decay_on_keeps_biases_without_decay():
+    torch.manual_seed(0)
+    model = EncDec()
+    parts = pw.Parts(model)
+    plan = pw.Plan([pw.Phase("a", steps=1, train={"decoder": 1e-2}, optimizer={"weight_decay": 0.0}),
+                    pw.Phase("b", steps=1, train={"decoder": 1e-2}, optimizer={"weight_decay": 0.1})])
+    data = torch.utils.data.TensorDataset(torch.randn(32, 6), torch.randint(0, 3, (32,)))
+    trainer = pw.Trainer(model, parts, plan, lambda m, b: F.cross_entropy(m(b[0]), b[1]), batch_size=16)
+    trainer.fit(data)
+    bias = model.decoder[0].bias
+    group = next(g for g in trainer.optimizer.param_groups if any(p is bias for p in g["params"]))
+    assert group["no_decay"] and group["weight_decay"] == 0.0
+
+
+def test_no_decay_takes_one_regex_or_several():
+    parts = pw.Parts(EncDec())
+    one = pw.build_optimizer(parts, default={"weight_decay": 0.05}, no_decay=r".*\.4\.weight")
+    several = pw.build_optimizer(parts, default={"weight_decay": 0.05}, no_decay=[r".*\.4\.weight"])
+    count = [sum(len(g["params"]) for g in o.param_groups if g["no_decay"]) for o in (one, several)]
+    assert count == [2, 2]

@@ -32,6 +32,7 @@ from ._optim import (
     kept_state_bytes,
     load_state_by_name,
     optimizer_class,
+    reconfigure,
     state_bytes,
 )
 from ._parts import Part, Parts, SharedTensor
@@ -90,6 +91,7 @@ __all__ = [
     "Trainer",
     "Callback",
     "load_state_by_name",
+    "reconfigure",
     "load_weights",
     "resolve_checkpoint",
     "TokenTable",

@@ -144,9 +144,9 @@ def is_no_decay(name: str, p: nn.Parameter, rule: str | Iterable[str] | None) ->
     """Whether parameter ``name`` takes no weight decay under ``rule`` ("auto": 1-d tensors)."""
     if rule is None:
         return False
-    if isinstance(rule, str):
-        return rule == "auto" and p.ndim <= 1  # biases, norm scales and shifts, scalars
-    return any(re.fullmatch(rx, name) for rx in rule)
+    if rule == "auto":
+        return p.ndim <= 1  # biases, norm scales and shifts, scalars
+    return any(re.fullmatch(rx, name) for rx in ([rule] if isinstance(rule, str) else rule))  # one regex or several
 
 
 def _option_problems(opts: Mapping[str, Any], cls: type[Optimizer]) -> list[str]:
@@ -451,26 +451,36 @@ def build_optimizer(
 def reconfigure(optimizer: Optimizer | OptimizerSet, parts: Parts, per_part: Mapping[str, Mapping[str, Any]],
                 default: Mapping[str, Any] | None = None) -> bool:
     """Set each part's group options in place (``lr``, ``weight_decay``, ``betas`` ...) from
-    ``per_part`` over ``default``; state and groups stay. Returns ``False``, changing nothing, when an
-    option asks for another optimizer class than the one the part's groups live in (build a new one).
+    ``per_part`` over ``default``; an option not given goes back to the class's default (a phase that
+    drops ``momentum`` gets none). State and groups stay. Returns ``False``, changing nothing, when the
+    options need other groups: another optimizer class, or weight decay turned on or off for a part
+    whose biases and norm weights then belong in another group (build a new optimizer).
     """
     config = PartConfig(parts, per_part, default)
     plan = []
     for opt in optimizers_of(optimizer):
         if opt not in _BINDINGS:
             raise PartError("reconfigure() needs an optimizer built by build_optimizer")
-        for g in opt.param_groups:
-            part = g.get("part")
-            if part is None:
-                continue
-            if config.classes[part] is not type(opt):
-                return False
-            plan.append((g, config.options[part]))
+        ours = [g for g in opt.param_groups if g.get("part") is not None]
+        if any(config.classes[g["part"]] is not type(opt) for g in ours):
+            return False
+        wanted = {(g["part"], g["no_decay"]) for part in {g["part"] for g in ours} for g, _ in config.groups(part)}
+        if {(g["part"], g["no_decay"]) for g in ours} != wanted:
+            return False
+        defaults = _signature_defaults(type(opt))
+        plan += [(g, {**defaults, **config.options[g["part"]]}) for g in ours]
     for g, opts in plan:
         g.update(opts)
         if g.get("no_decay"):
             g["weight_decay"] = 0.0
     return True
+
+
+def _signature_defaults(cls: type[Optimizer]) -> dict[str, Any]:
+    """The hyperparameters a ``cls`` group gets when an option is not given (``lr`` excepted)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {k: v.default for k, v in params.items()
+            if k not in ("self", "params", "lr") and v.default is not inspect.Parameter.empty}
 
 
 def state_bytes(optimizer: Optimizer | OptimizerSet, parts: Parts) -> dict[str, int]:
