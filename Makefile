@@ -31,7 +31,7 @@ bench: setup
 
 # Style (ruff), then the layer and no-cycle contracts in pyproject.toml (import-linter).
 lint: setup
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench experiments
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 

@@ -11,9 +11,10 @@
 ['decoder']
 """
 
+from ._average import average_checkpoints
 from ._cache import EncoderCache
 from ._callbacks import Callback
-from ._checkpoint import load_weights, resolve_checkpoint
+from ._checkpoint import epoch_end_checkpoints, load_weights, resolve_checkpoint
 from ._errors import (
     CacheRefused,
     CheckpointError,
@@ -94,6 +95,8 @@ __all__ = [
     "reconfigure",
     "load_weights",
     "resolve_checkpoint",
+    "average_checkpoints",
+    "epoch_end_checkpoints",
     "TokenTable",
     "TransferReport",
     "VocabTransfer",

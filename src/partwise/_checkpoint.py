@@ -37,7 +37,8 @@ from ._atomic import write_text_atomic
 from ._errors import CheckpointError, CheckpointNotFound
 from ._parts import REST, Parts
 
-__all__ = ["part_tensors", "save_checkpoint", "resolve_checkpoint", "best_or_latest", "load_weights", "load_state",
+__all__ = ["part_tensors", "save_checkpoint", "write_checkpoint", "point", "epoch_end_checkpoints",
+           "resolve_checkpoint", "best_or_latest", "load_weights", "load_state",
            "read_meta", "read_part", "part_file_problems", "remove_debris", "tidy"]
 
 META, STATE = "meta.json", "state.pt"
@@ -91,7 +92,13 @@ def save_checkpoint(
     switched, and only then is the old one removed. Older checkpoints beyond ``keep`` (not named by
     any pointer) are removed afterwards. Returns the checkpoint's directory.
     """
-    tensors_by_part = part_tensors(model, parts)
+    return write_checkpoint(ckpt_root, name, part_tensors(model, parts), state, meta, pointers, keep)
+
+
+def write_checkpoint(ckpt_root: str | Path, name: str, tensors_by_part: dict[str, dict[str, torch.Tensor]],
+                     state: dict[str, Any], meta: dict[str, Any], pointers: tuple[str, ...] = ("latest",),
+                     keep: int | None = 1) -> Path:
+    """:func:`save_checkpoint` from tensors already grouped by part (``keep=None``: prune nothing)."""
     bad = part_file_problems(list(tensors_by_part))
     if bad:
         raise CheckpointError("cannot write a checkpoint: " + "; ".join(bad), bad)
@@ -113,7 +120,8 @@ def save_checkpoint(
     for stale in _versions(root, name):  # earlier versions of this checkpoint, now named by no pointer
         if stale != final.name and stale not in _pinned(root):
             shutil.rmtree(root / stale, ignore_errors=True)
-    _prune(root, keep)
+    if keep is not None:
+        _prune(root, keep)
     _failpoints.reached("save.pruned")
     return final
 
@@ -170,6 +178,26 @@ def _prune(root: Path, keep: int) -> None:
     for d in complete[: max(0, len(complete) - keep)]:
         if d.name not in pinned:
             shutil.rmtree(d, ignore_errors=True)
+
+
+def point(ckpt_root: str | Path, pointer: str, name: str) -> None:
+    """Switch ``pointer`` (``latest`` or ``best``) to the complete checkpoint ``name``, atomically."""
+    root = Path(ckpt_root)
+    if pointer not in POINTERS or not (root / name / META).exists():
+        raise CheckpointError(f"cannot point {pointer!r} at {str(root / name)!r}: not a complete checkpoint")
+    write_text_atomic(root / pointer, name)
+
+
+def epoch_end_checkpoints(ckpt_root: str | Path) -> list[Path]:
+    """The complete checkpoints under ``ckpt_root`` written at an epoch's end, oldest first."""
+    root = Path(ckpt_root)
+    found = []
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        if d.is_dir() and not d.name.startswith(".") and (d / META).exists():
+            meta = read_meta(d)
+            if meta.get("epoch_end") and not meta.get("averaged_from"):
+                found.append((int(meta.get("step", -1)), d))
+    return [d for _, d in sorted(found)]
 
 
 def tidy(ckpt_root: str | Path, keep: int = 1) -> None:

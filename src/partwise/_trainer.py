@@ -80,6 +80,9 @@ class Trainer:
         cache: frozen-encoder output cache (see :class:`~partwise.EncoderCache`): ``"auto"`` uses it whenever the
             task supports it and the encoder is frozen, in eval mode and deterministic; ``"on"`` makes
             that a requirement (a :class:`~partwise.ConfigError` says why not); ``"off"`` never caches.
+        average_last: at the end of ``fit``, average the weights of the last N epoch-end checkpoints
+            (kept for it) and make the average ``best`` if it beats the best epoch on ``best_metric``
+            (see :meth:`consider_average`; needs ``run_dir`` and ``best_metric``).
     """
 
     def __init__(
@@ -89,7 +92,7 @@ class Trainer:
         grad_clip: float | Mapping[str, float] | None = None, grad_accum: int = 1, on_nonfinite: str = "skip",
         early_stopping: EarlyStopping | None = None, best_metric: tuple[str, str] | None = None,
         save_every: int | None = None, callbacks: Sequence[Callback | object] = (), guard: bool = False,
-        cache: str = "auto",
+        cache: str = "auto", average_last: int | None = None,
     ):
         self.model, self.parts, self.plan = model, parts, plan
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -97,7 +100,7 @@ class Trainer:
         self.precision, self.grad_clip, self.grad_accum = precision, grad_clip, grad_accum
         self.on_nonfinite = on_nonfinite
         self.early_stopping, self.best_metric, self.save_every = early_stopping, best_metric, save_every
-        self.use_guard, self.cache_mode = guard, cache
+        self.use_guard, self.cache_mode, self.average_last = guard, cache, average_last
         device_, device_problem = device_for(device)
         errors = option_problems(self) + ([device_problem] if device_problem else [])
         if device_ is not None and precision == "fp16" and device_.type != "cuda":
@@ -127,6 +130,7 @@ class Trainer:
         self._epoch_loss = (0.0, 0)  # sum and count of this epoch's step losses
         self._saved_at, self._steps_per_epoch = -1, 0
         self._best_name: str | None = None  # the checkpoint the "best" pointer names
+        self.averaged: dict[str, Any] | None = None  # what consider_average() found (average_last)
         self.model.to(self.device)
 
     # -- phases ------------------------------------------------------------------------------
@@ -288,6 +292,8 @@ class Trainer:
             self._end_epoch(dev_data, cursor)
         if cursor.interrupted(self.step) and self._saved_at != self.step:
             self.save()
+        if self.average_last and dev_data is not None:
+            self.consider_average(dev_data)
         if self.use_guard and self._guard is not None:
             self._guard.check()
         return self.history
@@ -372,12 +378,46 @@ class Trainer:
         _failpoints.reached("epoch.evaluated")
         self.history.append(metrics)
         improved, stop = self._decide(metrics)
-        self.save(best=improved)
+        self.save(best=improved, epoch_end=True)
         _failpoints.reached("epoch.saved")
         notify(self.callbacks, "on_epoch_end", self, metrics)
         _failpoints.reached("epoch.logged")
         cursor.restart_clock()  # the next epoch's seconds start after this one's end
         return stop
+
+    def consider_average(self, dev_data: Any) -> dict[str, Any] | None:
+        """Average the weights of the last ``average_last`` epoch-end checkpoints
+        (:func:`~partwise.average_checkpoints`, into ``checkpoints/averaged``), evaluate the average on
+        ``dev_data``, and point ``best`` at it when it beats the best epoch on ``best_metric``. The
+        model keeps its own weights. Rank 0 only; returns (and keeps in ``averaged``) what it found:
+        the checkpoints averaged, the average's dev metrics and whether it became ``best``; ``None``
+        when fewer than two epoch-end checkpoints exist."""
+        from ._average import average_checkpoints
+
+        if self.run_dir is None or self.rank != 0 or not self.best_metric or not self.average_last:
+            return None
+        root = self.run_dir / "checkpoints"
+        last = ckpt.epoch_end_checkpoints(root)[-self.average_last:]
+        if len(last) < 2:
+            warnings.warn(f"average_last={self.average_last}: only {len(last)} epoch-end checkpoint(s); "
+                          "nothing averaged", RuntimeWarning, stacklevel=2)
+            return None
+        out = average_checkpoints(last, root / "averaged")
+        own = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        try:
+            ckpt.load_weights(self.model, self.parts, out)
+            scores = self._evaluate(dev_data)
+        finally:
+            self.model.load_state_dict(own)
+        name, mode = self.best_metric
+        value = self._metric({f"dev_{k}": v for k, v in scores.items()}, name)
+        chosen = _better(value, self.best, mode)
+        if chosen:
+            ckpt.point(root, "best", out.name)
+            self.best, self._best_name = value, out.name
+        self.averaged = {"from": [p.name for p in last], "checkpoint": out.name, "chosen": chosen,
+                         **{f"dev_{k}": v for k, v in scores.items()}}
+        return self.averaged
 
     def _evaluate(self, dev_data: Any) -> dict[str, Any]:
         """The task's evaluation, on a forked RNG: whatever it draws (a DataLoader's base seed, sampling)
@@ -432,19 +472,22 @@ class Trainer:
                 "plan": plan_fingerprint(self.plan, self._steps_per_epoch), "plan_changes": list(self.plan_changes),
                 "best_checkpoint": self._best_name, "callbacks": callback_states(self.callbacks)}
 
-    def save(self, best: bool = False) -> Path | None:
+    def save(self, best: bool = False, epoch_end: bool = False) -> Path | None:
         """Write a checkpoint (rank 0 only) atomically; returns its directory. Its state records the
-        checkpoint ``best`` should name (``"."``: this one), which a resume restores."""
+        checkpoint ``best`` should name (``"."``: this one), which a resume restores. The last
+        ``average_last`` epoch-end checkpoints are kept (one otherwise), besides ``best``."""
         if self.run_dir is None or self.rank != 0:
             return None
         self._saved_at = self.step
         meta = {"step": self.step, "epoch": self.epoch, "phase": self.span.phase.name if self.span else None,
-                "model": type(self.model).__qualname__, "history": self.history[-1:] if self.history else []}
+                "model": type(self.model).__qualname__, "history": self.history[-1:] if self.history else [],
+                "epoch_end": epoch_end}
         state = self.state_dict()
         if best:
             state["best_checkpoint"] = SELF
         path = ckpt.save_checkpoint(self.run_dir / "checkpoints", f"step-{self.step:08d}", self.model, self.parts,
-                                    state, meta, pointers=("latest", "best") if best else ("latest",))
+                                    state, meta, pointers=("latest", "best") if best else ("latest",),
+                                    keep=max(1, self.average_last or 1))
         if best:
             self._best_name = path.name
         return path

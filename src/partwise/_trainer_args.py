@@ -72,6 +72,12 @@ def option_problems(trainer: Trainer) -> list[str]:
             out.append(f"{name}: {getattr(trainer, name)!r} must be a whole number >= 1")
     if trainer.save_every is not None and (not is_int(trainer.save_every) or trainer.save_every < 1):
         out.append(f"save_every: {trainer.save_every!r} must be a whole number >= 1, or None")
+    if trainer.average_last is not None and (not is_int(trainer.average_last) or trainer.average_last < 2):
+        out.append(f"average_last: {trainer.average_last!r} must be a whole number >= 2 (checkpoints averaged), "
+                   "or None")
+    elif trainer.average_last is not None and (trainer.run_dir is None or not trainer.best_metric):
+        out.append("average_last: needs run_dir (the checkpoints it averages) and best_metric (the dev metric that "
+                   "decides whether the average becomes best)")
     if not is_int(trainer.seed):
         out.append(f"seed: {trainer.seed!r} must be a whole number")
     if trainer.cache_mode not in ("auto", "on", "off"):

@@ -159,3 +159,31 @@ def test_resume_under_an_edited_plan_needs_allow_plan_change(tmp_path, capsys):
         code, _, err = run_cli(capsys, "resume", str(run), "--allow-plan-change")
     assert code == 0, err
     assert (run / "plan_changes.txt").read_text() == "step 2: phase 0 ('x').steps: checkpoint 2, now 3\n"
+
+
+def test_average_last_averages_scores_and_reports_the_average(tmp_path, capsys):
+    from partwise import _checkpoint
+
+    plan = [{"name": "joint", "epochs": 3, "train": {"encoder": 3e-3, "decoder": 5e-3}}]
+    recipe = write_recipe(tmp_path, {**TINY, "plan": plan, "run_dir": str(tmp_path / "run"),
+                                     "training": {**TINY["training"], "average_last": 3}})
+    code, out, _ = run_cli(capsys, "train", str(recipe))
+    assert code == 0
+    root = tmp_path / "run" / "checkpoints"
+    meta = _checkpoint.read_meta(root / "averaged")
+    ends = [p.name for p in _checkpoint.epoch_end_checkpoints(root)]
+    assert meta["averaged_from"] == ends and len(ends) == 3  # one per epoch, all kept for the average
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert f"averaged 3 epoch-end checkpoints ({ends[0]} .. {ends[-1]}): dev loss " in log
+    chosen = (root / "best").read_text().strip() == "averaged"
+    assert ("it is now the best checkpoint" in log) == chosen
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert ("the average of 3 epoch-end checkpoints" in report) == chosen
+
+
+def test_average_last_without_best_metric_is_refused_before_the_run(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, {**TINY, "training": {**TINY["training"], "best_metric": None,
+                                                          "average_last": 3}})
+    code, _, err = run_cli(capsys, "train", str(recipe))
+    assert code == 2 and "training: average_last needs best_metric" in err
+    assert not (tmp_path / "run").exists()

@@ -140,3 +140,46 @@ def test_decoder_input_shapes_are_checked() -> None:
         decoder(torch.full((2,), BOS), memory)
     with pytest.raises(ValueError, match="prev_token must be .B,."):
         decoder.step(torch.full((2, 1), BOS), memory, decoder.initial_state(memory))
+
+
+def test_input_feeding_forward_equals_stepwise_decoding_and_the_feed_matters(batch_factory: Callable) -> None:
+    torch.manual_seed(0)
+    model = gru_seq2seq(11, 13, emb=6, hidden=10, input_feeding=True, dropout=0.0).eval()
+    src, mask = batch_factory(3, 5)
+    tgt = torch.randint(4, 13, (3, 4))
+    tgt[:, 0] = BOS
+    with torch.no_grad():
+        memory = model.encoder(src, mask)
+        full = model.decoder(tgt, memory)
+        state, steps = model.decoder.initial_state(memory), []
+        for t in range(tgt.shape[1]):
+            logits, state = model.decoder.step(tgt[:, t], memory, state)
+            steps.append(logits)
+        torch.testing.assert_close(full, torch.stack(steps, 1))
+        # the RNN really reads a_{t-1}: zeroing its input columns changes every position after the first
+        model.decoder.rnn.weight_ih_l0[:, 6:] = 0
+        cut = model.decoder(tgt, memory)
+    torch.testing.assert_close(cut[:, 0], full[:, 0])
+    assert not torch.allclose(cut[:, 1:], full[:, 1:])
+    picked = model.decoder.reorder_state(state, torch.tensor([2, 0]))
+    assert picked[0].shape == (1, 2, 10) and torch.equal(picked[1][0], state[1][2])
+
+
+def test_input_feeding_needs_attention() -> None:
+    with pytest.raises(ValueError, match="input_feeding=True feeds the attentional vector back; give an attention"):
+        GRUDecoder(13, 6, 10, attention=None, input_feeding=True)
+
+
+def test_deeper_encoder_hands_its_top_layers_to_a_shallower_decoder(batch_factory: Callable) -> None:
+    torch.manual_seed(0)
+    model = gru_seq2seq(11, 13, emb=6, hidden=10, layers=1, enc_layers=3, bidirectional=False, dropout=0.0).eval()
+    src, mask = batch_factory(3, 5)
+    with torch.no_grad():
+        memory = model.encoder(src, mask)
+        _, h_n = model.encoder.rnn(nn.utils.rnn.pack_padded_sequence(
+            model.encoder.embed(src), mask.sum(1), batch_first=True, enforce_sorted=False))
+    assert model.encoder.rnn.num_layers == 3 and memory.final.shape == (1, 3, 10)
+    torch.testing.assert_close(memory.final[0], h_n[2])  # the top layer's final state
+    assert model.decoder(torch.full((3, 2), BOS), memory).shape == (3, 2, 13)
+    with pytest.raises(ValueError, match="dec_layers=2 is more than the encoder's layers=1"):
+        GRUEncoder(11, 6, 10, layers=1, dec_layers=2)

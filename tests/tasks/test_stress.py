@@ -158,11 +158,12 @@ def test_bad_encoder_value_is_named():
         validate({"task": {"name": "stress"}, "model": {"name": "gru", "args": {"hidden": "big"}}, "plan": PLAN}, "t")
 
 
-def fake_g2p_run(run: Path, **model_args: object) -> torch.nn.Module:
-    """A partwise G2P run directory: artifacts.json with its vocabularies and one checkpoint."""
+def fake_g2p_run(run: Path, config_args: dict | None = None, **model_args: object) -> torch.nn.Module:
+    """A partwise G2P run directory: config.yaml, artifacts.json with its vocabularies and one checkpoint."""
     src, tgt = Vocab(list("abcdefghijklmnopqrstuvwxyz'-.")), Vocab(["AH0", "B"])
     model = gru_seq2seq(len(src), len(tgt), **model_args)
     run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"name": "gru", "args": config_args or model_args}}))
     (run / "artifacts.json").write_text(json.dumps({"src": src.to_dict(), "tgt": tgt.to_dict()}))
     save_checkpoint(run / "checkpoints", "step-00000001", model, Parts(model), {}, {"step": 1})
     return model
@@ -173,7 +174,12 @@ def test_run_encoder_loads_when_it_fits_and_errors_when_not(tmp_path):
     model = StressKind().model_for_check(recipe(encoder=f"run:{tmp_path / 'fits'}"))
     assert model.encoder.embed.weight.shape[0] == 33  # the run's own grapheme vocabulary
     assert all(torch.equal(a, b) for a, b in zip(model.encoder.parameters(), g2p.encoder.parameters(), strict=True))
-    fake_g2p_run(tmp_path / "small", emb=16, hidden=32)
+    # any GRU G2P run: the stress model's encoder takes the shape the run's config.yaml gives
+    deep = fake_g2p_run(tmp_path / "deep", emb=16, hidden=32, layers=1, enc_layers=2, bidirectional=True)
+    model = StressKind().model_for_check(recipe(encoder=f"run:{tmp_path / 'deep'}"))
+    assert model.encoder.rnn.num_layers == 2 and model.encoder.rnn.bidirectional
+    assert all(torch.equal(a, b) for a, b in zip(model.encoder.parameters(), deep.encoder.parameters(), strict=True))
+    fake_g2p_run(tmp_path / "small", config_args={"emb": 16, "hidden": 64}, emb=16, hidden=32)
     with pytest.raises(ConfigError, match=r"encoder of run .*small' does not fit .*rnn\.weight_hh_l0"):
         StressKind().model_for_check(recipe(encoder=f"run:{tmp_path / 'small'}"))
     with pytest.raises(ConfigError, match=r"is not a partwise run directory"):

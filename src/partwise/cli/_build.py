@@ -84,4 +84,5 @@ def trainer_kwargs(recipe: Recipe, collate_fn: Any = None) -> dict[str, Any]:
     return dict(seed=recipe.seed, device=t.device, precision=t.precision, grad_clip=t.grad_clip,
                 grad_accum=t.grad_accum, on_nonfinite=t.on_nonfinite, save_every=t.save_every, early_stopping=stop,
                 best_metric=(t.best_metric, t.best_mode) if t.best_metric else None, batch_size=t.batch_size,
-                collate_fn=collate_fn, cache=t.cache, guard=t.guard)
+                collate_fn=collate_fn, cache=t.cache, guard=t.guard,
+                average_last=t.average_last)

@@ -154,8 +154,20 @@ def _fit_and_report(built: Built, trainer: Trainer, run_dir: Path, *, resume: Pa
             getattr(cb, "close", lambda: None)()  # flush the step rows and TensorBoard, clear the bar
     facts.finish(completed=True)
     _failpoints.reached("fit.done")
+    _log_average(run_dir, trainer.averaged)
     return _report(built, run_dir, title, trainer.step, (time.perf_counter() - t0) / 60, trainer.device,
                    facts.summary())
+
+
+def _log_average(run_dir: Path, averaged: dict[str, Any] | None) -> None:
+    """One log line for ``training.average_last``: what was averaged, its dev figures, whether it became best."""
+    if averaged is None:
+        return
+    scores = {k.removeprefix("dev_"): v for k, v in averaged.items() if k.startswith("dev_")}
+    verdict = "it is now the best checkpoint" if averaged["chosen"] else "the best epoch stays best"
+    line = (f"averaged {len(averaged['from'])} epoch-end checkpoints ({averaged['from'][0]} .. "
+            f"{averaged['from'][-1]}): dev {format_metrics(scores)}; {verdict}")
+    log_line(run_dir, line)
 
 
 def _report(built: Built, run_dir: Path, title: str, steps: int, minutes: float, device: torch.device,
@@ -173,6 +185,9 @@ def _report(built: Built, run_dir: Path, title: str, steps: int, minutes: float,
         dev = built.task.evaluate(built.model, _device_batches(built.kind.eval_loader(recipe, built.data.dev), device),
                                   built.data.dev)
     source = f"{which} checkpoint, step {ckpt_step:,} of {steps:,}" if isinstance(ckpt_step, int) else which
+    averaged_from = read_meta(ckpt).get("averaged_from")
+    if isinstance(averaged_from, list):
+        source += f", the average of {len(averaged_from)} epoch-end checkpoints"
     if which == "latest" and recipe.training.best_metric:
         source += f" (no epoch improved {recipe.training.best_metric})"
     summary = {"dev figures from": source, "steps trained": steps, "training minutes": round(minutes, 2),
@@ -184,6 +199,8 @@ def _report(built: Built, run_dir: Path, title: str, steps: int, minutes: float,
         log_line(run_dir, f"warning: {warning}")
     if built.init_log:
         summary["init"] = "; ".join(built.init_log)
+    if built.data.extra.get("subset"):
+        summary["training data"] = built.data.extra["subset"]
     plots = _plots(run_dir)
     from ._report import write_report
 
@@ -222,6 +239,8 @@ def _start_run(built: Built, run_dir: Path, prior: Prior, source: str, title: st
     build.save_artifacts(run_dir, built.kind.artifacts(built.data))
     for line in built.init_log:
         log_line(run_dir, line, echo=False)
+    if built.data.extra.get("subset"):
+        log_line(run_dir, f"training data: {built.data.extra['subset']}")
 
 
 def run_recipe(recipe: Recipe, run_dir: Path, *, max_steps: int | None = None, title: str = "partwise run",
@@ -376,8 +395,24 @@ def _finish_report(built: Built, run_dir: Path, state: dict[str, Any], done: str
     facts = PhaseFacts(None)  # the phases' facts as the checkpoint recorded them; log.txt has them already
     facts.load_state_dict(state.get("callbacks", {}).get(type(facts).__name__, {}))
     facts.finish(completed=True)
-    _report(built, run_dir, _title(run_dir), state["step"], 0.0, make_trainer(built, run_dir).device, facts.summary())
+    trainer = make_trainer(built, run_dir)
+    if trainer.average_last and not _averaged_current(run_dir):  # killed before the average was made
+        trainer.best = state.get("best")
+        trainer.consider_average(built.dev_loader)
+        _log_average(run_dir, trainer.averaged)
+    _report(built, run_dir, _title(run_dir), state["step"], 0.0, trainer.device, facts.summary())
     return 0
+
+
+def _averaged_current(run_dir: Path) -> bool:
+    """Whether ``checkpoints/averaged`` holds the average of the run's last epoch-end checkpoints."""
+    root = run_dir / "checkpoints"
+    try:
+        meta = read_meta(root / "averaged")
+        ends = _checkpoint.epoch_end_checkpoints(root)
+    except (OSError, _errors.PartwiseError):
+        return False
+    return bool(ends) and meta.get("averaged_from", [None])[-1] == ends[-1].name
 
 
 def load_run(run_dir: Path, which: str = "best", command: str = "eval") -> tuple[Recipe, Any, Any, KindData, Any]:

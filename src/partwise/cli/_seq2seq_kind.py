@@ -38,7 +38,7 @@ from ..data import (
     make_g2p_datasets,
     read_pairs,
 )
-from ..recipe import METRICS, CmudictData, KindData, PairsData, Recipe, error_names
+from ..recipe import METRICS, CmudictData, KindData, PairsData, Recipe, error_names, training_subset
 from ..seq2seq import Seq2SeqTask, gru_seq2seq, max_len_from, transformer_seq2seq
 from . import _hf
 from ._build import teacher_forcing
@@ -166,11 +166,18 @@ class Seq2SeqKind:
         d = recipe.data
         vocabs = None if artifacts is None else (Vocab.from_dict(artifacts["src"]), Vocab.from_dict(artifacts["tgt"]))
         if isinstance(d, CmudictData):
-            g = make_g2p_datasets(stress=d.stress, limit=d.limit)
+            note: list[str | None] = [None]  # what training_subset says, for the log and report
+
+            def keep(words: list[str]) -> list[int]:
+                kept, note[0] = training_subset(recipe, range(len(words)), "words")
+                return kept
+
+            g = make_g2p_datasets(stress=d.stress, limit=d.limit, train_words=keep)
             if vocabs is not None and (vocabs[0] != g.src_vocab or vocabs[1] != g.tgt_vocab):
                 raise ConfigError(["data: the run's saved vocabulary differs from this data's; "
                                    "use the run's own data settings"])
-            return KindData(g.train, g.dev, g.test, {"src": g.src_vocab, "tgt": g.tgt_vocab})
+            return KindData(g.train, g.dev, g.test, {"src": g.src_vocab, "tgt": g.tgt_vocab,
+                                                       "subset": note[0]})
         if not isinstance(d, PairsData):
             raise ConfigError([f"data.name: {d.name!r} does not fit task 'seq2seq'; use cmudict or a pair file"])
         src_tok, tgt_tok = _sides(recipe)
@@ -186,11 +193,13 @@ class Seq2SeqKind:
                 raise ConfigError([f"data.{split}: {e} ({PAIRS_DOCS})"]) from None
         if d.limit:
             pairs = {k: (v[: d.limit] if v else v) for k, v in pairs.items()}
+        pairs["train"], subset = training_subset(recipe, pairs["train"] or [], "pairs")
         if vocabs is None:
             train = pairs["train"] or []
             vocabs = (Vocab.build(s for s, _ in train), Vocab.build(t for _, t in train))
         sets = {k: Seq2SeqDataset(v, *vocabs) if v else None for k, v in pairs.items()}
-        return KindData(sets["train"], sets["dev"], sets["test"], {"src": vocabs[0], "tgt": vocabs[1]})
+        return KindData(sets["train"], sets["dev"], sets["test"],
+                        {"src": vocabs[0], "tgt": vocabs[1], "subset": subset})
 
     def artifacts(self, data: KindData) -> dict[str, Any]:
         return {"src": data.extra["src"].to_dict(), "tgt": data.extra["tgt"].to_dict()}

@@ -16,6 +16,7 @@ from partwise.data._dataset import Batch, Seq2SeqDataset, Seq2SeqItem, collate
 from partwise.data._errors import DataFormatError
 from partwise.data._g2p import G2PData, make_g2p_datasets
 from partwise.data._pairs import FORMATS, pair_format, read_pair_texts, read_pairs
+from partwise.data._subset import subset_indices
 from partwise.data._tokenize import TOKENIZERS, Tokenization
 from partwise.data._vocab import SPECIAL_TOKENS, Vocab
 
@@ -42,4 +43,5 @@ __all__ = [
     "read_pairs",
     "stress_labels",
     "strip_stress",
+    "subset_indices",
 ]

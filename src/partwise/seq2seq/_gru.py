@@ -9,6 +9,8 @@ over the whole target followed by batched attention — no Python loop over posi
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -38,6 +40,8 @@ class GRUEncoder(nn.Module):
         bidirectional: run a backward GRU as well.
         dropout: on embeddings and between GRU layers.
         dec_hidden: size of ``Memory.final`` (the decoder's hidden size); defaults to ``hidden``.
+        dec_layers: layers of ``Memory.final`` (the decoder's); the top ``dec_layers`` of the encoder's
+            ``layers`` hand over their final states. Defaults to ``layers``.
 
     Example:
         >>> enc = GRUEncoder(30, 8, 16, bidirectional=True)
@@ -56,6 +60,7 @@ class GRUEncoder(nn.Module):
         bidirectional: bool = False,
         dropout: float = 0.0,
         dec_hidden: int | None = None,
+        dec_layers: int | None = None,
     ) -> None:
         super().__init__()
         where = "GRUEncoder()"
@@ -64,7 +69,11 @@ class GRUEncoder(nn.Module):
             check_positive_int(value, name, where)
         dropout = check_dropout(dropout, where)
         dec_hidden = hidden if dec_hidden is None else check_positive_int(dec_hidden, "dec_hidden", where)
-        self.layers = layers
+        dec_layers = layers if dec_layers is None else check_positive_int(dec_layers, "dec_layers", where)
+        if dec_layers > layers:
+            raise ValueError(f"{where}: dec_layers={dec_layers} is more than the encoder's layers={layers}; "
+                             "give the encoder at least as many layers as the decoder")
+        self.layers, self.dec_layers = layers, dec_layers
         self.directions = 2 if bidirectional else 1
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=PAD)
         self.dropout = nn.Dropout(dropout)
@@ -96,7 +105,7 @@ class GRUEncoder(nn.Module):
             batch = h_n.shape[1]
             h = h_n.view(self.layers, self.directions, batch, -1).permute(0, 2, 1, 3)
             final = torch.tanh(self.bridge(h.reshape(self.layers, batch, -1)))
-        return Memory(states=states, mask=src_mask, final=final)
+        return Memory(states=states, mask=src_mask, final=final[self.layers - self.dec_layers:])
 
 
 class _AdditiveAttention(nn.Module):
@@ -129,9 +138,14 @@ class GRUDecoder(nn.Module):
     """GRU decoder with optional Luong-style attention after the RNN.
 
     Without attention ``logits = out(dropout(h_t))``; with it
-    ``logits = out(dropout(tanh(combine([h_t; context_t]))))``. Padding in the memory is masked
-    out of attention. The state is the GRU hidden ``(layers, B, hidden)``; ``initial_state`` takes
-    ``Memory.final`` (zeros when it is ``None``).
+    ``logits = out(dropout(a_t))``, ``a_t = tanh(combine([h_t; context_t]))``. Padding in the memory
+    is masked out of attention. The state is the GRU hidden ``(layers, B, hidden)``; ``initial_state``
+    takes ``Memory.final`` (zeros when it is ``None``).
+
+    With ``input_feeding`` (Luong et al. 2015, section 3.3) the RNN also reads the previous
+    attentional vector, ``h_t = GRU([y_{t-1}; a_{t-1}], h_{t-1})``, so it knows what it attended to
+    last; the state is then ``(hidden, a_{t-1})`` and the teacher-forced ``forward`` runs one
+    position at a time (slower per step, usually fewer errors on monotonic tasks such as G2P).
 
     Args:
         vocab_size: target vocabulary size (``PAD, UNK, BOS, EOS = 0, 1, 2, 3``).
@@ -141,6 +155,7 @@ class GRUDecoder(nn.Module):
         attention: ``None``, ``"additive"`` (Bahdanau score) or ``"dot"`` (Luong dot/general).
         memory_dim: size of ``Memory.states``' last dimension; defaults to ``hidden``.
         dropout: on embeddings, between GRU layers and before ``out``.
+        input_feeding: feed ``a_{t-1}`` to the RNN (needs ``attention``).
 
     Example:
         >>> dec = GRUDecoder(40, 8, 16, attention="dot")
@@ -158,6 +173,7 @@ class GRUDecoder(nn.Module):
         attention: str | None = None,
         memory_dim: int | None = None,
         dropout: float = 0.0,
+        input_feeding: bool = False,
     ) -> None:
         super().__init__()
         where = "GRUDecoder()"
@@ -171,11 +187,14 @@ class GRUDecoder(nn.Module):
                 f"{where}: attention={attention!r} is unknown; use None, "
                 + " or ".join(repr(k) for k in ATTENTION_KINDS)
             )
+        if input_feeding and attention is None:
+            raise ValueError(f"{where}: input_feeding=True feeds the attentional vector back; give an attention")
         self.layers = layers
         self.hidden = hidden
         self.memory_dim = memory_dim
+        self.input_feeding = bool(input_feeding)
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=PAD)
-        self.rnn = nn.GRU(emb_dim, hidden, layers, batch_first=True,
+        self.rnn = nn.GRU(emb_dim + (hidden if input_feeding else 0), hidden, layers, batch_first=True,
                           dropout=dropout if layers > 1 else 0.0)
         self.dropout = nn.Dropout(dropout)
         self.attention: nn.Module | None = None
@@ -186,8 +205,13 @@ class GRUDecoder(nn.Module):
             self.combine = nn.Linear(hidden + memory_dim, hidden)
         self.out = nn.Linear(hidden, vocab_size)
 
-    def initial_state(self, memory: Memory) -> Tensor:
-        """``Memory.final`` checked against ``(layers, B, hidden)``, or zeros when it is ``None``."""
+    def initial_state(self, memory: Memory) -> Tensor | tuple[Tensor, Tensor]:
+        """``Memory.final`` checked against ``(layers, B, hidden)``, or zeros when it is ``None``; with
+        ``input_feeding``, paired with a zero attentional vector ``(B, hidden)``."""
+        hidden = self._initial_hidden(memory)
+        return (hidden, hidden.new_zeros(hidden.shape[1:])) if self.input_feeding else hidden
+
+    def _initial_hidden(self, memory: Memory) -> Tensor:
         batch = memory.batch_size
         expected = (self.layers, batch, self.hidden)
         if memory.final is None:
@@ -200,31 +224,50 @@ class GRUDecoder(nn.Module):
             )
         return memory.final
 
-    def forward(self, prev_tokens: Tensor, memory: Memory, state: Tensor | None = None) -> Tensor:
+    def forward(self, prev_tokens: Tensor, memory: Memory, state: Any = None) -> Tensor:
         """Teacher-forced logits ``(B, T, V)``; ``state`` defaults to ``initial_state(memory)``."""
         if prev_tokens.dim() != 2:
             raise ValueError(
                 f"GRUDecoder: prev_tokens must be (B, T), got shape {tuple(prev_tokens.shape)}; "
                 "use step() for one position"
             )
-        h0 = self.initial_state(memory) if state is None else state
-        outputs, _ = self.rnn(self.dropout(self.embed(prev_tokens)), h0)
-        return self._head(outputs, memory)
+        state = self.initial_state(memory) if state is None else state
+        embedded = self.dropout(self.embed(prev_tokens))
+        if not self.input_feeding:
+            outputs, _ = self.rnn(embedded, state)
+            return self.out(self.dropout(self._features(outputs, memory)))
+        hidden, feed = state
+        features = []
+        for t in range(prev_tokens.shape[1]):  # a_{t-1} enters step t: one position at a time
+            output, hidden = self.rnn(torch.cat([embedded[:, t], feed], dim=-1)[:, None], hidden)
+            feed = self._features(output, memory)[:, 0]
+            features.append(feed)
+        return self.out(self.dropout(torch.stack(features, dim=1)))
 
-    def step(self, prev_token: Tensor, memory: Memory, state: Tensor) -> tuple[Tensor, Tensor]:
-        """One position: ``prev_token`` ``(B,)`` -> logits ``(B, V)`` and the next hidden state."""
+    def step(self, prev_token: Tensor, memory: Memory, state: Any) -> tuple[Tensor, Any]:
+        """One position: ``prev_token`` ``(B,)`` -> logits ``(B, V)`` and the next state."""
         if prev_token.dim() != 1:
             raise ValueError(
                 f"GRUDecoder.step: prev_token must be (B,), got shape {tuple(prev_token.shape)}"
             )
-        output, state = self.rnn(self.dropout(self.embed(prev_token[:, None])), state)
-        return self._head(output, memory)[:, 0], state
+        embedded = self.dropout(self.embed(prev_token))
+        if not self.input_feeding:
+            output, state = self.rnn(embedded[:, None], state)
+            return self.out(self.dropout(self._features(output, memory)))[:, 0], state
+        hidden, feed = state
+        output, hidden = self.rnn(torch.cat([embedded, feed], dim=-1)[:, None], hidden)
+        feed = self._features(output, memory)[:, 0]
+        return self.out(self.dropout(feed)), (hidden, feed)
 
-    def reorder_state(self, state: Tensor, index: Tensor) -> Tensor:
-        """Select batch rows ``index`` of the hidden state."""
+    def reorder_state(self, state: Any, index: Tensor) -> Any:
+        """Select batch rows ``index`` of the state."""
+        if self.input_feeding:
+            hidden, feed = state
+            return hidden.index_select(1, index), feed.index_select(0, index)
         return state.index_select(1, index)
 
-    def _head(self, outputs: Tensor, memory: Memory) -> Tensor:
+    def _features(self, outputs: Tensor, memory: Memory) -> Tensor:
+        """``a_t`` from the RNN outputs ``(B, T, hidden)``: the attentional vector, or ``h_t`` itself."""
         features = outputs
         if self.attention is not None and self.combine is not None:
             states = memory.states
@@ -237,7 +280,7 @@ class GRUDecoder(nn.Module):
             scores = scores.masked_fill(~memory.mask[:, None, :], float("-inf"))
             context = torch.bmm(torch.softmax(scores, dim=-1), states)
             features = torch.tanh(self.combine(torch.cat([outputs, context], dim=-1)))
-        return self.out(self.dropout(features))
+        return features
 
 
 def gru_seq2seq(
@@ -249,17 +292,21 @@ def gru_seq2seq(
     bidirectional: bool = True,
     attention: str | None = "additive",
     dropout: float = 0.1,
+    enc_layers: int | None = None,
+    input_feeding: bool = False,
 ) -> Seq2Seq:
     """A GRU encoder–decoder: ``GRUEncoder`` + ``GRUDecoder`` sized to fit each other.
 
-    The encoder has ``hidden`` units per direction; the decoder has ``hidden`` units and attends
-    over ``hidden * directions``-sized encoder states.
+    The encoder has ``hidden`` units per direction and ``enc_layers`` layers (default: ``layers``,
+    the decoder's); the decoder has ``hidden`` units and attends over ``hidden * directions``-sized
+    encoder states. ``input_feeding``: see :class:`GRUDecoder`.
 
     Example:
         >>> model = gru_seq2seq(30, 74, emb=16, hidden=32)
         >>> type(model.decoder.out).__name__
         'Linear'
     """
-    encoder = GRUEncoder(src_vocab, emb, hidden, layers, bidirectional, dropout, dec_hidden=hidden)
-    decoder = GRUDecoder(tgt_vocab, emb, hidden, layers, attention, encoder.output_dim, dropout)
+    encoder = GRUEncoder(src_vocab, emb, hidden, layers if enc_layers is None else enc_layers, bidirectional, dropout,
+                         dec_hidden=hidden, dec_layers=layers)
+    decoder = GRUDecoder(tgt_vocab, emb, hidden, layers, attention, encoder.output_dim, dropout, input_feeding)
     return Seq2Seq(encoder, decoder)

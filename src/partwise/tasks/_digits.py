@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from .._errors import ConfigError
 from .._loader import ShuffledBatches
 from .._task import StepContext
-from ..recipe import KindData
+from ..recipe import KindData, training_subset
 
 if TYPE_CHECKING:
     from ..recipe import Recipe
@@ -275,7 +275,11 @@ class DigitsCycleKind:
 
     def load_data(self, recipe: Recipe, artifacts: dict[str, Any] | None) -> KindData:
         train, dev, test = digits_splits(recipe.data.limit)
-        data = KindData(train, dev, test)
+        keep, subset = training_subset(recipe, range(len(train)), "images")
+        if subset is not None:
+            rows = torch.tensor(keep, dtype=torch.long)
+            train = DigitsDataset(train.pixels[rows], train.index[rows])
+        data = KindData(train, dev, test, {"subset": subset})
         if artifacts is not None and artifacts.get("rows") != self.artifacts(data)["rows"]:
             raise ConfigError([f"data: the run was trained on splits of {artifacts.get('rows')} rows, this data has "
                                f"{self.artifacts(data)['rows']}; use the run's own data settings"])

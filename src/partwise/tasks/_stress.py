@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol, cast
 
 import torch
+import yaml
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
@@ -27,7 +28,7 @@ from .._errors import CheckpointError, ConfigError, PartError
 from .._surgery import load_part
 from ..data import BucketBatchSampler, G2PSplit, Vocab, load_cmudict_splits, stress_labels
 from ..pretrained import G2P_EN_GRAPHEMES
-from ..recipe import KindData, Recipe
+from ..recipe import KindData, Recipe, training_subset
 from ..seq2seq import PAD, GRUEncoder, Memory
 from ..seq2seq._model import check_dropout, check_positive_int
 
@@ -156,16 +157,25 @@ class StressModel(nn.Module):
         return self.decoder(self.encoder(src, src_mask))
 
 
-def stress_model(vocab_size: int, hidden: int = 256, dropout: float = 0.1, max_syllables: int = 8) -> StressModel:
-    """A fresh :class:`StressModel` whose encoder has g2p-en's shape (embedding 256, hidden 256).
+def stress_model(vocab_size: int, hidden: int = 256, dropout: float = 0.1, max_syllables: int = 8,
+                 encoder_shape: dict[str, Any] | None = None) -> StressModel:
+    """A fresh :class:`StressModel` whose encoder has g2p-en's shape (embedding 256, hidden 256, one
+    direction, one layer), or ``encoder_shape``: a G2P run's GRU encoder (``emb``, ``hidden``,
+    ``layers``, ``bidirectional``), so that run's encoder part loads into it.
 
     >>> m = stress_model(30, hidden=16)
     >>> logits = m(torch.tensor([[5, 6, 3]]), torch.tensor([[True, True, True]]))
     >>> tuple(logits.syllables.shape)
     (1, 8)
     """
-    encoder = GRUEncoder(vocab_size, ENCODER_EMB, ENCODER_HIDDEN)
-    return StressModel(encoder, StressHead(encoder.output_dim, ENCODER_HIDDEN, hidden, max_syllables, dropout))
+    if encoder_shape is None:
+        encoder = GRUEncoder(vocab_size, ENCODER_EMB, ENCODER_HIDDEN)
+    else:
+        shape = encoder_shape
+        encoder = GRUEncoder(vocab_size, shape["emb"], shape["hidden"], shape["layers"], shape["bidirectional"],
+                             dec_hidden=shape["hidden"], dec_layers=1)
+    final_dim = ENCODER_HIDDEN if encoder_shape is None else encoder_shape["hidden"]
+    return StressModel(encoder, StressHead(encoder.output_dim, final_dim, hidden, max_syllables, dropout))
 
 
 
@@ -288,6 +298,24 @@ def _run_vocab(run: Path) -> Vocab:
     return Vocab.from_dict(saved["src"])
 
 
+def _run_encoder_shape(run: Path) -> dict[str, Any]:
+    """The GRU encoder shape of G2P run ``run`` (from its config.yaml; defaults as the recipe schema's)."""
+    from ..recipe import MODEL_ARGS
+
+    try:
+        model = (yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}).get("model", {})
+        args: Any = MODEL_ARGS[("seq2seq", "gru")](**(model.get("args") or {}))
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError) as e:
+        raise ConfigError([f"task.args.encoder: run {str(run)!r}: its config.yaml does not describe a GRU "
+                           f"G2P model ({' '.join(str(e).split())[:200]}); give run:PATH of a G2P run with model gru"]
+                          ) from None
+    if model.get("name", "gru") != "gru":
+        raise ConfigError([f"task.args.encoder: run {str(run)!r} trained model {model.get('name')!r}; the stress "
+                           "task keeps GRU encoders: give run:PATH of a G2P run with model gru"])
+    layers = args.enc_layers or args.layers
+    return {"emb": args.emb, "hidden": args.hidden, "layers": layers, "bidirectional": args.bidirectional}
+
+
 def _majority(values: Tensor) -> int:
     return int(torch.bincount(values).argmax())
 
@@ -312,12 +340,15 @@ class StressKind:
             vocab = _run_vocab(opts.run) if opts.run else Vocab(G2P_EN_GRAPHEMES[3:])
         splits = load_cmudict_splits(stress=True)
         limit = recipe.data.limit
-        sets = {name: StressDataset.from_split(G2PSplit(name, s.words[:limit], s.references[:limit]), vocab,
-                                               opts.max_syllables) for name, s in splits.items()}
+        splits = {name: G2PSplit(name, s.words[:limit], s.references[:limit]) for name, s in splits.items()}
+        keep, subset = training_subset(recipe, range(len(splits["train"].words)), "words")
+        train = splits["train"]
+        splits["train"] = G2PSplit("train", [train.words[i] for i in keep], [train.references[i] for i in keep])
+        sets = {name: StressDataset.from_split(s, vocab, opts.max_syllables) for name, s in splits.items()}
         majority = (artifacts or {}).get("majority") or {
             "stress": _majority(sets["train"].stress), "syllables": _majority(sets["train"].syllables)}
         return KindData(sets["train"], sets["dev"], sets["test"],
-                        {"vocab": vocab, "majority": majority, "init_encoder": artifacts is None})
+                        {"vocab": vocab, "majority": majority, "init_encoder": artifacts is None, "subset": subset})
 
     def artifacts(self, data: KindData) -> dict[str, Any]:
         return {"graphemes": data.extra["vocab"].to_dict(), "majority": data.extra["majority"]}
@@ -330,8 +361,9 @@ class StressKind:
 
     def _model(self, opts: _Options, vocab_size: int, load: bool, seed: int = 0) -> StressModel:
         torch.manual_seed(seed)
+        shape = _run_encoder_shape(opts.run) if opts.encoder == "run" and opts.run is not None else None
         try:
-            model = stress_model(vocab_size, max_syllables=opts.max_syllables, **opts.model_args)
+            model = stress_model(vocab_size, max_syllables=opts.max_syllables, encoder_shape=shape, **opts.model_args)
         except (TypeError, ValueError) as e:
             raise ConfigError([f"model.args: {e}"]) from None
         if load and opts.encoder == "g2p_en":
@@ -346,8 +378,7 @@ class StressKind:
                 load_part(model, "encoder", cast(Path, opts.run), which="best")
             except (PartError, CheckpointError, FileNotFoundError) as e:
                 raise ConfigError([f"task.args.encoder: the encoder of run {str(opts.run)!r} does not fit the "
-                                   f"stress model's GRUEncoder(emb {ENCODER_EMB}, hidden {ENCODER_HIDDEN}, "
-                                   f"one direction, one layer): {e}"]) from None
+                                   f"GRU encoder its config.yaml describes ({shape}): {e}"]) from None
         return model
 
     def build_task(self, recipe: Recipe, data: KindData) -> StressTask:
