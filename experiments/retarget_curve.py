@@ -64,10 +64,10 @@ def train_and_score(run: Path, overrides: list[str]) -> dict[str, object]:
     scores = {k: float(v) / 100 for k, v in re.findall(r"(\w+_acc) ([0-9.]+)%", out)}
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     best = max(rows, key=lambda r: float(r["dev_both_acc"]))
-    log = (run / "log.txt").read_text()
+    ended = re.search(r"training ended at step [0-9,]+: (.*)", (run / "log.txt").read_text())
     return {**{f"test_{k}" if not k.startswith("majority") else k: v for k, v in scores.items()},
             "train_minutes": round(minutes, 2), "epochs": len(rows), "best_epoch": best["epoch"],
-            "stopped": "early" if "early" in log.lower() and "stopp" in log.lower() else "time/plan"}
+            "stopped": ended.group(1).split(":")[0] if ended else "?"}
 
 
 def main() -> None:

@@ -300,3 +300,14 @@ def test_the_loss_is_read_to_the_host_once_per_optimizer_step(monkeypatch):
     trainer = pw.Trainer(model, pw.Parts(model), PLAN, user_loss, batch_size=8, grad_accum=3, seed=1)
     trainer.fit(dataset())
     assert trainer.step == 20 and len(reads) == 20 and not any(reads)
+
+
+def test_stop_reason_says_why_fit_ended(tmp_path):
+    _, _, trainer = make(best_metric=("loss", "min"), early_stopping=pw.EarlyStopping("loss", "max", 1))
+    trainer.fit(dataset(), dataset(60))
+    assert trainer.stop_reason == "early stopping: loss did not improve in 1 evaluations" and trainer.step == 10
+    _, _, trainer = make()
+    trainer.fit(dataset(), max_steps=3)
+    assert trainer.stop_reason == "max_steps reached"
+    trainer.fit(dataset())
+    assert trainer.stop_reason == "the plan's end" and trainer.step == 20

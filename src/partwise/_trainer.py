@@ -131,6 +131,7 @@ class Trainer:
         self._saved_at, self._steps_per_epoch = -1, 0
         self._best_name: str | None = None  # the checkpoint the "best" pointer names
         self.averaged: dict[str, Any] | None = None  # what consider_average() found (average_last)
+        self.stop_reason: str | None = None  # why the last fit() ended: the plan's end, early stopping, a limit
         self.model.to(self.device)
 
     # -- phases ------------------------------------------------------------------------------
@@ -251,8 +252,10 @@ class Trainer:
         ``train_data``: a map-style dataset (a list included) or a DataLoader, whose settings are
         kept. ``resume``: a run directory or checkpoint; it must have been trained under this plan,
         unless ``allow_plan_change`` (e.g. to extend the last phase), which is then recorded.
+        Afterwards ``stop_reason`` says why it ended (the plan's end, early stopping, a limit).
         """
         check_fit(self, dev_data, max_steps, max_minutes)
+        self.stop_reason = None
         torch.manual_seed(self.seed)
         cursor = self._start(train_data, max_steps, max_minutes)
         if resume is not None:
@@ -269,7 +272,10 @@ class Trainer:
                 if cursor.out_of_time():
                     break
             if cursor.ends_epoch(self.step) and self._end_epoch(dev_data, cursor):
-                break  # early stopping
+                es = self.early_stopping
+                self.stop_reason = (f"early stopping: {es.metric} did not improve in {es.patience} evaluations"
+                                    if es else "early stopping")
+                break
         return self._finish(dev_data, cursor)
 
     def _start(self, train_data: Any, max_steps: int | None, max_minutes: float | None) -> EpochCursor:
@@ -288,6 +294,9 @@ class Trainer:
     def _finish(self, dev_data: Any, cursor: EpochCursor) -> list[dict[str, Any]]:
         """Out of time mid-epoch: evaluate the partial epoch; stopped by ``max_steps`` or
         ``max_minutes``: checkpoint (resumable from here); then the guard's last check."""
+        if self.stop_reason is None:
+            self.stop_reason = ("max_minutes reached" if cursor.timed_out else "max_steps reached"
+                                if cursor.interrupted(self.step) else "the plan's end")
         if cursor.timed_out and not cursor.ends_epoch(self.step):
             self._end_epoch(dev_data, cursor)
         if cursor.interrupted(self.step) and self._saved_at != self.step:

@@ -154,6 +154,7 @@ def _fit_and_report(built: Built, trainer: Trainer, run_dir: Path, *, resume: Pa
             getattr(cb, "close", lambda: None)()  # flush the step rows and TensorBoard, clear the bar
     facts.finish(completed=True)
     _failpoints.reached("fit.done")
+    log_line(run_dir, f"training ended at step {trainer.step:,}: {trainer.stop_reason}", echo=False)
     _log_average(run_dir, trainer.averaged)
     return _report(built, run_dir, title, trainer.step, (time.perf_counter() - t0) / 60, trainer.device,
                    facts.summary())
