@@ -8,10 +8,11 @@ training words (``data.subset``; one seed, so the subsets are nested) with three
 * ``scratch`` — g2p-en's shape, fresh weights, trained from the start at 3e-3 with the head.
 
 Two settings per size: ``budget`` — every system gets the same wall-clock (``training.max_minutes``),
-constant learning rates after warmup, and the best dev epoch is scored; ``converge`` — the same
-plans with early stopping on dev ``both_acc`` (patience ``--patience`` evaluations, capped at
-``--cap`` minutes). Test accuracy of each run's best dev checkpoint goes to ``results.csv``; the plot
-to ``curve.png``. Runs already in ``results.csv`` are skipped, so the script can be stopped and rerun.
+constant learning rates after warmup, and the best dev epoch is scored; ``converge`` — early stopping
+on dev ``both_acc`` (patience 10 evaluations up to 2,000 words, 6 at 8,000, 4 above: epochs are short
+on small subsets), capped at ``--cap`` minutes; the kept encoders' frozen phase is then 4 epochs, so
+that a plateau of the frozen head cannot stop the run before the encoder is unfrozen. Test accuracy
+of each run's best dev checkpoint goes to ``results.csv``; the plot to ``curve.png``. Runs already in ``results.csv`` are skipped, so the script can be stopped and rerun.
 
     python experiments/retarget_curve.py --g2p-run runs/g2p_pilot --out experiments/retarget_curve
 """
@@ -36,14 +37,15 @@ FIELDS = ["setting", "system", "size", "test_both_acc", "test_stress_acc", "test
           "majority_stress_acc", "majority_syllables_acc", "train_minutes", "epochs", "best_epoch", "stopped"]
 
 
-def plan(system: str, size: int) -> str:
-    """The plan, as a YAML override. Kept encoders: frozen epochs (at least 4; more on small subsets, so
-    the head sees ~4 passes' worth of 107k words, at most 40), then unfrozen at 1/100 until stopped."""
+def plan(system: str, size: int, setting: str) -> str:
+    """The plan, as a YAML override. Kept encoders: frozen epochs (budget: at least 4; more on small
+    subsets, so the head sees ~4 passes' worth of 107k words, at most 40; converge: 4), then unfrozen
+    at 1/100 until stopped."""
     long = 10_000  # epochs: the run ends by max_minutes or early stopping, never by the plan
     if system == "scratch":
         return (f"[{{name: joint, epochs: {long}, train: {{decoder: 3.0e-3, encoder: 3.0e-3}}, "
                 "schedule: {warmup: 100}}]")
-    frozen = min(40, max(4, math.ceil(4 * ALL_WORDS / size)))
+    frozen = min(40, max(4, math.ceil(4 * ALL_WORDS / size))) if setting == "budget" else 4
     return (f"[{{name: frozen encoder, epochs: {frozen}, train: {{decoder: 3.0e-3}}, schedule: {{warmup: 100}}}}, "
             f"{{name: unfrozen, epochs: {long}, train: {{decoder: 1.0e-3, encoder: 1.0e-5}}, "
             "schedule: {warmup: 100}}]")
@@ -78,7 +80,6 @@ def main() -> None:
     ap.add_argument("--systems", nargs="+", default=["g2p_en", "run", "scratch"])
     ap.add_argument("--settings", nargs="+", default=["budget", "converge"])
     ap.add_argument("--budget", type=float, default=2.7, help="minutes per run in the budget setting")
-    ap.add_argument("--patience", type=int, default=8, help="early-stopping patience (evaluations)")
     ap.add_argument("--cap", type=float, default=8.0, help="minutes cap in the converge setting")
     ap.add_argument("--runs", type=Path, default=Path("/tmp/retarget_curve_runs"), help="where the runs go")
     args = ap.parse_args()
@@ -93,14 +94,15 @@ def main() -> None:
                     continue
                 size = ALL_WORDS if size_text == "all" else int(size_text)
                 overrides = [f"task.args.encoder={encoder(system, args.g2p_run.resolve())}",
-                             f"plan={plan(system, size)}", "training.threads=1"]
+                             f"plan={plan(system, size, setting)}", "training.threads=1"]
                 if size_text != "all":
                     overrides.append(f"data.subset={{size: {size}, seed: 0}}")
                 if setting == "budget":
                     overrides.append(f"training.max_minutes={args.budget}")
                 else:
+                    patience = 10 if size <= 2000 else 6 if size <= 8000 else 4
                     overrides += [f"training.max_minutes={args.cap}",
-                                  f"training.early_stopping={{metric: both_acc, mode: max, patience: {args.patience}}}"]
+                                  f"training.early_stopping={{metric: both_acc, mode: max, patience: {patience}}}"]
                 row = {"setting": setting, "system": system, "size": size_text,
                        **train_and_score(args.runs / f"{setting}-{system}-{size_text}", overrides)}
                 print(row, flush=True)

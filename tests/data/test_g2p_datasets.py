@@ -48,3 +48,16 @@ def test_limit_and_stress() -> None:
     assert "AH0" in data.tgt_vocab and "AH" not in data.tgt_vocab
     with pytest.raises(ValueError, match="limit=0"):
         make_g2p_datasets(limit=0)
+
+
+def test_training_on_first_pronunciations_only_keeps_every_reference_for_scoring():
+    from partwise.data import load_cmudict_splits
+
+    train = load_cmudict_splits()["train"]
+    first = make_g2p_datasets(pronunciations="first")
+    assert len(first.train) == len(train.words) < train.num_pronunciations
+    everything = make_g2p_datasets()
+    assert len(everything.train) == train.num_pronunciations
+    assert first.dev.references == everything.dev.references  # scored against all pronunciations
+    with pytest.raises(ValueError, match="pronunciations='some' must be 'all' or 'first'"):
+        make_g2p_datasets(pronunciations="some")

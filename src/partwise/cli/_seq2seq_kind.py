@@ -172,7 +172,7 @@ class Seq2SeqKind:
                 kept, note[0] = training_subset(recipe, range(len(words)), "words")
                 return kept
 
-            g = make_g2p_datasets(stress=d.stress, limit=d.limit, train_words=keep)
+            g = make_g2p_datasets(stress=d.stress, limit=d.limit, train_words=keep, pronunciations=d.pronunciations)
             if vocabs is not None and (vocabs[0] != g.src_vocab or vocabs[1] != g.tgt_vocab):
                 raise ConfigError(["data: the run's saved vocabulary differs from this data's; "
                                    "use the run's own data settings"])

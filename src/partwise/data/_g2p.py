@@ -38,7 +38,7 @@ def _per_word(split: G2PSplit, src_vocab: Vocab, tgt_vocab: Vocab) -> Seq2SeqDat
 
 def make_g2p_datasets(
     stress: bool = False, path: str | Path | None = None, limit: int | None = None,
-    train_words: Callable[[list[str]], Sequence[int]] | None = None,
+    train_words: Callable[[list[str]], Sequence[int]] | None = None, pronunciations: str = "all",
 ) -> G2PData:
     """CMUdict G2P datasets on the standard split (see :func:`load_cmudict`).
 
@@ -49,6 +49,8 @@ def make_g2p_datasets(
             prefix, not a fair sample).
         train_words: given the training words, the indices of those to keep (e.g. a seeded random
             subset from :func:`subset_indices`); each keeps all its pronunciations.
+        pronunciations: train on ``"all"`` of a word's pronunciations (one row each) or on its
+            ``"first"`` only; dev and test are scored against all of them either way.
 
     Graphemes of dev/test words that never occur in training map to UNK.
 
@@ -58,6 +60,8 @@ def make_g2p_datasets(
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"make_g2p_datasets limit={limit!r} must be None or an int >= 1")
+    if pronunciations not in ("all", "first"):
+        raise ValueError(f"make_g2p_datasets pronunciations={pronunciations!r} must be 'all' or 'first'")
     splits = load_cmudict_splits(stress=stress, path=path)
     if limit is not None:
         splits = {
@@ -69,7 +73,10 @@ def make_g2p_datasets(
         keep = list(train_words(list(train.words)))
         splits["train"] = G2PSplit("train", [train.words[i] for i in keep], [train.references[i] for i in keep])
     with paused_gc():  # ~10^6 small acyclic lists; see paused_gc
-        train_pairs = list(splits["train"].pairs())
+        train = splits["train"]
+        if pronunciations == "first":
+            train = G2PSplit("train", train.words, [refs[:1] for refs in train.references])
+        train_pairs = list(train.pairs())
         src_vocab = Vocab.build(src for src, _ in train_pairs)
         tgt_vocab = Vocab.build(tgt for _, tgt in train_pairs)
         return G2PData(

@@ -59,6 +59,8 @@ class CmudictData(_Strict):
     limit: int | None = Field(None, ge=1)  # smoke tests: the first N words of each split, alphabetical (not a
     # fair sample; use subset for small-data experiments)
     subset: SubsetConfig | None = None  # a seeded random subset of the training words
+    pronunciations: Literal["all", "first"] = "all"  # train on every pronunciation of a word, or its first
+    # (dev and test are scored against all of them either way)
 
 
 class DigitsData(_Strict):
