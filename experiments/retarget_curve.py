@@ -12,7 +12,8 @@ constant learning rates after warmup, and the best dev epoch is scored; ``conver
 on dev ``both_acc`` (patience 10 evaluations up to 2,000 words, 6 at 8,000, 4 above: epochs are short
 on small subsets), capped at ``--cap`` minutes; the kept encoders' frozen phase is then 4 epochs, so
 that a plateau of the frozen head cannot stop the run before the encoder is unfrozen. Test accuracy
-of each run's best dev checkpoint goes to ``results.csv``; the plot to ``curve.png``. Runs already in ``results.csv`` are skipped, so the script can be stopped and rerun.
+of each run's best dev checkpoint goes to ``results.csv``; the plot to ``curve.png``. Runs already in
+``results.csv`` are skipped, so the script can be stopped and rerun.
 
     python experiments/retarget_curve.py --g2p-run runs/g2p_pilot --out experiments/retarget_curve
 """
