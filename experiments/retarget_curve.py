@@ -82,10 +82,15 @@ def main() -> None:
     ap.add_argument("--settings", nargs="+", default=["budget", "converge"])
     ap.add_argument("--budget", type=float, default=2.7, help="minutes per run in the budget setting")
     ap.add_argument("--cap", type=float, default=8.0, help="minutes cap in the converge setting")
+    ap.add_argument("--report", action="store_true", help="only redraw curve.png and table.md from results.csv")
     ap.add_argument("--runs", type=Path, default=Path("/tmp/retarget_curve_runs"), help="where the runs go")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.csv"
+    if args.report:
+        plot(results, args.out / "curve.png")
+        table(results, args.out / "table.md")
+        return
     done = ({(r["setting"], r["system"], r["size"]) for r in csv.DictReader(results.open())}
             if results.exists() else set())
     for setting in args.settings:
@@ -114,6 +119,36 @@ def main() -> None:
                         writer.writeheader()
                     writer.writerow(row)
     plot(results, args.out / "curve.png")
+    table(results, args.out / "table.md")
+
+
+def table(results: Path, out: Path) -> None:
+    """``table.md``: size x system -> test accuracy (both labels) and training minutes, per setting."""
+    rows = list(csv.DictReader(results.open()))
+    lines = []
+    for setting in ("budget", "converge"):
+        got = {(r["system"], r["size"]): r for r in rows if r["setting"] == setting}
+        if not got:
+            continue
+        sizes = [s for s in ("500", "2000", "8000", "32000", "all") if any(k[1] == s for k in got)]
+        lines += [f"**{setting}** — test accuracy, stress and syllable count both right (training minutes; "
+                  "best dev epoch / epochs run)", "",
+                  "| system | " + " | ".join(f"{int(s):,} words" if s != "all" else "all 107,146"
+                                           for s in sizes) + " |",
+                  "|---" * (len(sizes) + 1) + "|"]
+        for system in ("g2p_en", "run", "scratch"):
+            cells = []
+            for s in sizes:
+                r = got.get((system, s))
+                cells.append(f"{float(r['test_both_acc']):.1%} ({float(r['train_minutes']):.1f} min; "
+                             f"{r['best_epoch']}/{r['epochs']})" if r else "")
+            lines.append(f"| {system} | " + " | ".join(cells) + " |")
+        majority = {s: next(r for r in rows if r["size"] == s) for s in sizes}
+        lines.append("| majority class (stress / syllables) | " + " | ".join(
+            f"{float(m['majority_stress_acc']):.1%} / {float(m['majority_syllables_acc']):.1%}"
+            for m in majority.values()) + " |")
+        lines.append("")
+    out.write_text("\n".join(lines), encoding="utf-8")
 
 
 def plot(results: Path, png: Path) -> None:
