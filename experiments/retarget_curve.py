@@ -11,7 +11,10 @@ Two settings per size: ``budget`` — every system gets the same wall-clock (``t
 constant learning rates after warmup, and the best dev epoch is scored; ``converge`` — early stopping
 on dev ``both_acc`` (patience 10 evaluations up to 2,000 words, 6 at 8,000, 4 above: epochs are short
 on small subsets), capped at ``--cap`` minutes; the kept encoders' frozen phase is then 4 epochs, so
-that a plateau of the frozen head cannot stop the run before the encoder is unfrozen. Test accuracy
+that a plateau of the frozen head cannot stop the run before the encoder is unfrozen. ``recipe`` (all
+words only) — the shipped recipe's own plan with its cosine decay, for the kept encoders, and for the
+scratch encoder the same plan with ``plan.0.train={decoder: 3e-3, encoder: 3e-3}``, each stopped at
+the budget: the budget setting's constant rates favour the kept encoders at full size. Test accuracy
 of each run's best dev checkpoint goes to ``results.csv``; the plot to ``curve.png``. Runs already in
 ``results.csv`` are skipped, so the script can be stopped and rerun.
 
@@ -43,6 +46,8 @@ def plan(system: str, size: int, setting: str) -> str:
     subsets, so the head sees ~4 passes' worth of 107k words, at most 40; converge: 4), then unfrozen
     at 1/100 until stopped."""
     long = 10_000  # epochs: the run ends by max_minutes or early stopping, never by the plan
+    if setting == "recipe":
+        return "" if system != "scratch" else "plan.0.train={decoder: 3.0e-3, encoder: 3.0e-3}"
     if system == "scratch":
         return (f"[{{name: joint, epochs: {long}, train: {{decoder: 3.0e-3, encoder: 3.0e-3}}, "
                 "schedule: {warmup: 100}}]")
@@ -99,11 +104,15 @@ def main() -> None:
                 if (setting, system, size_text) in done:
                     continue
                 size = ALL_WORDS if size_text == "all" else int(size_text)
-                overrides = [f"task.args.encoder={encoder(system, args.g2p_run.resolve())}",
-                             f"plan={plan(system, size, setting)}", "training.threads=1"]
+                if setting == "recipe" and size_text != "all":
+                    continue
+                the_plan = plan(system, size, setting)
+                overrides = [f"task.args.encoder={encoder(system, args.g2p_run.resolve())}", "training.threads=1"]
+                overrides += [the_plan] if setting == "recipe" and the_plan else []
+                overrides += [f"plan={the_plan}"] if setting != "recipe" else []
                 if size_text != "all":
                     overrides.append(f"data.subset={{size: {size}, seed: 0}}")
-                if setting == "budget":
+                if setting in ("budget", "recipe"):
                     overrides.append(f"training.max_minutes={args.budget}")
                 else:
                     patience = 10 if size <= 2000 else 6 if size <= 8000 else 4
@@ -126,7 +135,7 @@ def table(results: Path, out: Path) -> None:
     """``table.md``: size x system -> test accuracy (both labels) and training minutes, per setting."""
     rows = list(csv.DictReader(results.open()))
     lines = []
-    for setting in ("budget", "converge"):
+    for setting in ("budget", "converge", "recipe"):
         got = {(r["system"], r["size"]): r for r in rows if r["setting"] == setting}
         if not got:
             continue
