@@ -11,8 +11,8 @@ Two settings per size: ``budget`` — every system gets the same wall-clock (``t
 constant learning rates after warmup, and the best dev epoch is scored; ``converge`` — early stopping
 on dev ``both_acc`` (patience 10 evaluations up to 2,000 words, 6 at 8,000, 4 above: epochs are short
 on small subsets), capped at ``--cap`` minutes; the kept encoders' frozen phase is then 4 epochs, so
-that a plateau of the frozen head cannot stop the run before the encoder is unfrozen. ``recipe`` (all
-words only) — the shipped recipe's own plan with its cosine decay, for the kept encoders, and for the
+that a plateau of the frozen head cannot stop the run before the encoder is unfrozen. ``recipe`` (32,000
+and all words) — the shipped recipe's own plan with its cosine decay, for the kept encoders, and for the
 scratch encoder the same plan with ``plan.0.train={decoder: 3e-3, encoder: 3e-3}``, each stopped at
 the budget: the budget setting's constant rates favour the kept encoders at full size. Test accuracy
 of each run's best dev checkpoint goes to ``results.csv``; the plot to ``curve.png``. Runs already in
@@ -104,7 +104,7 @@ def main() -> None:
                 if (setting, system, size_text) in done:
                     continue
                 size = ALL_WORDS if size_text == "all" else int(size_text)
-                if setting == "recipe" and size_text != "all":
+                if setting == "recipe" and size_text not in ("32000", "all"):
                     continue
                 the_plan = plan(system, size, setting)
                 overrides = [f"task.args.encoder={encoder(system, args.g2p_run.resolve())}", "training.threads=1"]

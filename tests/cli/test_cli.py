@@ -187,3 +187,15 @@ def test_average_last_without_best_metric_is_refused_before_the_run(tmp_path, ca
     code, _, err = run_cli(capsys, "train", str(recipe))
     assert code == 2 and "training: average_last needs best_metric" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["g2p", "g2p_transformer", "retarget_stress", "inflection", "digits_cycle"])
+def test_shipped_recipes_pass_every_check_before_training(name, capsys):
+    """`partwise inspect` checks a recipe whole (schema, task and model args, parts, every phase's
+    optimizer) without reading data for training; the shipped recipes must pass it."""
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / f"{name}.yaml"
+    if name == "inflection" and not (recipe.parent / "data" / "inflection").exists():
+        pytest.skip("inflection's pair files are written by recipes/prepare_inflection.py")
+    code, out, err = run_cli(capsys, "inspect", str(recipe))
+    assert code == 0, err
+    assert "phase 0" in out
