@@ -169,6 +169,7 @@ def plot(results: Path, png: Path) -> None:
     rows = list(csv.DictReader(results.open()))
     settings = [s for s in ("budget", "converge") if any(r["setting"] == s for r in rows)]
     fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4.2), squeeze=False, sharey=True)
+    colors = {"g2p_en": "tab:blue", "run": "tab:orange", "scratch": "tab:green"}
     names = {"g2p_en": "kept: g2p-en encoder", "run": "kept: partwise G2P run's encoder",
              "scratch": "scratch encoder"}
     for ax, setting in zip(axes[0], settings, strict=True):
@@ -176,13 +177,19 @@ def plot(results: Path, png: Path) -> None:
             pts = sorted((ALL_WORDS if r["size"] == "all" else int(r["size"]), float(r["test_both_acc"]) * 100)
                          for r in rows if r["setting"] == setting and r["system"] == system)
             if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", label=label)
+                ax.plot(*zip(*pts, strict=True), marker="o", label=label, color=colors[system])
+            recipe = sorted((ALL_WORDS if r["size"] == "all" else int(r["size"]), float(r["test_both_acc"]) * 100)
+                            for r in rows if r["setting"] == "recipe" and r["system"] == system)
+            if recipe and setting == "budget":
+                ax.plot(*zip(*recipe, strict=True), marker="s", linestyle="--", fillstyle="none",
+                        color=colors[system], label=f"{label}, the recipe's cosine plan")
         ax.set_xscale("log")
         ax.set_xlabel("labelled training words")
-        ax.set_title("equal wall-clock budget" if setting == "budget" else "each to convergence on dev")
+        ax.set_title("equal wall-clock budget (2.7 min), constant rates" if setting == "budget"
+                     else "each to convergence on dev (early stopping)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy, stress and syllable count both right (%)")
-    axes[0][0].legend(loc="lower right")
+    axes[0][0].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
 
