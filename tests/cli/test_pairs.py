@@ -60,7 +60,7 @@ def pairs_run(tmp_path_factory) -> Path:
 def test_a_pairs_run_reports_task_neutral_metrics_and_what_it_guaranteed(pairs_run):
     config = yaml.safe_load((pairs_run / "config.yaml").read_text())
     assert set(config["data"]) == {"name", "train", "dev", "test", "format", "encoding", "fields", "source",
-                                   "target", "limit"}  # only the keys of pair files, no G2P keys
+                                   "target", "limit", "subset"}  # only the keys of pair files, no G2P keys
     assert config["training"]["best_metric"] == "seq_error" and "init" not in config
     header = (pairs_run / "metrics.csv").read_text().splitlines()[0]
     assert "dev_seq_error" in header and "dev_token_error" in header and "dev_wer" not in header
@@ -271,7 +271,8 @@ def test_model_args_schemas_match_the_factories_they_describe():
 
     assert set(MODEL_ARGS["seq2seq", "gru"].model_fields) == keys(gru_seq2seq, 2)
     assert set(MODEL_ARGS["seq2seq", "transformer"].model_fields) == keys(transformer_seq2seq, 2)
-    assert set(MODEL_ARGS["stress", "gru"].model_fields) == keys(stress_model, 1) - {"max_syllables"}
+    # the stress model's encoder_shape comes from task.args.encoder (a run's config), not model.args
+    assert set(MODEL_ARGS["stress", "gru"].model_fields) == keys(stress_model, 1) - {"max_syllables", "encoder_shape"}
     assert set(MODEL_ARGS["digits_cycle", "mlp"].model_fields) == keys(DigitsCycle, 0) - {"seed"}
 
 

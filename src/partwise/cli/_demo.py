@@ -44,7 +44,7 @@ G2P: dict[str, Any] = {
     "training": {"batch_size": 128, "grad_clip": 1.0, "best_metric": None, "max_minutes": 2.2},
 }
 RETARGET_WORDS, RETARGET_MINUTES = 2000, 0.75  # few labels, a short budget: where the kept encoder wins
-STRESS = {
+STRESS: dict[str, Any] = {
     "task": {"name": "stress", "args": {"encoder": "g2p_en"}},
     "data": {"name": "cmudict", "subset": {"size": RETARGET_WORDS, "seed": 0}},
     "model": {"name": "gru", "args": {"hidden": 256, "dropout": 0.1}},
