@@ -93,3 +93,20 @@ def test_average_last_is_checked_before_training(tmp_path, kw, message):
     with pytest.raises(pw.ConfigError, match=message):
         make(**kw)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_deciding_again_reuses_the_average_and_a_newer_average_replaces_the_old(tmp_path):
+    _, _, trainer = make(run_dir=tmp_path, best_metric=("loss", "min"), average_last=3)
+    trainer.fit(dataset(), dataset(60))
+    root = tmp_path / "checkpoints"
+    written = (root / "averaged" / "meta.json").stat().st_mtime_ns
+    first = dict(trainer.averaged)
+    trainer.best = first["dev_loss"] + 1.0  # the average wins: best names it
+    assert trainer.consider_average(dataset(60))["chosen"] and (root / "averaged" / "meta.json").stat().st_mtime_ns \
+        == written  # the same checkpoints: the average on disk is reused, not written again
+    assert pw.resolve_checkpoint(tmp_path, "best").name == "averaged"
+    trainer.average_last = 2  # other checkpoints: a new average beside the one best names, then it replaces it
+    trainer.best = 1e9
+    found = trainer.consider_average(dataset(60))
+    assert found["checkpoint"] == "averaged.1" and found["chosen"] and found["from"] == first["from"][1:]
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith("averaged")) == ["averaged.1"]

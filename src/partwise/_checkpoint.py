@@ -38,7 +38,7 @@ from ._errors import CheckpointError, CheckpointNotFound
 from ._parts import REST, Parts
 
 __all__ = ["part_tensors", "save_checkpoint", "write_checkpoint", "point", "epoch_end_checkpoints",
-           "resolve_checkpoint", "best_or_latest", "load_weights", "load_state",
+           "averaged_checkpoint", "drop_versions", "resolve_checkpoint", "best_or_latest", "load_weights", "load_state",
            "read_meta", "read_part", "part_file_problems", "remove_debris", "tidy"]
 
 META, STATE = "meta.json", "state.pt"
@@ -198,6 +198,28 @@ def epoch_end_checkpoints(ckpt_root: str | Path) -> list[Path]:
             if meta.get("epoch_end") and not meta.get("averaged_from"):
                 found.append((int(meta.get("step", -1)), d))
     return [d for _, d in sorted(found)]
+
+
+def averaged_checkpoint(ckpt_root: str | Path, names: list[str]) -> Path | None:
+    """The complete average (``averaged``, or a re-saved ``averaged.N``) of exactly the checkpoints
+    ``names`` under ``ckpt_root``, if one is there."""
+    root = Path(ckpt_root)
+    for name in reversed(_versions(root, "averaged")) if root.is_dir() else []:
+        try:
+            if (root / name / META).exists() and read_meta(root / name).get("averaged_from") == names:
+                return root / name
+        except CheckpointError:
+            continue  # a damaged average is written again
+    return None
+
+
+def drop_versions(ckpt_root: str | Path, name: str, keep: str) -> None:
+    """Remove the versions of checkpoint ``name`` (``name``, ``name.1`` ...) other than ``keep`` that no
+    pointer names (an average replaced by a newer one)."""
+    root = Path(ckpt_root)
+    for stale in _versions(root, name):
+        if stale != keep and stale not in _pinned(root):
+            shutil.rmtree(root / stale, ignore_errors=True)
 
 
 def tidy(ckpt_root: str | Path, keep: int = 1) -> None:

@@ -400,7 +400,8 @@ class Trainer:
         ``dev_data``, and point ``best`` at it when it beats the best epoch on ``best_metric``. The
         model keeps its own weights. Rank 0 only; returns (and keeps in ``averaged``) what it found:
         the checkpoints averaged, the average's dev metrics and whether it became ``best``; ``None``
-        when fewer than two epoch-end checkpoints exist."""
+        when fewer than two epoch-end checkpoints exist. An average of the same checkpoints already on
+        disk (a process killed before it decided) is reused, so calling this again decides again."""
         from ._average import average_checkpoints
 
         if self.run_dir is None or self.rank != 0 or not self.best_metric or not self.average_last:
@@ -411,7 +412,8 @@ class Trainer:
             warnings.warn(f"average_last={self.average_last}: only {len(last)} epoch-end checkpoint(s); "
                           "nothing averaged", RuntimeWarning, stacklevel=2)
             return None
-        out = average_checkpoints(last, root / "averaged")
+        out = ckpt.averaged_checkpoint(root, [p.name for p in last]) or average_checkpoints(last, root / "averaged")
+        _failpoints.reached("average.written")
         own = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         try:
             ckpt.load_weights(self.model, self.parts, out)
@@ -424,6 +426,8 @@ class Trainer:
         if chosen:
             ckpt.point(root, "best", out.name)
             self.best, self._best_name = value, out.name
+        ckpt.drop_versions(root, "averaged", keep=out.name)
+        _failpoints.reached("average.decided")
         self.averaged = {"from": [p.name for p in last], "checkpoint": out.name, "chosen": chosen,
                          **{f"dev_{k}": v for k, v in scores.items()}}
         return self.averaged

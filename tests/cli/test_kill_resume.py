@@ -242,3 +242,28 @@ def test_a_run_killed_again_and_again_while_resuming_ends_exactly(runner, refere
         assert code in (-9, 0), runner.log.read_text()[-3000:]
     assert runner.run("resume", str(run)) == 0, runner.log.read_text()[-3000:]
     assert differences(reference.run, run) == []
+
+
+@pytest.fixture(scope="module")
+def averaged_reference(runner, tmp_path_factory) -> Reference:
+    """The reference recipe with ``training.average_last: 2``: the run ends by averaging its last two
+    epoch-end checkpoints and deciding on dev whether the average becomes ``best``."""
+    folder = tmp_path_factory.mktemp("kill_avg")
+    recipe = folder / "recipe.yaml"
+    raw = {**RECIPE, "run_dir": str(folder / "reference"), "training": {**RECIPE["training"], "average_last": 2}}
+    recipe.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    trace = folder / "trace.txt"
+    assert runner.run("train", str(recipe), env={TRACE: str(trace)}) == 0, runner.log.read_text()[-3000:]
+    return Reference(recipe, folder / "reference", trace.read_text().split())
+
+
+@pytest.mark.parametrize(("where", "occurrence"), [
+    ("save.part", -1),  # inside the write of the average: a temporary folder, no average yet
+    ("average.written", 0),  # the average is written, not yet scored or decided on
+    ("average.decided", 0),  # decided (best may name it), the log line and the report not written
+])
+def test_a_run_killed_while_averaging_resumes_to_the_same_decision(runner, averaged_reference, where, occurrence):
+    ref = averaged_reference
+    assert {"average.written", "average.decided"} <= set(ref.trace)
+    assert (ref.run / "checkpoints" / "averaged").is_dir()
+    assert kill_and_resume(runner, ref, _indices(ref.trace, where)[occurrence]) == []

@@ -179,14 +179,15 @@ def _report(built: Built, run_dir: Path, title: str, steps: int, minutes: float,
     which = best_or_latest(run_dir)
     ckpt = checkpoint_dir(run_dir, which)
     _checkpoint.load_weights(built.model, built.parts, ckpt)
-    ckpt_step = read_meta(ckpt).get("step", steps)
+    meta = read_meta(ckpt)
+    ckpt_step = meta.get("step", steps)
     built.model.eval()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type="cuda"):
         torch.manual_seed(recipe.seed)  # what evaluation draws is the same on every path to this report
         dev = built.task.evaluate(built.model, _device_batches(built.kind.eval_loader(recipe, built.data.dev), device),
                                   built.data.dev)
     source = f"{which} checkpoint, step {ckpt_step:,} of {steps:,}" if isinstance(ckpt_step, int) else which
-    averaged_from = read_meta(ckpt).get("averaged_from")
+    averaged_from = meta.get("averaged_from")
     if isinstance(averaged_from, list):
         source += f", the average of {len(averaged_from)} epoch-end checkpoints"
     if which == "latest" and recipe.training.best_metric:
@@ -387,7 +388,8 @@ def _finish_report(built: Built, run_dir: Path, state: dict[str, Any], done: str
 
     _say(f"{run_dir}: the run is {done}, but its report was not written; writing it (nothing is trained)")
     _checkpoint.remove_debris(run_dir)
-    _checkpoint.tidy(run_dir / "checkpoints")
+    # the epoch-end checkpoints training.average_last averages are kept, as training keeps them
+    _checkpoint.tidy(run_dir / "checkpoints", keep=max(1, built.recipe.training.average_last or 1))
     log = RunLog(run_dir)
     history = state["history"]
     log.truncate_after(state["step"], history if isinstance(history, list) and all(
@@ -397,23 +399,12 @@ def _finish_report(built: Built, run_dir: Path, state: dict[str, Any], done: str
     facts.load_state_dict(state.get("callbacks", {}).get(type(facts).__name__, {}))
     facts.finish(completed=True)
     trainer = make_trainer(built, run_dir)
-    if trainer.average_last and not _averaged_current(run_dir):  # killed before the average was made
+    if trainer.average_last:  # killed before the average was made, or before it was decided on: decide again
         trainer.best = state.get("best")
         trainer.consider_average(built.dev_loader)
         _log_average(run_dir, trainer.averaged)
     _report(built, run_dir, _title(run_dir), state["step"], 0.0, trainer.device, facts.summary())
     return 0
-
-
-def _averaged_current(run_dir: Path) -> bool:
-    """Whether ``checkpoints/averaged`` holds the average of the run's last epoch-end checkpoints."""
-    root = run_dir / "checkpoints"
-    try:
-        meta = read_meta(root / "averaged")
-        ends = _checkpoint.epoch_end_checkpoints(root)
-    except (OSError, _errors.PartwiseError):
-        return False
-    return bool(ends) and meta.get("averaged_from", [None])[-1] == ends[-1].name
 
 
 def load_run(run_dir: Path, which: str = "best", command: str = "eval") -> tuple[Recipe, Any, Any, KindData, Any]:
