@@ -16,18 +16,20 @@ in both). The plan: ``--frozen`` epochs with only the decoder training (AdamW, l
       1e-4), ``cache="auto"``: the frozen, eval-mode encoder's outputs are cached in the first phase
       (the build is inside its first epoch), and the cache is dropped when the encoder trains.
 
-Method: both run in threads of one process and take turns epoch by epoch (``bench/_interleave.py``),
+  (c) Lightning's own loop, as (a), with partwise's plan callback (``partwise.lightning.PartwisePlan``)
+      in place of ``BackboneFinetuning`` and the same plan as (b): the frozen encoder runs every step
+      (no cache), pinned to eval; the optimizer has a group per part from the start.
+
+Method: the three run in threads of one process and take turns epoch by epoch (``bench/_interleave.py``),
 one intra-op thread. Printed: seconds per epoch in each phase (medians; the frozen phase both with
 and without its first epoch, which holds partwise's cache build), the phase totals, optimizer-state
 bytes of the frozen parameters at the end of the frozen phase, whether the encoder stayed
 bit-identical through it, and with ``--memory`` each one's peak resident memory run alone in a
 subprocess. Targets (product brief): partwise >= 2x Lightning in the frozen phase, no slower after.
 
-Lightning is not a partwise dependency: run this in its own environment::
+Lightning comes with the ``lightning`` extra (``make setup`` installs it)::
 
-    python3 -m venv .venv-bench && .venv-bench/bin/pip install torch==2.13.0 && \\
-        .venv-bench/bin/pip install lightning && .venv-bench/bin/pip install -e .
-    .venv-bench/bin/python bench/lightning_finetuning.py [--quick] [--memory]
+    .venv/bin/python bench/lightning_finetuning.py [--quick] [--memory]
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ from frozen_encoder import Setup as _Data  # noqa: E402
 import partwise as pw  # noqa: E402
 from partwise.seq2seq import PAD, Seq2SeqTask  # noqa: E402
 
-LABELS = {"lightning": "(a) Lightning BackboneFinetuning", "partwise": "(b) partwise Trainer, cache auto"}
+LABELS = {"lightning": "(a) Lightning BackboneFinetuning", "partwise": "(b) partwise Trainer, cache auto",
+          "partwise_lightning": "(c) Lightning + partwise callback"}
 
 
 class Record:
@@ -97,25 +100,26 @@ class EpochBatches:
         return iter(batches)
 
 
-def run_lightning(data: _Data, gate: Gate, args: argparse.Namespace, record: Record) -> None:
+def lightning_fit(data: _Data, gate: Gate, args: argparse.Namespace, record: Record, key: str, model: nn.Module,
+                  configure: Any, finetuning: Any, frozen_state_bytes: Any) -> None:
+    """Lightning's loop on ``model`` with ``finetuning`` (a callback) and ``configure(module)`` as
+    ``configure_optimizers``; ``frozen_state_bytes(trainer)`` is recorded at the end of the frozen phase."""
     import lightning.pytorch as L
-    from lightning.pytorch.callbacks import BackboneFinetuning
 
     epochs = args.frozen + args.unfrozen
-    model = data.fresh()
     snapshot = encoder_snapshot(model)
 
     class G2PModule(L.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            self.model, self.backbone = model, model.encoder
+            self.model, self.backbone = model, model.encoder  # BackboneFinetuning needs `backbone`
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             logits = self.model(batch.src, batch.src_mask, batch.tgt_in)
             return nn.functional.cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD)
 
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.01)
+        def configure_optimizers(self) -> Any:
+            return configure(self)
 
         def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
             return batch.to(device)
@@ -126,12 +130,10 @@ def run_lightning(data: _Data, gate: Gate, args: argparse.Namespace, record: Rec
         def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
             self.done += 1
             if self.done == args.frozen:
-                record.frozen_state_bytes["lightning"] = state_bytes_of(trainer.optimizers,
-                                                                        list(model.encoder.parameters()))
-                record.encoder_identical["lightning"] = same(model, snapshot)
+                record.frozen_state_bytes[key] = frozen_state_bytes(trainer)
+                record.encoder_identical[key] = same(model, snapshot)
             (gate.lap if self.done == epochs else gate.lap_and_start)()
 
-    finetuning = BackboneFinetuning(unfreeze_backbone_at_epoch=args.frozen, lambda_func=lambda epoch: 1.0)
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         callbacks=[finetuning, Turns()])
@@ -141,16 +143,32 @@ def run_lightning(data: _Data, gate: Gate, args: argparse.Namespace, record: Rec
     trainer.fit(G2PModule(), train_dataloaders=loader)
 
 
+def run_lightning(data: _Data, gate: Gate, args: argparse.Namespace, record: Record) -> None:
+    from lightning.pytorch.callbacks import BackboneFinetuning
+
+    model = data.fresh()
+    lightning_fit(
+        data, gate, args, record, "lightning", model,
+        configure=lambda module: torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-3,
+                                                   weight_decay=0.01),
+        finetuning=BackboneFinetuning(unfreeze_backbone_at_epoch=args.frozen, lambda_func=lambda epoch: 1.0),
+        frozen_state_bytes=lambda trainer: state_bytes_of(trainer.optimizers, list(model.encoder.parameters())))
+
+
+def plan(args: argparse.Namespace) -> pw.Plan:
+    """The decoder alone, then the encoder too at 1/10 of the rate (AdamW, weight decay 0.01)."""
+    return pw.Plan([
+        pw.Phase("frozen", epochs=args.frozen, train={"decoder": 1e-3}, optimizer={"weight_decay": 0.01}),
+        pw.Phase("unfrozen", epochs=args.unfrozen, train={"decoder": 1e-3, "encoder": 1e-4},
+                 optimizer={"weight_decay": 0.01}),
+    ])
+
+
 def run_partwise(data: _Data, gate: Gate, args: argparse.Namespace, record: Record) -> None:
     epochs = args.frozen + args.unfrozen
     model = data.fresh()
     snapshot = encoder_snapshot(model)
     parts = pw.Parts(model)
-    plan = pw.Plan([
-        pw.Phase("frozen", epochs=args.frozen, train={"decoder": 1e-3}, optimizer={"weight_decay": 0.01}),
-        pw.Phase("unfrozen", epochs=args.unfrozen, train={"decoder": 1e-3, "encoder": 1e-4},
-                 optimizer={"weight_decay": 0.01}),
-    ])
 
     class Turns:
         done = 0
@@ -164,12 +182,25 @@ def run_partwise(data: _Data, gate: Gate, args: argparse.Namespace, record: Reco
                     raise RuntimeError("partwise did not cache the frozen encoder")
             (gate.lap if self.done == epochs else gate.lap_and_start)()
 
-    trainer = pw.Trainer(model, parts, plan, Seq2SeqTask(), device="cpu", cache="auto", callbacks=[Turns()])
+    trainer = pw.Trainer(model, parts, plan(args), Seq2SeqTask(), device="cpu", cache="auto", callbacks=[Turns()])
     gate.start()
     trainer.fit(data.loader())
 
 
-RUNS = {"lightning": run_lightning, "partwise": run_partwise}
+def run_partwise_lightning(data: _Data, gate: Gate, args: argparse.Namespace, record: Record) -> None:
+    """Lightning's own loop with partwise's plan callback instead of BackboneFinetuning (no cache:
+    the frozen encoder runs every step, pinned to eval)."""
+    from partwise import lightning as pw_l
+
+    model = data.fresh()
+    parts = pw.Parts(model)
+    plan_cb = pw_l.PartwisePlan(parts, plan(args))
+    lightning_fit(data, gate, args, record, "partwise_lightning", model,
+                  configure=lambda module: pw_l.plan_of(module).configure_optimizers(), finetuning=plan_cb,
+                  frozen_state_bytes=lambda trainer: pw.state_bytes(plan_cb.driver.optimizer, parts)["encoder"])
+
+
+RUNS = {"lightning": run_lightning, "partwise": run_partwise, "partwise_lightning": run_partwise_lightning}
 
 
 def peak_rss(which: str, argv: list[str]) -> str:
@@ -197,6 +228,9 @@ def report(t: dict[str, list[float]], args: argparse.Namespace, record: Record, 
           f"phase ({f} epochs, cache build included)")
     print(f"partwise vs Lightning, unfrozen phase (target >= 1x): {paired(after['lightning'], after['partwise']):.2f}x "
           f"per epoch ({u} epochs)")
+    print(f"Lightning + partwise callback vs BackboneFinetuning: frozen phase "
+          f"{paired(steady['lightning'], steady['partwise_lightning']):.2f}x, unfrozen phase "
+          f"{paired(after['lightning'], after['partwise_lightning']):.2f}x per epoch (same loop; no cache)")
 
 
 def main() -> None:

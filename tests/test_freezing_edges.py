@@ -458,8 +458,9 @@ def test_a_phase_that_drops_an_option_or_turns_weight_decay_on_gets_what_it_says
     opt = pw.build_optimizer(parts, default={"name": "sgd", "lr": 0.1, "momentum": 0.9})  # no weight decay
     assert pw.reconfigure(opt, parts, {"decoder": {"lr": 0.05}}, {"name": "sgd"})
     assert {g["momentum"] for g in opt.param_groups} == {0.0} and {g["lr"] for g in opt.param_groups} >= {0.05}
-    # weight decay turned on: biases and norm weights need their own group, so a new optimizer is needed
-    assert not pw.reconfigure(opt, parts, {}, {"name": "sgd", "weight_decay": 0.05})
+    # weight decay turned on: biases and norm weights already have their own groups, which keep none
+    assert pw.reconfigure(opt, parts, {}, {"name": "sgd", "weight_decay": 0.05})
+    assert {g["no_decay"]: g["weight_decay"] for g in opt.param_groups} == {False: 0.05, True: 0.0}
 
 
 def test_trainer_phase_turning_weight_decay_on_keeps_biases_without_decay():

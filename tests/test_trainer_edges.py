@@ -210,7 +210,7 @@ def test_extending_the_last_phase_needs_the_opt_in_and_is_recorded(tmp_path):
     assert longer.step == 25
     assert changes == ["step 20: phase 1 ('all').epochs: checkpoint 2, now 3"] == longer.plan_changes
     state = torch.load(pw.resolve_checkpoint(tmp_path) / "state.pt", weights_only=True)
-    assert state["plan_changes"] == changes  # kept with the run
+    assert state["plan"]["plan_changes"] == changes  # kept with the run
 
 
 # -- 6. everything knowable before the first step --------------------------------------------------

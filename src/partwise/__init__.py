@@ -15,6 +15,7 @@ from ._average import average_checkpoints
 from ._cache import EncoderCache
 from ._callbacks import Callback
 from ._checkpoint import epoch_end_checkpoints, load_weights, resolve_checkpoint
+from ._driver import PlanDriver
 from ._errors import (
     CacheRefused,
     CheckpointError,
@@ -87,6 +88,7 @@ __all__ = [
     "Phase",
     "PhaseSpan",
     "Plan",
+    "PlanDriver",
     "StepContext",
     "Task",
     "Trainer",

@@ -204,15 +204,16 @@ class PartConfig:
             raise PartError(" | ".join(errors))
 
     def groups(self, part: str) -> list[tuple[dict[str, Any], list[nn.Parameter]]]:
-        """Param groups for one part and their members: decayed and (when weight decay is on)
-        not-decayed parameters. Members are the part's parameters that are trainable by nature;
-        a group holds those that train now."""
+        """Param groups for one part and their members: decayed and not-decayed parameters (for a
+        class with a ``weight_decay`` option, whatever its value now, so a phase that turns weight
+        decay on or off changes options, not groups). Members are the part's parameters that are
+        trainable by nature; a group holds those that train now."""
         opts = self.options[part]
         named = [(n, p) for n, p in self.parts[part].named_parameters() if fz.trainable_by_nature(p)]
-        decay_on = float(opts.get("weight_decay", 0.0) or 0.0) != 0.0
+        split = "weight_decay" in _valid_keys(self.classes[part])  # whatever its value: layout never depends on it
         out = []
         for no_decay in (False, True):
-            members = [p for n, p in named if (decay_on and is_no_decay(n, p, self.no_decay)) == no_decay]
+            members = [p for n, p in named if (split and is_no_decay(n, p, self.no_decay)) == no_decay]
             if members:
                 extra = {"weight_decay": 0.0} if no_decay else {}
                 group = {**opts, **extra, "part": part, "no_decay": no_decay,
@@ -452,9 +453,9 @@ def reconfigure(optimizer: Optimizer | OptimizerSet, parts: Parts, per_part: Map
                 default: Mapping[str, Any] | None = None) -> bool:
     """Set each part's group options in place (``lr``, ``weight_decay``, ``betas`` ...) from
     ``per_part`` over ``default``; an option not given goes back to the class's default (a phase that
-    drops ``momentum`` gets none). State and groups stay. Returns ``False``, changing nothing, when the
-    options need other groups: another optimizer class, or weight decay turned on or off for a part
-    whose biases and norm weights then belong in another group (build a new optimizer).
+    drops ``momentum`` gets none). State and groups stay; a group of parameters that take no weight
+    decay keeps ``weight_decay=0``. Returns ``False``, changing nothing, when a part needs another
+    optimizer class (build a new optimizer).
     """
     config = PartConfig(parts, per_part, default)
     plan = []

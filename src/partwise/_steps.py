@@ -60,12 +60,12 @@ class StepResult(NamedTuple):
 
 def optimizer_update(optimizer: Optimizer, loss_sum: torch.Tensor, *, grad_accum: int,
                      grad_clip: float | Mapping[str, float] | None, scaler: torch.amp.GradScaler | None, world: int,
-                     schedule: Callable[[], None], on_nonfinite: Callable[[str], None]) -> StepResult:
-    """Apply the accumulated gradients, in this order: (fp16: unscale once) -> clip and measure the
-    gradient norm -> read loss and norm to the host once (averaged over ranks) -> a NaN/inf loss, or
-    gradient norm without fp16, drops the gradients and calls ``on_nonfinite(what)`` (which warns or
-    raises); otherwise ``schedule()`` sets the LR and the optimizer steps (fp16: ``scaler.step``,
-    which skips an overflow itself) -> (fp16: ``scaler.update``) -> zero_grad."""
+                     on_nonfinite: Callable[[str], None]) -> StepResult:
+    """Apply the accumulated gradients (the learning rates are already set for the step), in this
+    order: (fp16: unscale once) -> clip and measure the gradient norm -> read loss and norm to the
+    host once (averaged over ranks) -> a NaN/inf loss, or gradient norm without fp16, drops the
+    gradients and calls ``on_nonfinite(what)`` (which warns or raises); otherwise the optimizer steps
+    (fp16: ``scaler.step``, which skips an overflow itself) -> (fp16: ``scaler.update``) -> zero_grad."""
     if scaler is not None:
         for opt in optimizers_of(optimizer):
             scaler.unscale_(opt)  # once per step; scaler.step() knows and does not unscale again
@@ -77,13 +77,10 @@ def optimizer_update(optimizer: Optimizer, loss_sum: torch.Tensor, *, grad_accum
         optimizer.zero_grad(set_to_none=True)
         on_nonfinite(f"loss is {loss_value}" if not math.isfinite(loss_value) else f"gradient norm is {norm_value}")
     elif scaler is not None:  # scaler.step applies finite gradients and skips an overflow (update lowers the scale)
-        if finite_grads:
-            schedule()
-            applied = True
+        applied = finite_grads
         for opt in optimizers_of(optimizer):
             scaler.step(opt)
     else:
-        schedule()
         optimizer.step()
         applied = True
     if scaler is not None:

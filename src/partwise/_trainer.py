@@ -15,15 +15,15 @@ from . import _distributed as dist
 from . import _failpoints
 from ._cache import CacheRefused, EncoderCache, cache_blockers, supports_cache
 from ._callbacks import Callback, callback_states, notify
+from ._driver import PlanDriver
 from ._errors import ConfigError, PartwiseError
-from ._fingerprint import plan_fingerprint
 from ._loader import eval_batches, make_loader, move_to
-from ._optim import OptimizerSet, build_optimizer, carry_state, optimizers_of, reconfigure
+from ._optim import OptimizerSet
 from ._parts import Parts
-from ._plan import Phase, PhaseSpan, Plan
+from ._plan import PhaseSpan, Plan
 from ._resume import SELF, restore
 from ._steps import EpochCursor, forward_backward, optimizer_update
-from ._task import StepContext, Task, as_task, enter_phase
+from ._task import StepContext, Task, as_task
 from ._trainer_args import EarlyStopping, check_fit, dev_key, device_for, option_problems
 
 __all__ = ["Trainer", "NonFiniteLoss", "EarlyStopping"]
@@ -105,28 +105,25 @@ class Trainer:
         errors = option_problems(self) + ([device_problem] if device_problem else [])
         if device_ is not None and precision == "fp16" and device_.type != "cuda":
             errors.append(f"precision: 'fp16' needs CUDA, but device is {str(device_)!r}; use 'bf16' on CPU")
-        try:
-            plan.check(parts)
+        self.task = as_task(task)
+        try:  # the plan's phases are the driver's: it checks the plan against the parts
+            self.driver = PlanDriver(parts, plan, task=self.task, guard=guard is True, rebuild=True)
         except ConfigError as e:
             errors += e.errors
         if errors:
             raise ConfigError(errors)
         if device_ is None:  # unreachable: a device problem raised above
             raise ConfigError([f"device: {device!r} cannot be used"])
-        self.task, self.device, self.callbacks = as_task(task), device_, list(callbacks)
+        self.device, self.callbacks = device_, list(callbacks)
         self.cache: EncoderCache | None = None
-        self._guard: Any = None
         self._train_loader: Any = None
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         self.rank, self.world = dist.rank_and_world()
         self.step, self.epoch = 0, 0
-        self.span: PhaseSpan | None = None  # the phase running now (set when the first step enters it)
-        self.optimizer: torch.optim.Optimizer | OptimizerSet | None = None
         self.history: list[dict[str, Any]] = []
         self.best: float | None = None  # best value of best_metric
         self.skipped_steps, self._stale_evals = 0, 0
         self._stop_best: float | None = None  # early stopping's best value
-        self.plan_changes: list[str] = []  # accepted on resume with allow_plan_change=True
         self._epoch_loss = (0.0, 0)  # sum and count of this epoch's step losses
         self._saved_at, self._steps_per_epoch = -1, 0
         self._best_name: str | None = None  # the checkpoint the "best" pointer names
@@ -135,58 +132,29 @@ class Trainer:
         self.model.to(self.device)
 
     # -- phases ------------------------------------------------------------------------------
-    def _enter_phase(self, span: PhaseSpan) -> None:
-        """Freeze what the phase does not train and unfreeze what it does (the optimizer follows, see
-        :func:`~partwise.build_optimizer`), set each part's optimizer options for the phase, give newly trainable
-        parts their own warmup, and rebuild the DDP wrapper."""
-        if self.use_guard and self._guard is not None:
-            self._guard.check()  # the phase that ends left its frozen parts bit-identical
-        ph = span.phase
-        was_training = set(self.plan.phases[span.index - 1].train) if span.index > 0 else set()
-        self._set_frozen(ph)
-        self.optimizer = self._phase_optimizer(ph)
-        for g in self.optimizer.param_groups:
-            g.update(base_lr=g["lr"], start_step=span.start, warm=g.get("part") not in was_training)
-        self.span = span
-        enter_phase(self.task, ph.task_options, span.start)  # e.g. a schedule counted from the phase restarts
+    @property
+    def span(self) -> PhaseSpan | None:
+        """The phase running now (``None`` until the first step entered one)."""
+        return self.driver.span
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | OptimizerSet | None:
+        """The run's optimizer (the driver's; ``None`` until the first step or a resume built it)."""
+        return self.driver.optimizer
+
+    @property
+    def plan_changes(self) -> list[str]:
+        """Plan changes accepted on resume with ``allow_plan_change=True``, oldest first."""
+        return self.driver.plan_changes
+
+    def _phase_entered(self, span: PhaseSpan) -> None:
+        """What this loop adds once the driver entered a phase (freeze state, optimizer options,
+        warmup, task options; see :class:`~partwise.PlanDriver`): the cache, the DDP wrapper and
+        ``on_phase_start``."""
         self.cache = self._setup_cache()
         self.wrapped = self._cached_loss if self.cache is not None else dist.wrap(self.model, self.task, self.world)
-        if self.use_guard:
-            self._guard = self.parts.guard()
-            self._guard.snapshot()
         notify(self.callbacks, "on_phase_start", self, span)
         _failpoints.reached("phase.entered")
-
-    def _set_frozen(self, ph: Phase) -> None:
-        """Exactly the parts the phase does not train are frozen, with the phase's modes; parts whose
-        state is already right are not touched."""
-        thaw = [n for n in self.parts.names if n in ph.train and self.parts.is_frozen(n)]
-        cold = [n for n in self.parts.names
-                if n not in ph.train and self.parts.freeze_modes(n) != (ph.norm, ph.dropout)]
-        if thaw:
-            self.parts.unfreeze(*thaw)
-        if cold:
-            self.parts.freeze(*cold, norm=ph.norm, dropout=ph.dropout)
-
-    def _phase_optimizer(self, ph: Phase) -> torch.optim.Optimizer | OptimizerSet:
-        """The run's optimizer with the phase's options set in place; a new one only when the phase
-        changes the optimizer class or layout — state is then carried where the class stays the same."""
-        opts, default = ph.train_options(), ph.default_options()
-        old = self.optimizer
-        if old is not None and isinstance(old, OptimizerSet) == ph.separate and reconfigure(
-                old, self.parts, opts, default):
-            return old
-        new = build_optimizer(self.parts, per_part=opts, default=default, separate=ph.separate)
-        if old is not None:
-            carry_state(old, new)
-            before = {g["part"]: type(o).__name__ for o in optimizers_of(old) for g in o.param_groups if "part" in g}
-            after = {g["part"]: type(o).__name__ for o in optimizers_of(new) for g in o.param_groups if "part" in g}
-            switched = [f"{p} ({before[p]} -> {after[p]})" for p in ph.train
-                        if before.get(p, after.get(p)) != after.get(p)]
-            if switched:
-                warnings.warn(f"phase {ph.name!r} changes the optimizer of {', '.join(switched)}: their optimizer "
-                              "state starts fresh", RuntimeWarning, stacklevel=3)
-        return new
 
     def _setup_cache(self) -> EncoderCache | None:
         """The encoder-output cache for this phase: kept from the previous phase while the encoder
@@ -286,7 +254,8 @@ class Trainer:
         if steps_per_epoch < 1:
             raise ConfigError([f"train_data: {len(loader)} batch(es) per epoch make no optimizer step with "
                                f"grad_accum={self.grad_accum}; give more data or a smaller batch size"])
-        total = self.plan.total_steps(steps_per_epoch)
+        self.driver.set_steps_per_epoch(steps_per_epoch)
+        total = self.driver.total_steps()
         if self.run_dir is not None and self.rank == 0:
             ckpt.remove_debris(self.run_dir / "checkpoints")  # what a killed save left
         return EpochCursor(loader, steps_per_epoch, self.grad_accum, total, max_steps, max_minutes)
@@ -303,8 +272,7 @@ class Trainer:
             self.save()
         if self.average_last and dev_data is not None:
             self.consider_average(dev_data)
-        if self.use_guard and self._guard is not None:
-            self._guard.check()
+        self.driver.finish()  # the guard's last check
         return self.history
 
     def _accumulate(self, micro_batches: Iterable[Any]) -> torch.Tensor:
@@ -312,12 +280,11 @@ class Trainer:
         step in is entered first (once its first micro-batch is read). Returns the sum of the
         micro-batch losses, detached and left on the device (read to the host once per step)."""
         loss_sum: torch.Tensor | None = None
-        for batch in micro_batches:
-            span = self.plan.span_at(self.step, self._steps_per_epoch)
-            if self.span is None or span.index != self.span.index:
-                self._enter_phase(span)
+        for i, batch in enumerate(micro_batches):
+            if i == 0 and self.driver.before_step(self.step):  # the step's phase and learning rates
+                self._phase_entered(self.running()[0])
                 self.parts.train()
-            loss = self._forward_backward(batch, span)
+            loss = self._forward_backward(batch, self.running()[0])
             loss_sum = loss if loss_sum is None else loss_sum + loss
         if loss_sum is None:
             raise ConfigError(["train_data: the DataLoader yielded fewer batches than its len() says"])
@@ -337,14 +304,13 @@ class Trainer:
         return self.span, self.optimizer
 
     def _update(self, loss_sum: torch.Tensor) -> tuple[float, float | None]:
-        """The optimizer update (``optimizer_update``) with the phase's LR
-        schedule; a step not applied (NaN/inf, fp16 overflow) is counted in ``skipped_steps``.
-        Returns the step's loss and gradient norm."""
-        span, optimizer = self.running()
+        """The optimizer update (``optimizer_update``; the driver set the step's learning rates); a
+        step not applied (NaN/inf, fp16 overflow) is counted in ``skipped_steps``. Returns the step's
+        loss and gradient norm."""
+        optimizer = self.running()[1]
         result = optimizer_update(
             optimizer, loss_sum, grad_accum=self.grad_accum, grad_clip=self.grad_clip, scaler=self.scaler,
-            world=self.world, on_nonfinite=self._nonfinite,
-            schedule=lambda: span.phase.schedule.apply(optimizer.param_groups, self.step, span.end))
+            world=self.world, on_nonfinite=self._nonfinite)
         if result.applied:
             self._epoch_loss = (self._epoch_loss[0] + result.loss, self._epoch_loss[1] + 1)
         else:
@@ -477,12 +443,11 @@ class Trainer:
         rng: dict[str, Any] = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {"step": self.step, "epoch": self.epoch, "phase": self.span.index if self.span else -1,
+        return {"step": self.step, "epoch": self.epoch, "plan": self.driver.state_dict(),
                 "optimizer": self.optimizer.state_dict() if self.optimizer else {}, "parts": self.parts.state_dict(),
                 "rng": rng, "history": self.history, "best": self.best, "stale_evals": self._stale_evals,
                 "stop_best": self._stop_best, "skipped_steps": self.skipped_steps,
                 "scaler": self.scaler.state_dict() if self.scaler else {}, "epoch_loss": list(self._epoch_loss),
-                "plan": plan_fingerprint(self.plan, self._steps_per_epoch), "plan_changes": list(self.plan_changes),
                 "best_checkpoint": self._best_name, "callbacks": callback_states(self.callbacks)}
 
     def save(self, best: bool = False, epoch_end: bool = False) -> Path | None:

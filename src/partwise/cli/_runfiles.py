@@ -34,7 +34,7 @@ MARKER_FORMAT = "partwise-run/1"
 RUN_LAYOUT = frozenset({MARKER, "config.yaml", "artifacts.json", "checkpoints", "metrics.csv", "steps.csv",
                         "phases.csv", "report.md", "loss.png", "lr.png", "teacher_forcing.png", "tensorboard",
                         "log.txt"})
-STATE_KEYS = ("step", "epoch", "phase", "optimizer", "parts", "rng", "history", "best", "stale_evals",
+STATE_KEYS = ("step", "epoch", "plan", "optimizer", "parts", "rng", "history", "best", "stale_evals",
               "skipped_steps", "epoch_loss")
 _POINTER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
