@@ -110,3 +110,14 @@ def test_deciding_again_reuses_the_average_and_a_newer_average_replaces_the_old(
     found = trainer.consider_average(dataset(60))
     assert found["checkpoint"] == "averaged.1" and found["chosen"] and found["from"] == first["from"][1:]
     assert sorted(p.name for p in root.iterdir() if p.name.startswith("averaged")) == ["averaged.1"]
+
+
+def test_mid_epoch_saves_do_not_push_out_the_epoch_ends_averaged(tmp_path):
+    # 5 steps per epoch, a save every 2 steps: mid-epoch checkpoints must not count against average_last
+    _, _, trainer = make(run_dir=tmp_path, best_metric=("loss", "min"), average_last=3, save_every=2)
+    trainer.fit(dataset(), dataset(60))
+    assert trainer.averaged is not None
+    assert trainer.averaged["from"] == ["step-00000010", "step-00000015", "step-00000020"]
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.is_dir())
+    assert {"step-00000010", "step-00000015", "step-00000020"} <= set(kept)
+    assert "step-00000018" not in kept  # an older mid-epoch save is still pruned

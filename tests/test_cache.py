@@ -125,10 +125,11 @@ def test_build_encodes_each_row_once_shortest_first_in_budgeted_batches():
     model = gru_seq2seq(len(data.src_vocab), len(data.tgt_vocab), emb=16, hidden=32, attention="dot").eval()
     model.encoder = CountingEncoder(model.encoder)
     cache = EncoderCache.build(Seq2SeqTask(), model, data, collate, torch.device("cpu"), build_bytes=64 << 10)
-    probe = 4  # the determinism probe: its rows are encoded twice, and kept
-    assert model.encoder.rows == len(data) + probe and len(cache) == len(data)
+    probe = 4  # the probe: its rows are encoded twice, then again beside the longest row, and kept
+    assert model.encoder.rows == len(data) + probe + (probe + 1) and len(cache) == len(data)
     real = int(data.src_lengths.sum()) + int(data.src_lengths.sort().values[:probe].sum())
-    assert model.encoder.padded <= 1.05 * real  # length-sorted batches hardly pad
+    company = (probe + 1) * int(data.src_lengths.max())
+    assert model.encoder.padded <= 1.05 * real + company  # length-sorted batches hardly pad
     assert model.encoder.calls > 3  # the budget splits the rows into several batches
     few = EncoderCache.build(Seq2SeqTask(), model.eval(), data, collate, torch.device("cpu"), build_bytes=1 << 30)
     assert len(few) == len(data)
@@ -159,3 +160,51 @@ def test_lookup_of_a_row_not_in_the_cache_is_refused():
                                torch.device("cpu"))
     with pytest.raises(pw.CacheRefused, match="row 20 is not in the cache"):
         cache.lookup(collate([data[3], data[20]]), torch.device("cpu"))
+
+
+class UnmaskedEncoder(nn.Module):
+    """Mixes every position, padding included, into each state (a self-attention without a
+    key-padding mask would): a row's output depends on how far its batch pads it."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, src: torch.Tensor, src_mask: torch.Tensor) -> Memory:
+        m = self.inner(src, src_mask)
+        return Memory(m.states + m.states.mean(dim=1, keepdim=True), m.mask, m.final)
+
+
+def test_cache_refused_for_an_encoder_whose_rows_depend_on_padding():
+    data = reversal_data()
+
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        m = gru_seq2seq(len(data.src_vocab), len(data.tgt_vocab), emb=16, hidden=32, attention="dot")
+        m.encoder = UnmaskedEncoder(m.encoder)
+        return m
+
+    with pytest.raises(pw.ConfigError, match="depends on the other rows of its batch"):
+        train(data, "on", model=model())
+    with pytest.warns(RuntimeWarning, match="cache not used: the encoder's output for a row depends"):
+        auto, t_auto = train(data, "auto", model=model())
+    live, _ = train(data, "off", model=model())
+    assert t_auto.cache is None
+    for (name, a), b in zip(live.named_parameters(), auto.parameters(), strict=True):
+        assert torch.equal(a, b), name  # "auto" fell back to exactly the live run
+
+
+def test_cache_refused_for_rows_that_share_an_id():
+    data = reversal_data(64)
+    other = Seq2SeqDataset([(list("hgf"), list("FGH"))] * 8, data.src_vocab, data.tgt_vocab)
+    both = torch.utils.data.ConcatDataset([data, other])  # each numbers its rows from 0
+
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        return gru_seq2seq(len(data.src_vocab), len(data.tgt_vocab), emb=16, hidden=32, attention="dot")
+
+    with pytest.raises(pw.ConfigError, match="row id 0 is given to more than one row"):
+        train(both, "on", model=model())
+    with pytest.warns(RuntimeWarning, match="more than one row"):
+        _, trainer = train(both, "auto", model=model())
+    assert trainer.cache is None and trainer.step > 0

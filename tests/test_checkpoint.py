@@ -161,3 +161,33 @@ def test_a_resave_under_the_name_latest_names_never_leaves_latest_without_a_chec
     again = save_checkpoint(tmp_path, "step-00000003", model, parts, {"v": 3}, {}, pointers=("latest", "best"))
     assert again.name == "step-00000003.2"  # best named step-00000003 and latest .1 until now...
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "latest", "step-00000003.2"]  # ...both are gone
+
+
+def _one_checkpoint(root, name: str, step: int):
+    from partwise import _checkpoint as ck
+
+    m = nn.Sequential(nn.Linear(2, 2))
+    return m, pw.Parts(m), ck.save_checkpoint(root, name, m, pw.Parts(m), {}, {"step": step})
+
+
+@pytest.mark.parametrize("pointer", ["../../../elsewhere/checkpoints/step-9", "/etc", "..", "sub/step-9"])
+def test_a_pointer_naming_anything_but_a_checkpoint_beside_it_is_refused(tmp_path, pointer):
+    _one_checkpoint(tmp_path / "elsewhere" / "checkpoints", "step-9", 9)
+    model, parts, _ = _one_checkpoint(tmp_path / "runs" / "a" / "checkpoints", "step-1", 1)
+    (tmp_path / "runs" / "a" / "checkpoints" / "latest").write_text(pointer)
+    for follow in (lambda: pw.resolve_checkpoint(tmp_path / "runs" / "a"),
+                   lambda: pw.load_weights(model, parts, tmp_path / "runs" / "a")):
+        with pytest.raises(pw.CheckpointError, match="not the name of a checkpoint folder beside it"):
+            follow()
+
+
+def test_a_part_file_outside_its_checkpoint_is_refused(tmp_path):
+    import json
+
+    _, _, other = _one_checkpoint(tmp_path / "elsewhere", "step-9", 9)
+    model, parts, ckpt = _one_checkpoint(tmp_path / "b", "step-2", 2)
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta["parts"] = {k: str(other / v) for k, v in meta["parts"].items()}  # absolute paths elsewhere
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(pw.CheckpointError, match="not files inside the checkpoint folder"):
+        pw.load_weights(model, parts, ckpt)

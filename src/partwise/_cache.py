@@ -18,9 +18,11 @@ A task opts in by providing, besides ``loss`` and ``evaluate``:
 its source lengths: a ``src_lengths`` attribute, as partwise's ``Seq2SeqDataset`` and
 ``partwise.hf.Seq2SeqLMDataset`` have, also through ``torch.utils.data.Subset``), so a batch pads
 little, in batches as large as a memory budget allows (``build_bytes`` of working memory, estimated
-from the output size of a probe batch). The determinism check is folded in: the probe (the shortest
-few rows) is encoded twice and must agree bit for bit; nothing else is encoded twice. On the first
-training batch the cached outputs are compared with live ones.
+from the output size of a probe batch). The checks are folded in: the probe (the shortest few rows)
+is encoded twice and must agree bit for bit, then once more beside the longest row, padded to its
+length, and must agree again (an encoder whose output depends on padding or on the other rows of a
+batch is refused); row ids must be unique. On the first training batch the cached outputs are
+compared with live ones.
 
 The cache is used only when every parameter of the encoder is frozen and every module of it is in
 eval mode. Past ``spill_bytes`` its rows live in memory-mapped files (``<spill_dir>/<name>.bin``,
@@ -142,6 +144,11 @@ class EncoderCache:
     def __init__(self, task: Any, columns: dict[str, _Column], ids: Tensor):
         self.task, self.columns = task, columns
         self._sorted_ids, self._slot_of_sorted = torch.sort(ids.to(torch.long))  # row id -> slot by binary search
+        repeated = self._sorted_ids[1:][self._sorted_ids[1:] == self._sorted_ids[:-1]]
+        if len(repeated):
+            raise CacheRefused(f"row id {repeated[0].item()} is given to more than one row of the training data (a "
+                               "ConcatDataset of datasets that each number their rows from 0?): rows would get other "
+                               "rows' encodings")
         self.verified = False
 
     def __len__(self) -> int:
@@ -168,7 +175,9 @@ class EncoderCache:
             rank, world: this process's rank and the number of ranks.
 
         Raises:
-            CacheRefused: the encoder is not deterministic (two passes over the probe rows differ).
+            CacheRefused: the encoder is not deterministic (two passes over the probe rows differ), a
+                row's output depends on its batch company (padding without a mask), the batches carry
+                no row ids, or two rows share an id.
         """
         from torch.utils.data.dataloader import default_collate
 
@@ -177,7 +186,7 @@ class EncoderCache:
         order = torch.argsort(lengths, stable=True) if lengths is not None else torch.arange(len(dataset))  # type: ignore[arg-type]
         mine = order[rank::world].tolist()
         builder = _Builder(task, model, dataset, collate, device)
-        per_token = builder.probe(mine[:_PROBE_ROWS], lengths)
+        per_token = builder.probe(mine[:_PROBE_ROWS], lengths, int(order[-1]) if len(order) else None)
         budget = build_bytes if build_bytes is not None else _default_budget(device)
         for chunk in _chunks(mine, lengths, max(1, budget // (_WORK_PER_OUTPUT * per_token)), batch_size):
             builder.add(chunk)
@@ -249,9 +258,11 @@ class _Builder:
         batch = move_to(self.collate([self.dataset[i] for i in rows]), self.device)
         return batch, self.task.split_encoding(self.task.encode(self.model, batch), batch)
 
-    def probe(self, rows: list[int], lengths: Tensor | None) -> int:
-        """Encode ``rows`` twice (bit-identical, or :class:`CacheRefused`), keep them, and return the
-        encoder output's bytes per token (per row when lengths are unknown)."""
+    def probe(self, rows: list[int], lengths: Tensor | None, other: int | None) -> int:
+        """Encode ``rows`` twice (bit-identical, or :class:`CacheRefused`), then once more beside row
+        ``other`` (the longest): a row's output must not depend on its batch company or on padding
+        (or :class:`CacheRefused`). Keeps the rows and returns the encoder output's bytes per token
+        (per row when lengths are unknown)."""
         if not rows:
             return 1
         batch, first = self.encode(rows)
@@ -259,6 +270,11 @@ class _Builder:
         if not _rows_equal(first, again, exact=True):
             raise CacheRefused("the encoder is not deterministic: two passes over the same batch differ "
                                "(a random layer active, or random input augmentation); train without the cache")
+        if other is not None and other not in rows:
+            _, beside = self.encode([*rows, other])
+            if not _rows_equal(first, beside[: len(rows)], exact=False):
+                raise CacheRefused("the encoder's output for a row depends on the other rows of its batch (its "
+                                   "padding is not masked?): cached rows would differ from the rows trained live")
         self.keep(batch, first)
         out_bytes = sum(t.numel() * t.element_size() for r in first for t in r.values())
         tokens = int(lengths[rows].sum()) if lengths is not None else len(rows)
@@ -268,7 +284,11 @@ class _Builder:
         self.keep(*self.encode(rows))
 
     def keep(self, batch: Any, rows: Rows) -> None:
-        self.ids.append(torch.as_tensor(self.task.row_ids(batch)).detach().cpu().reshape(-1))
+        try:
+            ids = self.task.row_ids(batch)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise CacheRefused(f"the batches carry no row ids ({e})") from None
+        self.ids.append(torch.as_tensor(ids).detach().cpu().reshape(-1))
         for row in rows:
             for k, t in row.items():
                 self.pieces.setdefault(k, []).append(t.detach().cpu())

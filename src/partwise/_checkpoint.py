@@ -38,7 +38,8 @@ from ._errors import CheckpointError, CheckpointNotFound
 from ._parts import REST, Parts
 
 __all__ = ["part_tensors", "save_checkpoint", "write_checkpoint", "point", "epoch_end_checkpoints",
-           "averaged_checkpoint", "drop_versions", "resolve_checkpoint", "best_or_latest", "load_weights", "load_state",
+           "averaged_checkpoint", "drop_versions", "resolve_checkpoint",
+           "pointer_target", "PLAIN_NAME", "best_or_latest", "load_weights", "load_state",
            "read_meta", "read_part", "part_file_problems", "remove_debris", "tidy"]
 
 META, STATE = "meta.json", "state.pt"
@@ -81,6 +82,7 @@ def save_checkpoint(
     meta: dict[str, Any],
     pointers: tuple[str, ...] = ("latest",),
     keep: int = 1,
+    keep_epoch_ends: int = 0,
 ) -> Path:
     """Write checkpoint ``ckpt_root/name`` atomically and point ``pointers`` at it.
 
@@ -89,15 +91,17 @@ def save_checkpoint(
     switched (``latest`` before ``best``, so ``best`` never names a checkpoint newer than ``latest``).
     A pointer always names a complete checkpoint: when ``name`` is one that a pointer names (a
     re-save), the new checkpoint is written beside it as ``name.1`` (or ``.2`` ...), the pointers are
-    switched, and only then is the old one removed. Older checkpoints beyond ``keep`` (not named by
-    any pointer) are removed afterwards. Returns the checkpoint's directory.
+    switched, and only then is the old one removed. Afterwards the checkpoints that are neither among
+    the newest ``keep``, nor among the last ``keep_epoch_ends`` written at an epoch's end (those
+    ``average_last`` averages), nor named by a pointer are removed. Returns the checkpoint's directory.
     """
-    return write_checkpoint(ckpt_root, name, part_tensors(model, parts), state, meta, pointers, keep)
+    return write_checkpoint(ckpt_root, name, part_tensors(model, parts), state, meta, pointers, keep,
+                            keep_epoch_ends)
 
 
 def write_checkpoint(ckpt_root: str | Path, name: str, tensors_by_part: dict[str, dict[str, torch.Tensor]],
                      state: dict[str, Any], meta: dict[str, Any], pointers: tuple[str, ...] = ("latest",),
-                     keep: int | None = 1) -> Path:
+                     keep: int | None = 1, keep_epoch_ends: int = 0) -> Path:
     """:func:`save_checkpoint` from tensors already grouped by part (``keep=None``: prune nothing)."""
     bad = part_file_problems(list(tensors_by_part))
     if bad:
@@ -121,7 +125,7 @@ def write_checkpoint(ckpt_root: str | Path, name: str, tensors_by_part: dict[str
         if stale != final.name and stale not in _pinned(root):
             shutil.rmtree(root / stale, ignore_errors=True)
     if keep is not None:
-        _prune(root, keep)
+        _prune(root, keep, keep_epoch_ends)
     _failpoints.reached("save.pruned")
     return final
 
@@ -172,11 +176,19 @@ def _free_name(root: Path, name: str) -> str:
     return candidate
 
 
-def _prune(root: Path, keep: int) -> None:
-    pinned = _pinned(root)
+def _prune(root: Path, keep: int, keep_epoch_ends: int = 0) -> None:
+    """Remove the complete checkpoints that are not among the newest ``keep``, not among the last
+    ``keep_epoch_ends`` epoch-end ones, and not named by a pointer."""
+    kept = _pinned(root)
     complete = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and (d / META).exists())
-    for d in complete[: max(0, len(complete) - keep)]:
-        if d.name not in pinned:
+    kept.update(d.name for d in complete[len(complete) - keep:] if keep > 0)
+    if keep_epoch_ends > 0:
+        try:
+            kept.update(d.name for d in epoch_end_checkpoints(root)[-keep_epoch_ends:])
+        except CheckpointError:
+            return  # a damaged meta.json: which to keep is unknown, so nothing is removed
+    for d in complete:
+        if d.name not in kept:
             shutil.rmtree(d, ignore_errors=True)
 
 
@@ -222,13 +234,13 @@ def drop_versions(ckpt_root: str | Path, name: str, keep: str) -> None:
             shutil.rmtree(root / stale, ignore_errors=True)
 
 
-def tidy(ckpt_root: str | Path, keep: int = 1) -> None:
+def tidy(ckpt_root: str | Path, keep: int = 1, keep_epoch_ends: int = 0) -> None:
     """Remove what a killed save left under ``ckpt_root``: debris (see :func:`remove_debris`) and
-    complete checkpoints beyond ``keep`` that no pointer names."""
+    the complete checkpoints :func:`save_checkpoint` would have pruned."""
     root = Path(ckpt_root)
     if root.is_dir():
         remove_debris(root)
-        _prune(root, keep)
+        _prune(root, keep, keep_epoch_ends)
 
 
 _DEBRIS = re.compile(r"\..+\.(?:tmp|old)-([0-9]+)(?:\.[A-Za-z0-9]+)?")
@@ -288,7 +300,7 @@ def resolve_checkpoint(checkpoint: str | Path, which: str = "latest") -> Path:
     for root in (p / "checkpoints", p):
         pointer = root / which
         if pointer.is_file():
-            target = root / pointer.read_text().strip()
+            target = root / pointer_target(pointer)
             if (target / META).exists():
                 return target
         if root.is_dir():
@@ -300,6 +312,23 @@ def resolve_checkpoint(checkpoint: str | Path, which: str = "latest") -> Path:
                              "checkpoints/); give a run directory written by partwise or a checkpoint folder")
 
 
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a file or folder right inside its own folder
+
+
+def pointer_target(pointer: Path) -> str:
+    """The checkpoint name a ``latest``/``best`` pointer file holds: a plain folder name beside it
+    (never a path elsewhere), or :class:`~partwise.CheckpointError`."""
+    fix = f"delete {pointer} or write the name of a checkpoint folder beside it into it (e.g. step-00000120)"
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        raise CheckpointError(f"{pointer}: damaged (not a checkpoint name); {fix}") from None
+    if not PLAIN_NAME.fullmatch(name):
+        raise CheckpointError(f"{pointer}: {name[:60]!r} is not the name of a checkpoint folder beside it (a "
+                              f"pointer never leaves its run); {fix}")
+    return name
+
+
 def read_meta(ckpt: Path) -> dict[str, Any]:
     """The checkpoint's ``meta.json``; :class:`~partwise.CheckpointError` if it is unreadable."""
     try:
@@ -309,6 +338,11 @@ def read_meta(ckpt: Path) -> dict[str, Any]:
                               "resume from an older one") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("parts"), dict):
         raise CheckpointError(f"checkpoint {str(ckpt)!r}: {META} has no 'parts' table; it was not written by partwise")
+    outside = [f for f in meta["parts"].values() if not (isinstance(f, str) and PLAIN_NAME.fullmatch(f))]
+    if outside:
+        raise CheckpointError(f"checkpoint {str(ckpt)!r}: {META} names part file(s) {outside[:3]} that are not files "
+                              "inside the checkpoint folder; the checkpoint is damaged or not partwise's, resume from "
+                              "an older one")
     return meta
 
 

@@ -19,7 +19,7 @@ from ._fingerprint import plan_differences, plan_fingerprint
 from ._guard import FrozenGuard
 from ._optim import OptimizerSet, PartConfig, build_optimizer, carry_state, optimizers_of, reconfigure
 from ._parts import Parts
-from ._plan import Phase, PhaseSpan, Plan
+from ._plan import Phase, PhaseSpan, Plan, held_elsewhere_problems
 from ._task import StepContext, enter_phase
 
 __all__ = ["PlanDriver"]
@@ -214,6 +214,9 @@ class PlanDriver:
             self._guard.check()  # the phase that ends left its frozen parts bit-identical
         ph = span.phase
         self._set_frozen(ph)
+        held = [m for p in ph.train for m in held_elsewhere_problems(self.parts, p, f"phase {ph.name!r}")]
+        if held:
+            raise ConfigError(held)
         optimizer = self.optimizer = self._phase_optimizer(ph)
         was_training = set(self.plan.phases[span.index - 1].train) if span.index > 0 else set()
         for g in optimizer.param_groups:

@@ -14,7 +14,14 @@ any number of registries over one model — goes through :func:`hold` and :func:
 * optimizers learn of changes through :func:`subscribe` (``partwise._optim`` keeps the optimizers it
   built in step), and a process-wide optimizer step pre-hook drops the gradient and the state of every
   held parameter in *any* ``torch.optim`` optimizer before it steps — including one the user built
-  before or after the freeze — so no weight decay, momentum or stale Adam moment ever moves it.
+  before or after the freeze — so no weight decay, momentum or stale Adam moment ever moves it. Its
+  cost is the smaller of the optimizer's parameters and the held ones (nothing for the optimizers
+  partwise built, which never hold a frozen parameter).
+* freezing is this process's state, not the model's: a copy of a frozen model (``copy.deepcopy``,
+  ``pickle``, ``torch.save``) is not frozen. Its modules carry an inert copy of the pin's hook, and
+  the names of the parameters a freeze switched off (``_partwise_frozen_params``, on the module owning
+  each), so that :func:`adopt_copies` (called by ``Parts(...)`` and :func:`freeze`) gives them their
+  own ``requires_grad`` back instead of taking them for fixed parameters.
 """
 
 from __future__ import annotations
@@ -30,12 +37,12 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.hooks import RemovableHandle
 from torch.utils.weak import WeakIdKeyDictionary
 
-__all__ = ["freeze", "unfreeze", "is_norm", "pinned_modules", "Mode"]
+__all__ = ["freeze", "unfreeze", "is_norm", "Mode"]
 
 Mode = Literal["eval", "train"]
 _MODES = ("eval", "train")
 
-# parameter -> [number of holders, requires_grad before the first hold]
+# parameter -> [holders, requires_grad before the first hold, (weak module, attribute) where it is marked]
 _HELD: WeakIdKeyDictionary = WeakIdKeyDictionary()  # untyped in torch: read through _entry()
 # module -> [number of pinners, handle of the eval pre-hook]
 _PINNED: weakref.WeakKeyDictionary[nn.Module, list[Any]] = weakref.WeakKeyDictionary()
@@ -44,6 +51,10 @@ _FROZEN_PLAIN: weakref.WeakKeyDictionary[nn.Module, tuple[Hold, bool]] = weakref
 # called with (params that stopped training, params that resumed training, keep, restore)
 _LISTENERS: list[Callable[[list[nn.Parameter], list[nn.Parameter], bool, bool], None]] = []
 _STEP_HOOK: list[RemovableHandle] = []
+# optimizers whose groups follow freezing (partwise built them): only groups a user added are checked
+_FOLLOWING: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
+MARK = "_partwise_frozen_params"  # on a module: names of its parameters a freeze switched off
+Owners = dict[int, list[tuple[nn.Module, str]]]  # id(parameter) -> (module, attribute) that hold it
 
 
 @dataclass(eq=False)
@@ -86,9 +97,57 @@ def _entry(p: torch.Tensor) -> list[Any] | None:
     return entry
 
 
-def is_held(p: torch.Tensor) -> bool:
-    """True while some partwise freeze holds ``p``."""
-    return p in _HELD
+def holders(p: torch.Tensor) -> int:
+    """How many freezes hold ``p`` now (0: none)."""
+    entry = _entry(p)
+    return int(entry[0]) if entry is not None else 0
+
+
+def owners_of(root: nn.Module) -> Owners:
+    """Every (module, attribute) through which ``root`` holds each of its parameters."""
+    out: Owners = {}
+    for m in root.modules():
+        for attr, p in m._parameters.items():
+            if p is not None:
+                out.setdefault(id(p), []).append((m, attr))
+    return out
+
+
+def _mark(where: list[tuple[weakref.ref[nn.Module], str]], on: bool) -> None:
+    """Add (or remove) a parameter's name to the mark of each module that owns it."""
+    for ref, attr in where:
+        m = ref()
+        if m is None:
+            continue
+        names: set[str] = m.__dict__.setdefault(MARK, set())
+        (names.add if on else names.discard)(attr)
+        if not names:
+            del m.__dict__[MARK]
+
+
+def adopt_copies(root: nn.Module) -> list[str]:
+    """Give back their own ``requires_grad`` to parameters that arrived switched off from a frozen
+    model this one was copied from (pickled, deep-copied, saved with ``torch.save``): a copy is not
+    frozen. Returns their names; parameters some freeze holds in this process are left alone."""
+    adopted = []
+    for path, m in root.named_modules():
+        names = m.__dict__.get(MARK)
+        for attr in sorted(names or ()):
+            p = m._parameters.get(attr)
+            if p is not None and p in _HELD:
+                continue
+            if p is not None and not p.requires_grad:
+                p.requires_grad_(True)
+                adopted.append(f"{path}.{attr}" if path else attr)
+            names.discard(attr)
+        if names is not None and not names:
+            del m.__dict__[MARK]
+    return adopted
+
+
+def follow(optimizer: torch.optim.Optimizer) -> None:
+    """Mark ``optimizer`` as one whose groups follow freezing (held parameters never in them)."""
+    _FOLLOWING.add(optimizer)
 
 
 def trainable_by_nature(p: torch.Tensor) -> bool:
@@ -109,18 +168,29 @@ def _notify(stopped: list[nn.Parameter], resumed: list[nn.Parameter], keep: bool
 
 
 def _drop_held(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-    """Step pre-hook on every optimizer: held parameters get no update and keep no state."""
+    """Step pre-hook on every optimizer: held parameters get no update and keep no state. Walks the
+    smaller of the optimizer's parameters and the held ones."""
     if not _HELD:
         return
+    groups = optimizer.param_groups
+    if optimizer in _FOLLOWING:
+        groups = [g for g in groups if "part" not in g]  # a group partwise built never holds a frozen one
+    mine = sum(len(g["params"]) for g in groups)
+    if not mine:
+        return
+    candidates: Iterable[torch.Tensor] = (
+        [p for g in groups for p in g["params"] if p in _HELD] if mine <= len(_HELD)
+        else list(_HELD.keys()))  # type: ignore[no-untyped-call]
     state = optimizer.state
-    for p in list(_HELD.keys()):  # type: ignore[no-untyped-call]
+    for p in candidates:
         p.grad = None
         if p in state:
             del state[p]
 
 
 def _force_eval(module: nn.Module, args: object) -> None:
-    module.training = False
+    if module in _PINNED:  # a copy of a pinned module carries this hook too, and is not pinned
+        module.training = False
 
 
 def _pin(m: nn.Module) -> None:
@@ -143,11 +213,13 @@ def _unpin(m: nn.Module, mode: bool) -> None:
         m.training = mode
 
 
-def hold(params: Sequence[nn.Parameter], modules: Sequence[nn.Module], keep_state: bool = False) -> Hold:
+def hold(params: Sequence[nn.Parameter], modules: Sequence[nn.Module], keep_state: bool = False,
+         owners: Owners | None = None) -> Hold:
     """Freeze ``params`` and pin ``modules`` on behalf of one holder; undo with :func:`release`.
 
     ``keep_state`` asks optimizers partwise built to keep the state of parameters leaving training
-    (restored by a release with ``restore_state=True``); otherwise it is dropped.
+    (restored by a release with ``restore_state=True``); otherwise it is dropped. ``owners`` (see
+    :func:`owners_of`) are where the parameters switched off are marked, for copies of the model.
     """
     if not _STEP_HOOK:
         _STEP_HOOK.append(register_optimizer_step_pre_hook(_drop_held))
@@ -155,9 +227,11 @@ def hold(params: Sequence[nn.Parameter], modules: Sequence[nn.Module], keep_stat
     for p in dict.fromkeys(params):  # a tied tensor listed twice is held once
         entry = _entry(p)
         if entry is None:
-            _HELD[p] = [1, p.requires_grad]
+            where = [(weakref.ref(m), attr) for m, attr in (owners or {}).get(id(p), [])]  # weak: no cycle
+            _HELD[p] = [1, p.requires_grad, where]
             if p.requires_grad:
                 stopped.append(p)
+                _mark(where, True)
         else:
             entry[0] += 1
         p.requires_grad_(False)
@@ -186,6 +260,7 @@ def release(h: Hold, mode: bool, restore_state: bool = False) -> None:
             p.requires_grad_(bool(entry[1]))
             if entry[1]:
                 resumed.append(p)
+                _mark(entry[2], False)
     for m in h.modules:
         _unpin(m, mode)
     _notify([], resumed, False, restore_state)
@@ -196,11 +271,6 @@ def reapply_pins(modules: Iterable[nn.Module]) -> None:
     for m in modules:
         if m in _PINNED:
             m.training = False
-
-
-def pinned_modules(module: nn.Module) -> list[nn.Module]:
-    """The modules below (and including) ``module`` that are pinned to eval mode."""
-    return [m for m in module.modules() if m in _PINNED]
 
 
 def freeze(module: nn.Module, *, norm: Mode = "eval", dropout: Mode = "eval") -> nn.Module:
@@ -218,9 +288,10 @@ def freeze(module: nn.Module, *, norm: Mode = "eval", dropout: Mode = "eval") ->
     >>> enc[1].training, enc[0].weight.requires_grad
     (False, False)
     """
+    adopt_copies(module)
     previous = _FROZEN_PLAIN.get(module)
     was_training = previous[1] if previous else module.training
-    h = hold(list(module.parameters()), modules_to_pin(module.modules(), norm, dropout))
+    h = hold(list(module.parameters()), modules_to_pin(module.modules(), norm, dropout), owners=owners_of(module))
     if previous:
         release(previous[0], was_training)
     _FROZEN_PLAIN[module] = (h, was_training)

@@ -11,7 +11,8 @@ from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSa
 
 from ._errors import ConfigError
 
-__all__ = ["ShuffledBatches", "TrainerBatches", "make_loader", "start_epoch", "move_to", "eval_batches"]
+__all__ = ["ShuffledBatches", "TrainerBatches", "make_loader", "start_epoch", "move_to", "eval_batches",
+           "uneven_split"]
 
 
 class ShuffledBatches:
@@ -183,6 +184,30 @@ def make_loader(
     batches = TrainerBatches(inner, rank, world, generator=torch.Generator() if own else None, seed=seed)
     return DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
                       generator=batches.generator if own else generator, **settings)
+
+
+def uneven_split(loader: DataLoader[Any], world: int, epochs: int) -> str | None:
+    """Why the global batches of ``epochs`` epochs of ``loader`` (from :func:`make_loader`) cannot be
+    split evenly over ``world`` ranks, or ``None`` — known before the first step."""
+    inner = loader.batch_sampler.inner  # type: ignore[union-attr]
+    if isinstance(inner, ShuffledBatches):
+        sizes = {(i, min(inner.batch_size, inner.n - i * inner.batch_size)) for i in range(len(inner))
+                 if i in (0, len(inner) - 1)}
+        found = [(0, i, size) for i, size in sorted(sizes) if size % world]
+    else:
+        found = []
+        for epoch in range(epochs):
+            if hasattr(inner, "set_epoch"):
+                inner.set_epoch(epoch)
+            found += [(epoch, i, len(b)) for i, b in enumerate(inner) if len(b) % world][:1]
+            if found:
+                break
+    if not found:
+        return None
+    epoch, i, size = found[0]
+    return (f"train_data: global batch {i} of epoch {epoch} holds {size} rows, which do not split evenly over "
+            f"{world} ranks; use a batch size divisible by {world} and a number of rows that is too (or drop the "
+            "last batch: DataLoader(..., drop_last=True))")
 
 
 def start_epoch(loader: DataLoader[Any], epoch: int, skip: int) -> None:

@@ -387,6 +387,7 @@ def _make(cls: type[Optimizer], groups: list[tuple[dict[str, Any], list[nn.Param
     binding = _Binding([m for _, m in groups], names)
     _install_named_state(opt, binding)
     _BINDINGS[opt] = binding
+    fz.follow(opt)
     return opt
 
 

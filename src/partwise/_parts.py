@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -149,9 +150,20 @@ class Parts:
         self._shared: list[SharedTensor] = []
         self._frozen: dict[str, _FrozenState] = {}
         self._joint: list[tuple[str, nn.Module, frozenset[str]]] = []
-        self._joint_hold = fz.Hold([], [])
+        self._joint_box = [fz.Hold([], [])]  # the hold pinning joint modules (a box: the finalizer reads it)
+        adopted = fz.adopt_copies(model)
+        if adopted:
+            warnings.warn(f"{len(adopted)} parameter(s) were switched off by a freeze that does not hold them "
+                          f"({', '.join(adopted[:4])}{' ...' if len(adopted) > 4 else ''}): the model was copied "
+                          "(deepcopy, pickle, torch.save) or its parameters replaced while frozen. Freezing does "
+                          "not carry over, so they are trainable again; freeze them in this registry",
+                          stacklevel=2)
         self._build(self._normalise_spec(spec))
         self._identity = self._current_identity()
+        self._owners = fz.owners_of(model)
+        # the holds of a registry end with it: a dropped registry leaves nothing frozen behind
+        release = weakref.finalize(self, _release_all, self._frozen, self._joint_box, weakref.ref(model))
+        release.atexit = False
 
     # -- construction ------------------------------------------------------------------------
     def _normalise_spec(self, spec: Spec | None) -> dict[str, list[str]]:
@@ -288,7 +300,11 @@ class Parts:
             return
         new = fz.hold([], wanted)
         fz.release(self._joint_hold, self.model.training)
-        self._joint_hold = new
+        self._joint_box[0] = new
+
+    @property
+    def _joint_hold(self) -> fz.Hold:
+        return self._joint_box[0]
 
     def joint_pinned(self) -> list[tuple[str, nn.Module]]:
         """Modules shared by several frozen parts that are pinned now (their buffers are guarded)."""
@@ -365,9 +381,13 @@ class Parts:
     def frozen_names(self) -> list[str]:
         return [n for n in self._parts if n in self._frozen]
 
-    @property
-    def trainable_names(self) -> list[str]:
-        return [n for n in self._parts if n not in self._frozen]
+    def held_elsewhere(self, name: str) -> list[str]:
+        """Parameters of part ``name`` that another freeze holds (another registry over the same model,
+        or :func:`~partwise.freeze`): they stay frozen whatever this registry does, until that one lets go."""
+        self._check_names([name])
+        state = self._frozen.get(name)
+        mine = {id(p) for p in state.hold.params} if state is not None else set()
+        return [n for n, p in self._parts[name].named_parameters() if fz.holders(p) > (id(p) in mine)]
 
     def conflicts(self, frozen: Sequence[str]) -> list[str]:
         """Problems with a state where exactly ``frozen`` parts are frozen: a shared tensor whose parts
@@ -442,7 +462,7 @@ class Parts:
             old = self._frozen.get(n)
             if old is not None and (old.norm, old.dropout) == (norm, dropout):
                 continue
-            h = fz.hold(list(self._parts[n].parameters()), self._pins_for(n, norm, dropout), keep_state)
+            h = fz.hold(list(self._parts[n].parameters()), self._pins_for(n, norm, dropout), keep_state, self._owners)
             if old is not None:
                 fz.release(old.hold, self.model.training)
             self._frozen[n] = _FrozenState(norm, dropout, h, keep_state or (old is not None and old.kept_state))
@@ -544,6 +564,8 @@ class Parts:
             mode = "train" if ms and n_train == len(ms) else ("eval" if n_train == 0 else "mixed")
             fixed = sum(p.numel() for n, p in part.named_parameters() if n in set(part.fixed))
             state = "trainable" if fixed < part.numel else "fixed"
+            if self.held_elsewhere(part.name) and part.name not in self._frozen:
+                state = "frozen elsewhere"
             if part.name in self._frozen:
                 s = self._frozen[part.name]
                 state = "frozen"
@@ -565,3 +587,13 @@ class Parts:
 
     def __repr__(self) -> str:
         return f"Parts({', '.join(f'{p.name}={p.numel:,}' for p in self._parts.values())})"
+
+
+def _release_all(frozen: dict[str, _FrozenState], joint: list[fz.Hold], model: weakref.ref[nn.Module]) -> None:
+    """A registry's finalizer: release every hold it still has (it was dropped while parts were frozen)."""
+    alive = model()
+    mode = alive.training if alive is not None else False
+    for state in list(frozen.values()):
+        fz.release(state.hold, mode)
+    frozen.clear()
+    fz.release(joint[0], mode)

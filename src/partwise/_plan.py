@@ -81,6 +81,16 @@ class Phase:
         }
 
 
+def held_elsewhere_problems(parts: Parts, part: str, where: str) -> list[str]:
+    """A part to train whose parameters another freeze holds (they would silently stay frozen)."""
+    held = parts.held_elsewhere(part)
+    if not held:
+        return []
+    return [f"{where}: part {part!r} is to train, but {len(held)} of its parameter(s) ({', '.join(held[:3])}"
+            f"{' ...' if len(held) > 3 else ''}) are held frozen by another Parts registry or pw.freeze over "
+            "the same model; unfreeze them there (or drop that registry) first"]
+
+
 @dataclass(frozen=True)
 class PhaseSpan:
     """Where a phase sits on the step axis: optimizer steps ``start`` (inclusive) to ``end``
@@ -195,6 +205,7 @@ class Plan:
                 if fixed and len(fixed) == parts[p].num_parameters:
                     errors.append(f"{where}.train: part {p!r} holds only fixed parameters (created with "
                                   "requires_grad=False), which never train; remove it from the phase")
+                errors += held_elsewhere_problems(parts, p, f"{where}.train")
             frozen = [p for p in parts.names if p not in ph.train]
             errors += [f"{where} freezes {', '.join(map(repr, frozen))}: {c}" for c in parts.conflicts(frozen)]
             try:

@@ -44,6 +44,11 @@ def forward_backward(loss_fn: Callable[[], Any], device: torch.device, precision
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
         raise ConfigError([f"task.loss: returned {got}; it must return a scalar tensor (e.g. loss.mean())"])
+    if not loss.requires_grad:
+        raise ConfigError(["task.loss: the loss does not require grad, so no trainable part can learn from it: it "
+                           "was computed under torch.no_grad() or torch.inference_mode(), or from .detach()ed "
+                           "tensors. A frozen module inside the loss needs neither: partwise freezing keeps "
+                           "gradients flowing through it (pw.grad_report shows which parts receive one)"])
     scaled = loss / grad_accum
     (scaler.scale(scaled) if scaler else scaled).backward()  # type: ignore[no-untyped-call]
     return loss.detach().float().reshape(())

@@ -17,7 +17,9 @@ from ._cache import CacheRefused, EncoderCache, cache_blockers, supports_cache
 from ._callbacks import Callback, callback_states, notify
 from ._driver import PlanDriver
 from ._errors import ConfigError, PartwiseError
-from ._loader import eval_batches, make_loader, move_to
+from ._fingerprint import data_fingerprint
+from ._guard import grad_report
+from ._loader import eval_batches, make_loader, move_to, uneven_split
 from ._optim import OptimizerSet
 from ._parts import Parts
 from ._plan import PhaseSpan, Plan
@@ -124,6 +126,8 @@ class Trainer:
         self.best: float | None = None  # best value of best_metric
         self.skipped_steps, self._stale_evals = 0, 0
         self._stop_best: float | None = None  # early stopping's best value
+        self._data: dict[str, Any] = {}  # the training data's fingerprint (set when fit starts)
+        self.data_changes: list[str] = []  # accepted on resume with allow_data_change=True
         self._epoch_loss = (0.0, 0)  # sum and count of this epoch's step losses
         self._saved_at, self._steps_per_epoch = -1, 0
         self._best_name: str | None = None  # the checkpoint the "best" pointer names
@@ -212,14 +216,16 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, train_data: Any, dev_data: Any = None, resume: str | Path | None = None,
             max_steps: int | None = None, max_minutes: float | None = None,
-            allow_plan_change: bool = False) -> list[dict[str, Any]]:
+            allow_plan_change: bool = False, allow_data_change: bool = False) -> list[dict[str, Any]]:
         """Train until the plan ends, early stopping fires, or ``max_steps`` optimizer steps or
         ``max_minutes`` of wall time are done (a checkpoint is then written, as if the run were
         interrupted, and ``resume`` continues it). Returns the epoch history.
 
         ``train_data``: a map-style dataset (a list included) or a DataLoader, whose settings are
         kept. ``resume``: a run directory or checkpoint; it must have been trained under this plan,
-        unless ``allow_plan_change`` (e.g. to extend the last phase), which is then recorded.
+        unless ``allow_plan_change`` (e.g. to extend the last phase), and on the same training data
+        (rows, contents, batch size, grad_accum, seed), unless ``allow_data_change``; an accepted
+        change is recorded (``plan_changes``, ``data_changes``).
         Afterwards ``stop_reason`` says why it ended (the plan's end, early stopping, a limit).
         """
         check_fit(self, dev_data, max_steps, max_minutes)
@@ -227,7 +233,7 @@ class Trainer:
         torch.manual_seed(self.seed)
         cursor = self._start(train_data, max_steps, max_minutes)
         if resume is not None:
-            restore(self, resume, cursor.steps_per_epoch, allow_plan_change)
+            restore(self, resume, cursor.steps_per_epoch, allow_plan_change, allow_data_change)
         while not cursor.finished(self.step):
             self.epoch = cursor.epoch_of(self.step)
             self.parts.train()  # model.train(); frozen parts' norm/dropout stay pinned to eval
@@ -256,6 +262,11 @@ class Trainer:
                                f"grad_accum={self.grad_accum}; give more data or a smaller batch size"])
         self.driver.set_steps_per_epoch(steps_per_epoch)
         total = self.driver.total_steps()
+        if self.world > 1 and (problem := uneven_split(loader, self.world, -(-total // steps_per_epoch))):
+            raise ConfigError([problem])
+        given = train_data.batch_sampler if isinstance(train_data, torch.utils.data.DataLoader) else None
+        self._data = data_fingerprint(loader.dataset, grad_accum=self.grad_accum, seed=self.seed,
+                                      batch_size=getattr(given, "batch_size", None) if given else self.batch_size)
         if self.run_dir is not None and self.rank == 0:
             ckpt.remove_debris(self.run_dir / "checkpoints")  # what a killed save left
         return EpochCursor(loader, steps_per_epoch, self.grad_accum, total, max_steps, max_minutes)
@@ -281,10 +292,13 @@ class Trainer:
         micro-batch losses, detached and left on the device (read to the host once per step)."""
         loss_sum: torch.Tensor | None = None
         for i, batch in enumerate(micro_batches):
-            if i == 0 and self.driver.before_step(self.step):  # the step's phase and learning rates
+            entered = i == 0 and self.driver.before_step(self.step)  # the step's phase and learning rates
+            if entered:
                 self._phase_entered(self.running()[0])
                 self.parts.train()
             loss = self._forward_backward(batch, self.running()[0])
+            if entered:
+                self._check_gradients()
             loss_sum = loss if loss_sum is None else loss_sum + loss
         if loss_sum is None:
             raise ConfigError(["train_data: the DataLoader yielded fewer batches than its len() says"])
@@ -296,6 +310,20 @@ class Trainer:
         ctx = StepContext(self.step, self.epoch, span.phase.name, span.phase.task_options)
         return forward_backward(lambda: self.wrapped(batch, ctx), self.device, self.precision, self.grad_accum,
                                 self.scaler)
+
+    def _check_gradients(self) -> None:
+        """After a phase's first backward: warn of a part the phase trains that received no gradient
+        (its loss path is cut: a ``no_grad``, a ``detach``, an unused module). One process only: DDP
+        reports unused parameters itself."""
+        if self.world > 1:
+            return
+        report = grad_report(self.parts)
+        cut = [p for p in self.running()[0].phase.train if not report.received(p)]
+        if cut:
+            warnings.warn(f"phase {self.running()[0].phase.name!r}: part(s) {', '.join(map(repr, cut))} train in this "
+                          "phase but received no gradient from its first batch: is their path to the loss cut (a "
+                          "torch.no_grad(), a .detach(), a module the loss does not use)?", RuntimeWarning,
+                          stacklevel=4)
 
     def running(self) -> tuple[PhaseSpan, torch.optim.Optimizer | OptimizerSet]:
         """The phase running now and the run's optimizer (both set once ``fit`` entered a phase)."""
@@ -448,12 +476,13 @@ class Trainer:
                 "rng": rng, "history": self.history, "best": self.best, "stale_evals": self._stale_evals,
                 "stop_best": self._stop_best, "skipped_steps": self.skipped_steps,
                 "scaler": self.scaler.state_dict() if self.scaler else {}, "epoch_loss": list(self._epoch_loss),
+                "data": self._data, "data_changes": list(self.data_changes),
                 "best_checkpoint": self._best_name, "callbacks": callback_states(self.callbacks)}
 
     def save(self, best: bool = False, epoch_end: bool = False) -> Path | None:
         """Write a checkpoint (rank 0 only) atomically; returns its directory. Its state records the
-        checkpoint ``best`` should name (``"."``: this one), which a resume restores. The last
-        ``average_last`` epoch-end checkpoints are kept (one otherwise), besides ``best``."""
+        checkpoint ``best`` should name (``"."``: this one), which a resume restores. Kept: this one,
+        ``best``, and the last ``average_last`` epoch-end checkpoints (mid-epoch saves don't count)."""
         if self.run_dir is None or self.rank != 0:
             return None
         self._saved_at = self.step
@@ -465,7 +494,7 @@ class Trainer:
             state["best_checkpoint"] = SELF
         path = ckpt.save_checkpoint(self.run_dir / "checkpoints", f"step-{self.step:08d}", self.model, self.parts,
                                     state, meta, pointers=("latest", "best") if best else ("latest",),
-                                    keep=max(1, self.average_last or 1))
+                                    keep=1, keep_epoch_ends=self.average_last or 0)
         if best:
             self._best_name = path.name
         return path

@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from ._errors import PartError
+from ._freezing import trainable_by_nature
 from ._names import closest
 
 __all__ = ["untie", "UntieReport", "Untied"]
@@ -86,7 +87,8 @@ def _own_module(model: nn.Module, path: str) -> nn.Module:
 def untie(model: nn.Module, *module_paths: str) -> UntieReport:
     """Give each module in ``module_paths`` its own copy of every parameter it shares with the rest
     of the model. Names inside one listed module keep sharing among themselves; the copy keeps the
-    original's values and ``requires_grad``. Returns an :class:`UntieReport`.
+    original's values and its own ``requires_grad`` (a frozen original's copy is not frozen: the model
+    changed, so registries over it are built again and freeze it there). Returns an :class:`UntieReport`.
 
     >>> from torch import nn
     >>> model = nn.Module()
@@ -111,7 +113,8 @@ def untie(model: nn.Module, *module_paths: str) -> UntieReport:
             outside = [n for n in names if not _under(n, path)]
             if not inside or not outside:
                 continue
-            twin = nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad)
+            # the copy is nobody's frozen tensor: it gets the original's own requires_grad (fixed stays fixed)
+            twin = nn.Parameter(param.detach().clone(), requires_grad=trainable_by_nature(param))
             for name in inside:
                 owner, _, attr = name.rpartition(".")
                 setattr(_own_module(model, owner), attr, twin)

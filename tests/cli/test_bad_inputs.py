@@ -130,6 +130,12 @@ case("model.args unknown", "model.args", "bogus")(lambda run, d: train_with(d, "
 case("override not key=value", "'foo'", "key=value")(lambda run, d: train_with(d, "foo"))
 case("override into a value", "training.batch_size", "not a section")(
     lambda run, d: train_with(d, "training.batch_size.x=1"))
+case("boolean for a whole number", "training.batch_size", "true is a boolean")(
+    lambda run, d: train_with(d, "training.batch_size=true"))
+case("boolean for a subset size", "data.subset.size", "true is a boolean")(
+    lambda run, d: train_with(d, "data.subset={size: true}"))
+case("boolean for a learning rate", "plan.0.train.decoder", "true is a boolean")(
+    lambda run, d: train_with(d, "plan.0.train={decoder: true}"))
 
 
 def tsv_recipe(d: Path, train_text: bytes | None) -> dict:

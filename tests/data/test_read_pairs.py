@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from partwise.data import DataFormatError, read_pairs
+from partwise.data import DataFormatError, read_pair_texts, read_pairs
 
 
 def _write(tmp_path: Path, data: str | bytes) -> Path:
@@ -58,3 +58,17 @@ def test_missing_file_empty_file_and_bad_tokenizer(tmp_path: Path) -> None:
         read_pairs(_write(tmp_path, "\n\n"))
     with pytest.raises(ValueError, match="tokenize='word'"):
         read_pairs(_write(tmp_path, "a\tb\n"), tokenize="word")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32", "utf-8-sig", "cp1252"])
+def test_pair_files_in_any_text_encoding_are_decoded_before_lines_are_split(tmp_path, encoding):
+    f = tmp_path / "p.tsv"
+    f.write_text("héllo\tHH EH1 L OW0\r\n\nwörld\tW ER1 L D\n", encoding=encoding)
+    assert read_pair_texts(f, encoding=encoding) == [("héllo", "HH EH1 L OW0"), ("wörld", "W ER1 L D")]
+
+
+def test_an_undecodable_utf16_file_names_the_line(tmp_path):
+    f = tmp_path / "p.tsv"
+    f.write_bytes("a\tb\nc\td\n".encode("utf-16") + b"\x00\xd8")  # a lone surrogate on line 3
+    with pytest.raises(DataFormatError, match=r"line 3 \(not utf-16 at byte 18 of the file\)"):
+        read_pair_texts(f, encoding="utf-16")

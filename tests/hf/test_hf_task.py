@@ -141,5 +141,5 @@ def test_bad_batches_and_options_fail_with_one_clear_error():
         ph.Seq2SeqLMTask().loss(H.build("t5"), {"input_ids": torch.ones(1, 2, dtype=torch.long)}, ctx())
     with pytest.raises(ValueError, match="num_beams"):
         ph.Seq2SeqLMTask(num_beams=0)
-    with pytest.raises(ValueError, match="row id"):
+    with pytest.raises(pw.CacheRefused, match="row id"):
         ph.Seq2SeqLMTask().row_ids({"labels": torch.ones(1, 1)})

@@ -104,6 +104,9 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
     p.add_argument("--allow-plan-change", action="store_true",
                    help="continue although the plan in config.yaml differs from the checkpoint's (e.g. a longer "
                         "last phase); the change is recorded in plan_changes.txt")
+    p.add_argument("--allow-data-change", action="store_true",
+                   help="continue although the training data or its settings (rows, contents, batch size, "
+                        "grad_accum, seed) differ from the checkpoint's; the change is recorded in plan_changes.txt")
 
     beam, max_len = _count("--beam", "5"), _count("--max-len", "60")
     max_len_help = ("decoding limit in tokens (default: the recipe's eval.max_len, else 1.5 x the longest training "
@@ -181,7 +184,7 @@ def _run(args: argparse.Namespace) -> int:
             raise _bad(f"override {words[0]!r} is not key=value (e.g. training.batch_size=32)")
         return cmd.train(args.recipe, args.overrides, args.overwrite, args.max_steps)
     if args.command == "resume":
-        return cmd.resume(args.run_dir, args.max_steps, args.allow_plan_change)
+        return cmd.resume(args.run_dir, args.max_steps, args.allow_plan_change, args.allow_data_change)
     if args.command == "eval":
         return cmd.evaluate(args.run_dir, args.split, args.beam, args.max_len)
     if args.command == "predict":

