@@ -13,6 +13,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Version v4.12.0:FutureWarning")
 import hf_models as H  # noqa: E402
 import torch  # noqa: E402
 
+import partwise as pw  # noqa: E402
 import partwise.hf as ph  # noqa: E402
 
 
@@ -43,3 +44,33 @@ def test_export_refuses_a_non_empty_directory_and_non_hf_models(tmp_path):
         ph.export(H.build("t5"), tmp_path / "x")
     with pytest.raises(TypeError, match="Hugging Face model"):
         ph.export(torch.nn.Linear(2, 2), tmp_path / "y")
+
+
+def _tied_with(model, name):
+    """The names that reach the same tensor as ``name``."""
+    target = model.get_parameter(name)
+    return {n for n, p in model.named_parameters(remove_duplicate=False) if p is target} - {name}
+
+
+@pytest.mark.parametrize("name,untie,copy", [("bart", ["head"], "lm_head.weight"),
+                                             ("marian", True, "model.encoder.embed_tokens.weight")])
+def test_untied_copies_with_equal_values_reload_untied(tmp_path, name, untie, copy):
+    model = H.build(name)
+    ph.parts(model, untie=untie)  # not trained: the copy still equals the tensor it was copied from
+    assert not _tied_with(model, copy)
+    with pytest.warns(UserWarning, match="separate equal copies"):
+        out = ph.export(model, tmp_path / "m")
+    again = type(model).from_pretrained(out)
+    assert not _tied_with(again, copy)  # before: from_pretrained tied the equal copy again
+    assert torch.equal(again.get_parameter(copy), model.get_parameter(copy))
+    with torch.no_grad():
+        x, y = H.encoder_inputs(name), H.labels()
+        assert torch.equal(model.eval()(**x, labels=y).logits, again.eval()(**x, labels=y).logits)
+
+
+def test_t5_untied_copy_with_equal_values_is_refused_and_nothing_is_written(tmp_path):
+    model = H.build("t5")
+    ph.parts(model, untie=["encoder"])
+    with pytest.raises(pw.PartError, match="would tie .*encoder.embed_tokens.weight.* train the untied part"):
+        ph.export(model, tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []  # neither the directory nor a temporary one is left
