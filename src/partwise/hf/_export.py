@@ -34,9 +34,9 @@ def _reload(model: nn.Module, out: Path) -> nn.Module:
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "both present with different values, NOT tied" is what untie wants
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # "both present with different values, NOT tied" is what untie wants
     try:
-        return cls.from_pretrained(out, local_files_only=True)  # type: ignore[no-any-return]
+        return cls.from_pretrained(out, local_files_only=True)
     finally:
         hf_logging.set_verbosity(level)
 
