@@ -54,12 +54,13 @@ def _tied_with(model, name):
 
 @pytest.mark.parametrize("name,untie,copy", [("bart", ["head"], "lm_head.weight"),
                                              ("marian", True, "model.encoder.embed_tokens.weight")])
-def test_untied_copies_with_equal_values_reload_untied(tmp_path, name, untie, copy):
+@pytest.mark.parametrize("check", [True, False])
+def test_untied_copies_with_equal_values_reload_untied(tmp_path, name, untie, copy, check):
     model = H.build(name)
     ph.parts(model, untie=untie)  # not trained: the copy still equals the tensor it was copied from
     assert not _tied_with(model, copy)
     with pytest.warns(UserWarning, match="separate equal copies"):
-        out = ph.export(model, tmp_path / "m")
+        out = ph.export(model, tmp_path / "m", check=check)  # decided from the model, not by the reload
     again = type(model).from_pretrained(out)
     assert not _tied_with(again, copy)  # before: from_pretrained tied the equal copy again
     assert torch.equal(again.get_parameter(copy), model.get_parameter(copy))
@@ -71,6 +72,7 @@ def test_untied_copies_with_equal_values_reload_untied(tmp_path, name, untie, co
 def test_t5_untied_copy_with_equal_values_is_refused_and_nothing_is_written(tmp_path):
     model = H.build("t5")
     ph.parts(model, untie=["encoder"])
-    with pytest.raises(pw.PartError, match="would tie .*encoder.embed_tokens.weight.* train the untied part"):
-        ph.export(model, tmp_path / "m")
+    for check in (True, False):
+        with pytest.raises(pw.PartError, match="would tie .*encoder.embed_tokens.weight.* train the untied part"):
+            ph.export(model, tmp_path / "m", check=check)
     assert list(tmp_path.iterdir()) == []  # neither the directory nor a temporary one is left

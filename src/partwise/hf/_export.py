@@ -13,20 +13,14 @@ import torch
 from torch import nn
 
 from .._errors import PartError
+from .._untie import _names_by_tensor
 
 __all__ = ["export"]
 
 
-def _ties(model: nn.Module) -> set[frozenset[str]]:
-    """The groups of parameter names that reach one tensor (``remove_duplicate=False``)."""
-    by_tensor: dict[int, set[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        by_tensor.setdefault(id(p), set()).add(name)
-    return {frozenset(names) for names in by_tensor.values() if len(names) > 1}
-
-
-def _pairs(groups: set[frozenset[str]]) -> set[tuple[str, str]]:
-    return {(a, b) for g in groups for a in g for b in g if a < b}
+def _ties(model: nn.Module) -> set[tuple[str, str]]:
+    """Every pair of parameter names that reach one tensor."""
+    return {(a, b) for _, names in _names_by_tensor(model).values() for a in names for b in names if a < b}
 
 
 def _reload(model: nn.Module, out: Path) -> nn.Module:
@@ -34,19 +28,42 @@ def _reload(model: nn.Module, out: Path) -> nn.Module:
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # "both present with different values, NOT tied" is what untie wants
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # "both present, different values: NOT tied"
     try:
         return cls.from_pretrained(out, local_files_only=True)
     finally:
         hf_logging.set_verbosity(level)
 
 
-def _check_values(model: nn.Module, again: nn.Module, out: Path) -> None:
+def _check_reload(model: nn.Module, out: Path) -> None:
+    """Load ``out`` with the model's own class: every tensor equal, and no tie the model does not have."""
+    again = _reload(model, out)
+    retied = sorted(_ties(again) - _ties(model))
+    if retied:
+        raise PartError(f"export to {str(out)!r}: {type(model).__name__}.from_pretrained ties {retied[0][0]} and "
+                        f"{retied[0][1]}, which the model keeps apart; export with check=False at your own risk")
     theirs = again.state_dict()
     ours = model.state_dict()
     problems = [k for k in ours if k not in theirs or not torch.equal(ours[k].cpu(), theirs[k].cpu())]
     if problems:
         raise RuntimeError(f"export to {str(out)!r} does not reload identically: {', '.join(problems[:5])} differ")
+
+
+def _retied_on_load(model: nn.Module) -> list[tuple[str, str]]:
+    """The pairs ``from_pretrained`` would tie again: in the tie mapping of a fresh model of this class
+    and config (built on the meta device: no memory), kept apart in ``model``, with equal values
+    (transformers ties equal tensors while the config's tie flag is on)."""
+    hf: Any = model
+    try:
+        config = type(hf.config).from_dict(hf.config.to_dict())
+        with torch.device("meta"):
+            fresh: Any = type(hf)(config)
+        mapping = fresh.get_expanded_tied_weights_keys(all_submodels=True)
+    except Exception:  # noqa: BLE001 - an unusual class: the reload check still sees a re-tie
+        return []
+    params = dict(model.named_parameters(remove_duplicate=False))
+    return sorted((t, s) for t, s in mapping.items() if t in params and s in params
+                  and params[t] is not params[s] and torch.equal(params[t], params[s]))
 
 
 def _flag_can_be_off(model: nn.Module) -> bool:
@@ -58,12 +75,24 @@ def _flag_can_be_off(model: nn.Module) -> bool:
     return getattr(again, "tie_word_embeddings", True) is False
 
 
-def _save(model: nn.Module, out: Path, *, ties_off: bool) -> None:
+def _save(model: nn.Module, out: Path) -> None:
+    """``save_pretrained``; untied copies that reloading would tie again are kept apart by saving with
+    ``tie_word_embeddings=False`` and every tensor under every name (refused where the config always ties)."""
     hf: Any = model
-    if not ties_off:
+    retied = _retied_on_load(model)
+    if not retied:
         hf.save_pretrained(out)
         return
-    # every tensor written under every name, and no tie on reload: the untied copies stay apart
+    name, (a, b) = type(model).__name__, retied[0]
+    if not _flag_can_be_off(model):
+        raise PartError(f"export: {name}.from_pretrained would tie {a} and {b} again (its config always ties word "
+                        "embeddings) because the untied copies still hold equal values; train the untied part "
+                        "before exporting, or do not untie it")
+    still_shared = sorted(_ties(model))
+    if still_shared:
+        warnings.warn(f"export: {name}.from_pretrained ties its embeddings all together or not at all; the export "
+                      f"keeps the untied copies apart (tie_word_embeddings=False), so {', '.join(still_shared[0])} "
+                      "and the other still-shared tensors reload as separate equal copies", stacklevel=4)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     before = hf.config.tie_word_embeddings
     hf.config.tie_word_embeddings = False
@@ -71,39 +100,6 @@ def _save(model: nn.Module, out: Path, *, ties_off: bool) -> None:
         hf.save_pretrained(out, state_dict=state)
     finally:
         hf.config.tie_word_embeddings = before
-
-
-def _write(model: nn.Module, tmp: Path, check: bool) -> None:
-    """Save into ``tmp``; with ``check``, reload and require equal tensors and no tie the model does not have."""
-    _save(model, tmp, ties_off=False)
-    if not check:
-        return
-    ours = _pairs(_ties(model))
-    again = _reload(model, tmp)
-    retied = _pairs(_ties(again)) - ours
-    if retied:
-        name = type(model).__name__
-        a, b = sorted(retied)[0]
-        if not _flag_can_be_off(model):
-            raise PartError(
-                f"export: {name}.from_pretrained would tie {a} and {b} again (its config always ties word "
-                "embeddings) because the untied copies still hold equal values; train the untied part "
-                "before exporting, or do not untie it")
-        for f in tmp.iterdir():
-            f.unlink()
-        _save(model, tmp, ties_off=True)
-        again = _reload(model, tmp)
-        kept_apart = ours - _pairs(_ties(again))
-        if kept_apart:
-            warnings.warn(
-                f"export: {name}.from_pretrained ties its embeddings all together or not at all; the export "
-                f"keeps the untied copies apart (tie_word_embeddings=False), so {', '.join(sorted(kept_apart)[0])} "
-                "and the other still-shared tensors reload as separate equal copies", stacklevel=3)
-    elif _pairs(_ties(again)) != ours:
-        missing = sorted(ours - _pairs(_ties(again)))[0]
-        warnings.warn(f"export: {', '.join(missing)} are shared in the model but reload as separate equal copies",
-                      stacklevel=3)
-    _check_values(model, again, tmp)
 
 
 def export(model: nn.Module, out_dir: str | Path, *, check: bool = True, extra: dict[str, Any] | None = None) -> Path:
@@ -137,7 +133,9 @@ def export(model: nn.Module, out_dir: str | Path, *, check: bool = True, extra: 
     progress = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
-        _write(model, tmp, check)
+        _save(model, tmp)
+        if check:
+            _check_reload(model, tmp)
         if extra:
             (tmp / "partwise.json").write_text(json.dumps(extra, indent=2, sort_keys=True), encoding="utf-8")
         if out.exists():
