@@ -12,7 +12,7 @@
 """
 
 from ._average import average_checkpoints
-from ._cache import EncoderCache
+from ._cache import EncoderCache, PhaseCache
 from ._callbacks import Callback
 from ._checkpoint import epoch_end_checkpoints, load_weights, resolve_checkpoint
 from ._driver import PlanDriver
@@ -82,6 +82,7 @@ __all__ = [
     "PartwiseError",
     "EarlyStopping",
     "EncoderCache",
+    "PhaseCache",
     "LRSchedule",
     "LossTask",
     "NonFiniteLoss",

@@ -38,6 +38,7 @@ of a run without the cache.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,9 +50,11 @@ import torch.distributed as tdist
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
-from ._errors import CacheRefused
+from ._distributed import all_true
+from ._errors import CacheRefused, ConfigError
 
-__all__ = ["EncoderCache", "CacheRefused", "supports_cache", "cache_blockers", "source_lengths"]
+__all__ = ["EncoderCache", "CacheRefused", "PhaseCache", "supports_cache", "cache_blockers", "source_lengths"]
+CACHE_MODES = ("auto", "on", "off")
 
 _METHODS = ("encoder_of", "encode", "loss_from_encoding", "split_encoding", "merge_encoding", "row_ids")
 _PROBE_ROWS = 4  # rows encoded twice to check determinism
@@ -238,6 +241,102 @@ class EncoderCache:
             raise CacheRefused("cached encoder outputs differ from live ones on the first training batch "
                                "(the encoder or the data changed after the cache was built)")
         self.verified = True
+
+
+class PhaseCache:
+    """The frozen-encoder cache through a plan's phases, for any training loop (partwise's Trainer,
+    ``partwise.hf.PartwiseSeq2SeqTrainer``): the one place that decides when a cache is built, kept,
+    dropped, refused or verified.
+
+    Call :meth:`enter_phase` once a phase's freeze state is in force: the cache is kept while the
+    encoder stays frozen, built when it has just been frozen, dropped when it trains. Then, per
+    training batch, :meth:`encoding` gives the batch's cached encoder outputs, or ``None`` when no
+    cache is in use (the loop runs the encoder itself). The first batch after a build is compared
+    with live outputs.
+
+    ``mode="auto"`` uses the cache whenever it can and otherwise falls back to running the encoder,
+    with one warning saying why; ``"on"`` makes it a requirement (a :class:`~partwise.ConfigError`
+    says why not); ``"off"`` never caches. Under DDP every rank encodes its share of the rows, the
+    shares are gathered, and every decision is taken by all ranks alike.
+
+    >>> PhaseCache(task=None, parts=None, mode="sometimes")
+    Traceback (most recent call last):
+    ...
+    partwise._errors.ConfigError: cache: 'sometimes' must be 'auto', 'on' or 'off'
+    """
+
+    def __init__(self, task: Any, parts: Any, mode: str = "auto", *, device: torch.device | str = "cpu",
+                 rank: int = 0, world: int = 1, spill_dir: str | Path | None = None):
+        if mode not in CACHE_MODES:
+            raise ConfigError([f"cache: {mode!r} must be 'auto', 'on' or 'off'"])
+        self.task, self.parts, self.mode = task, parts, mode
+        self.device, self.rank, self.world = torch.device(device), rank, world
+        self.spill_dir = Path(spill_dir) if spill_dir is not None else None
+        self.cache: EncoderCache | None = None
+        self.refusals: list[str] = []  # why the cache was not used, oldest first (each warned once)
+
+    def enter_phase(self, dataset: Dataset[Any] | None, collate_fn: Callable[[list[Any]], Any] | None
+                    ) -> EncoderCache | None:
+        """The cache for the phase now in force (``None``: none; the encoder runs every step)."""
+        if self.mode == "off" or dataset is None:
+            self.cache = None
+            return None
+        self.parts.train()  # the modes training will run in
+        model, task = self.parts.model, self.task
+        if supports_cache(task) and any(p.requires_grad for p in task.encoder_of(model).parameters()):
+            self.cache = None  # the encoder trains in this phase: nothing to cache (a later freeze rebuilds)
+            return None
+        blockers = cache_blockers(task, model, self.world)
+        if blockers:
+            if self.mode == "on":
+                raise ConfigError([f"cache: 'on', but the encoder's outputs cannot be cached: {'; '.join(blockers)}"])
+            self.cache = None
+            return None
+        if self.cache is None:
+            refused: CacheRefused | None = None
+            try:
+                self.cache = EncoderCache.build(task, model, dataset, collate_fn, self.device,
+                                                spill_dir=self.spill_dir, rank=self.rank, world=self.world)
+            except CacheRefused as e:
+                refused = e
+            if not all_true(refused is None, self.world, self.device):  # every rank decides alike
+                self.cache = None
+                self._refuse(refused or CacheRefused("another rank refused the cache"))
+        return self.cache
+
+    def check(self, batch: Any) -> bool:
+        """Whether the cache is in use for ``batch``: on the first batch after a build, cached and live
+        outputs are compared first (all ranks must agree, or training goes on without the cache)."""
+        cache = self.cache
+        if cache is None:
+            return False
+        if not cache.verified:
+            refused: CacheRefused | None = None
+            try:
+                cache.verify(self.parts.model, batch, self.device)
+            except CacheRefused as e:
+                refused = e
+            if not all_true(refused is None, self.world, self.device):
+                self.cache = None
+                self._refuse(refused or CacheRefused("cached and live encoder outputs differ on another rank"))
+                return False
+        return True
+
+    def encoding(self, batch: Any) -> Any:
+        """The cached encoding of ``batch`` on the device (:meth:`check` first), or ``None`` when no
+        cache is in use: the loop runs the encoder itself."""
+        if not self.check(batch):
+            return None
+        cache = self.cache
+        return cache.lookup(batch, self.device) if cache is not None else None
+
+    def _refuse(self, reason: CacheRefused) -> None:
+        """No cache (a warning says why, once per reason), or a ConfigError when ``mode="on"``."""
+        if self.mode == "on":
+            raise ConfigError([f"cache: 'on', but {reason}"]) from None
+        if str(reason) not in self.refusals:
+            self.refusals.append(str(reason))
+            warnings.warn(f"frozen-encoder cache not used: {reason}", RuntimeWarning, stacklevel=4)
 
 
 EncoderCache.__doc__ = f"{EncoderCache.__doc__}\n{__doc__}"  # the protocol is documented once, above

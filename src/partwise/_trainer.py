@@ -13,7 +13,7 @@ from torch import nn
 from . import _checkpoint as ckpt
 from . import _distributed as dist
 from . import _failpoints
-from ._cache import CacheRefused, EncoderCache, cache_blockers, supports_cache
+from ._cache import EncoderCache, PhaseCache
 from ._callbacks import Callback, callback_states, notify
 from ._driver import PlanDriver
 from ._errors import ConfigError, PartwiseError
@@ -121,6 +121,8 @@ class Trainer:
         self._train_loader: Any = None
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         self.rank, self.world = dist.rank_and_world()
+        self._phase_cache = PhaseCache(self.task, parts, cache, device=self.device, rank=self.rank, world=self.world,
+                                       spill_dir=self.run_dir / "cache" if self.run_dir else None)
         self.step, self.epoch = 0, 0
         self.history: list[dict[str, Any]] = []
         self.best: float | None = None  # best value of best_metric
@@ -161,56 +163,21 @@ class Trainer:
         _failpoints.reached("phase.entered")
 
     def _setup_cache(self) -> EncoderCache | None:
-        """The encoder-output cache for this phase: kept from the previous phase while the encoder
-        stays frozen, built when it has just been frozen, dropped when it trains. Under DDP every rank
-        encodes its share of the rows and the shares are gathered (see :class:`~partwise.EncoderCache`)."""
-        if self.cache_mode == "off" or self._train_loader is None:
-            return None
-        self.parts.train()  # the modes training will run in
-        task: Any = self.task  # the cache protocol (partwise.EncoderCache), checked by supports_cache
-        if supports_cache(task) and any(p.requires_grad for p in task.encoder_of(self.model).parameters()):
-            return None  # the encoder trains in this phase: nothing to cache (a later freeze rebuilds)
-        blockers = cache_blockers(self.task, self.model, self.world)
-        if blockers:
-            if self.cache_mode == "on":
-                raise ConfigError([f"cache: 'on', but the encoder's outputs cannot be cached: {'; '.join(blockers)}"])
-            return None
-        cache, loader = self.cache, self._train_loader
-        if cache is None:
-            refused: CacheRefused | None = None
-            try:
-                cache = EncoderCache.build(self.task, self.model, loader.dataset, loader.collate_fn, self.device,
-                                           spill_dir=self.run_dir / "cache" if self.run_dir else None,
-                                           rank=self.rank, world=self.world)
-            except CacheRefused as e:
-                refused = e
-            if not dist.all_true(refused is None, self.world, self.device):  # every rank decides alike
-                return self._refuse_cache(refused or CacheRefused("another rank refused the cache"))
-        self._cache_loss = dist.wrap(self.model, self.task, self.world, encodings=cache)
+        """The encoder-output cache for this phase (kept, built or dropped: :class:`~partwise.PhaseCache`)."""
+        loader = self._train_loader
+        cache = self._phase_cache.enter_phase(loader.dataset if loader is not None else None,
+                                              loader.collate_fn if loader is not None else None)
+        if cache is not None:
+            self._cache_loss = dist.wrap(self.model, self.task, self.world, encodings=cache)
         return cache
 
-    def _refuse_cache(self, reason: CacheRefused) -> EncoderCache | None:
-        """No cache (a warning says why), or a :class:`~partwise.ConfigError` when ``cache="on"``."""
-        if self.cache_mode == "on":
-            raise ConfigError([f"cache: 'on', but {reason}"]) from None
-        warnings.warn(f"frozen-encoder cache not used: {reason}", RuntimeWarning, stacklevel=3)
-        return None
-
     def _cached_loss(self, batch: Any, ctx: StepContext) -> torch.Tensor:
-        """The loss from cached encoder outputs; on the first batch, cached and live outputs are
-        compared first (all ranks must agree, or training goes on without the cache)."""
-        cache = self.cache
-        if cache is not None and not cache.verified:
-            refused: CacheRefused | None = None
-            try:
-                cache.verify(self.model, batch, self.device)
-            except CacheRefused as e:
-                refused = e
-            if not dist.all_true(refused is None, self.world, self.device):
-                self.cache = self._refuse_cache(refused or CacheRefused("cached and live encoder outputs differ "
-                                                                        "on another rank"))
-                self.wrapped = dist.wrap(self.model, self.task, self.world)
-                return self.wrapped(batch, ctx)
+        """The loss from cached encoder outputs (checked against live ones on the first batch; if they
+        differ, training goes on without the cache)."""
+        if not self._phase_cache.check(batch):
+            self.cache = None
+            self.wrapped = dist.wrap(self.model, self.task, self.world)
+            return self.wrapped(batch, ctx)
         return self._cache_loss(batch, ctx)
 
     # -- the loop ----------------------------------------------------------------------------

@@ -4,7 +4,8 @@
   encoder–decoder: ``embeddings``, ``encoder``, ``decoder``, ``head``;
 * :class:`Seq2SeqLMTask` — the model's own forward and loss, teacher forcing and scheduled
   sampling, ``generate``-based evaluation, and the frozen-encoder cache via ``encoder_outputs=``;
-* :func:`export` — a run's weights back into a ``from_pretrained`` directory.
+* :func:`export` — a run's weights back into a ``from_pretrained`` directory;
+* :class:`PartwiseSeq2SeqTrainer` / :class:`PartwiseTrainer` — a plan inside HF's own trainers.
 
 The core (``import partwise``) never imports ``transformers``; this subpackage does.
 """
@@ -21,8 +22,10 @@ from ._export import export
 from ._parts import PART_NAMES, Structure, parts, spec, structure, untie_parts
 from ._task import Encoding, Seq2SeqLMTask
 from ._teacher_forcing import decoder_logits, shift_right
+from ._trainer import PLAN_STATE_NAME, PartwiseSeq2SeqTrainer, PartwiseTrainer, PlanLR
 
 __all__ = [
-    "PART_NAMES", "Encoding", "Seq2SeqLMCollator", "Seq2SeqLMDataset", "Seq2SeqLMTask", "Structure",
-    "decoder_logits", "export", "parts", "shift_right", "spec", "structure", "untie_parts",
+    "PART_NAMES", "PLAN_STATE_NAME", "Encoding", "PartwiseSeq2SeqTrainer", "PartwiseTrainer", "PlanLR",
+    "Seq2SeqLMCollator", "Seq2SeqLMDataset", "Seq2SeqLMTask", "Structure", "decoder_logits", "export", "parts",
+    "shift_right", "spec", "structure", "untie_parts",
 ]
