@@ -8,12 +8,15 @@ phase the plan puts that step in and sets every group's learning rate for it.
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from ._atomic import write_text_atomic
 from ._errors import ConfigError
 from ._fingerprint import plan_differences, plan_fingerprint
 from ._guard import FrozenGuard
@@ -22,9 +25,12 @@ from ._parts import Parts
 from ._plan import Phase, PhaseSpan, Plan, held_elsewhere_problems
 from ._task import StepContext, enter_phase
 
-__all__ = ["PlanDriver"]
+__all__ = ["PlanDriver", "STATE_FILE"]
 
 FORMAT = "partwise.plan-driver/1"
+#: the file a loop partwise does not own (the HF Trainer, accelerate) keeps the driver's state in,
+#: inside its own checkpoint folder
+STATE_FILE = "partwise_plan.json"
 Optimizer = torch.optim.Optimizer | OptimizerSet
 
 
@@ -310,6 +316,26 @@ class PlanDriver:
         self.span, self._lrs, self._guard = None, None, None
         self._restored = index if index >= 0 else None
         return changes
+
+    def save_file(self, folder: str | Path, **extra: Any) -> Path:
+        """Write :meth:`state_dict` (and ``extra`` plain values) to ``folder/partwise_plan.json``
+        (written beside and renamed into place)."""
+        path = Path(folder) / STATE_FILE
+        write_text_atomic(path, json.dumps({**self.state_dict(), **extra}, indent=1))
+        return path
+
+    def load_file(self, folder: str | Path, allow_plan_change: bool = False, step: int | None = None,
+                  where: str = "resume") -> dict[str, Any]:
+        """:meth:`load_state_dict` from a folder :meth:`save_file` wrote; returns its ``extra`` values.
+        A folder without the file is a :class:`~partwise.ConfigError` (``where`` names the option)."""
+        path = Path(folder) / STATE_FILE
+        if not path.is_file():
+            raise ConfigError([f"{where}: {folder} has no {STATE_FILE}: it was not saved while a partwise plan ran, "
+                               "so the phase it stopped in is unknown; resume from a checkpoint saved with the plan"])
+        state = json.loads(path.read_text(encoding="utf-8"))
+        ours = {k: state.pop(k) for k in list(state) if k in ("format", "phase", "frozen", "plan", "plan_changes")}
+        self.load_state_dict(ours, allow_plan_change, step=step)
+        return state
 
     def _check_fingerprint(self, saved: Mapping[str, Any], allow: bool, step: int | None) -> list[str]:
         current = plan_fingerprint(self.plan, self._steps())

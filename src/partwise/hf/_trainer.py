@@ -14,9 +14,7 @@ before the optimizer's state is loaded, so that state lands in the groups it was
 
 from __future__ import annotations
 
-import json
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,9 +22,8 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import Seq2SeqTrainer, Trainer
 
-from .._atomic import write_text_atomic
 from .._cache import PhaseCache
-from .._driver import PlanDriver
+from .._driver import STATE_FILE, PlanDriver
 from .._errors import ConfigError
 from .._optim import OptimizerSet
 from .._parts import Parts
@@ -38,7 +35,7 @@ from ._teacher_forcing import IGNORE
 __all__ = ["PartwiseSeq2SeqTrainer", "PartwiseTrainer", "PlanLR", "PLAN_STATE_NAME"]
 
 #: the file a checkpoint folder holds the plan's state in (phase, freeze state, plan fingerprint)
-PLAN_STATE_NAME = "partwise_plan.json"
+PLAN_STATE_NAME = STATE_FILE
 
 
 class PlanLR(LRScheduler):
@@ -209,18 +206,14 @@ class _PlanMixin:
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)  # type: ignore[misc]
         if self.args.should_save:
-            write_text_atomic(Path(output_dir) / PLAN_STATE_NAME, json.dumps(self.plan_driver.state_dict(), indent=1))
+            self.plan_driver.save_file(output_dir)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         """The plan's state first (the freeze set of the phase in force, the plan checked), then HF's
         optimizer and scheduler states, which then land in the groups they were saved from."""
         if checkpoint is not None:
-            path = Path(checkpoint) / PLAN_STATE_NAME
-            if not path.is_file():
-                raise ConfigError([f"resume_from_checkpoint: {checkpoint} has no {PLAN_STATE_NAME}: it was not saved "
-                                   "by a partwise trainer, so the phase it stopped in is unknown; start a new run"])
-            state = json.loads(path.read_text(encoding="utf-8"))
-            self.plan_driver.load_state_dict(state, self.allow_plan_change, step=int(self.state.global_step))
+            self.plan_driver.load_file(checkpoint, self.allow_plan_change, step=int(self.state.global_step),
+                                       where="resume_from_checkpoint")
         super()._load_optimizer_and_scheduler(checkpoint)  # type: ignore[misc]
 
     def _load_best_model(self) -> None:
