@@ -42,11 +42,12 @@ class AcceleratePlan:
 
     Args:
         accelerator: the ``accelerate.Accelerator``.
-        driver: the plan driver (``pw.PlanDriver(parts, plan, steps_per_epoch=len(loader))``).
+        driver: the plan driver (``pw.PlanDriver(parts, plan)``; its steps per epoch are the prepared
+            loader's length, set by :meth:`batches`, which under several processes is this rank's share).
         allow_plan_change: resume state saved under another plan (warned about, and recorded).
 
     >>> import partwise as pw, partwise.hf as ph                           # doctest: +SKIP
-    >>> driver = pw.PlanDriver(ph.parts(model), plan, steps_per_epoch=len(loader))
+    >>> driver = pw.PlanDriver(ph.parts(model), plan)  # steps per epoch: batches() takes len(loader)
     >>> optimizer = driver.build_optimizer()            # before prepare: phase 0 frozen for DDP
     >>> model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     >>> plan = ph.AcceleratePlan(accelerator, driver)
@@ -88,11 +89,14 @@ class AcceleratePlan:
         length by default), one batch per step, epoch after epoch (``set_epoch`` called when the
         loader has it). On resume mid-epoch the epoch's first batches are skipped
         (``accelerator.skip_first_batches``) without drawing from the RNG that ``load_state``
-        restored, so dropout and sampling continue exactly as in an uninterrupted run."""
-        total = self.driver.total_steps() if total is None else total
+        restored, so dropout and sampling continue exactly as in an uninterrupted run. A driver made
+        without ``steps_per_epoch`` gets this process's ``len(loader)``."""
         per_epoch = len(loader)
         if per_epoch < 1:
             raise ConfigError(["loader: the training DataLoader is empty"])
+        if self.driver.steps_per_epoch is None:  # this process's batches per epoch (after prepare)
+            self.driver.set_steps_per_epoch(per_epoch)
+        total = self.driver.total_steps() if total is None else total
         step = self.steps_done
         while step < total:
             epoch, skip = divmod(step, per_epoch)

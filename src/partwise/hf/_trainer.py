@@ -100,11 +100,14 @@ class _PlanMixin:
         return kwargs
 
     def _check_args(self) -> None:
-        ignored = [f"{k}={getattr(self.args, k)!r}" for k, default in
-                   (("warmup_steps", 0), ("warmup_ratio", 0.0), ("lr_scheduler_type", "linear"))
-                   if hasattr(self.args, k) and getattr(self.args, k) not in (default, None, str(default))]
+        ignored = []
+        for key, default in (("warmup_steps", 0), ("warmup_ratio", 0.0), ("lr_scheduler_type", "linear")):
+            value = getattr(self.args, key, default)
+            value = getattr(value, "value", value)  # SchedulerType is an enum of strings
+            if value not in (default, None):
+                ignored.append(f"{key}={value!r}")
         if ignored:
-            warnings.warn(f"TrainingArguments {', '.join(ignored)} are not used: the plan sets every part's learning "
+            warnings.warn(f"TrainingArguments {', '.join(ignored)}: not used, the plan sets every part's learning "
                           "rate (give warmup and decay as Phase(schedule=pw.LRSchedule(...)))", RuntimeWarning,
                           stacklevel=3)
         self._phase_cache = PhaseCache(self.task, self.parts, self._cache_mode, device=self.args.device)
