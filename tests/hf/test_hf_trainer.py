@@ -311,3 +311,16 @@ def test_partwise_trainer_the_plain_hf_trainer_follows_the_plan_too(tmp_path):
         train_dataset=ph.Seq2SeqLMDataset(rows("bart")), data_collator=ph.Seq2SeqLMCollator(H.PAD), guard=True)
     tr.train()
     assert all(torch.equal(before[k], v) for k, v in model.get_encoder().state_dict().items())
+
+
+def test_bf16_on_cpu_trains_with_the_plan_and_keeps_the_frozen_encoder(tmp_path):
+    model = model_of("whisper")
+    before = {k: v.clone() for k, v in model.get_encoder().state_dict().items()}
+    tr = trainer("whisper", tmp_path, model=model, bf16=True, cache="auto", guard=True, max_steps=4,
+                 plan=plan_of("whisper", steps=(4, 4)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the run stops at the plan's first phase end
+        tr.train()
+    assert tr._phase_cache.cache is not None and tr._phase_cache.refusals == []
+    assert all(torch.equal(before[k], v) for k, v in model.get_encoder().state_dict().items())
+    assert all(torch.isfinite(torch.tensor(losses(tr))))

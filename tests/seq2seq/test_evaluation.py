@@ -119,9 +119,17 @@ def test_targets_much_longer_than_sources_train_and_decode_to_full_length(tmp_pa
     decoded = task.decode(model, *_sources(data))
     full = sum(len(ids) == len(ref[0]) for ids, ref in zip(decoded, data.references, strict=True))
     assert full >= 0.9 * len(data)
-    # the old default (2x the source length + 5 = 13 steps for 3 letters + EOS) cuts every output short
+    # the old default (2x the source length + 5 = 13 steps for 3 letters + EOS) cuts short every output
+    # whose reference needs more steps (its characters + EOS): bounds that follow from the data and the
+    # decodes above, whatever the trained model gets right (greedy decoding's first 13 steps do not
+    # depend on the limit), instead of an exact count of a trained model's outputs
+    steps = 2 * 4 + 5
+    cut = [i for i, ref in enumerate(data.references) if len(ref[0]) + 1 > steps]
+    assert len(cut) >= 0.8 * len(data)  # the data: most NATO spellings of 3 letters are >= 13 characters
+    decoded_full = [i for i in cut if len(decoded[i]) == len(data.references[i][0])]
     old = Seq2SeqTask(tgt_vocab=vocab).evaluate(model, DataLoader(data, batch_size=64, collate_fn=collate), data)
-    assert old["at_max_len"] == len(data) and old["seq_error"] == 1.0
+    assert old["at_max_len"] >= len(decoded_full) >= 0.8 * len(cut), (old, len(decoded_full), len(cut))
+    assert old["seq_error"] >= len(cut) / len(data)
 
 
 def _sources(data: Seq2SeqDataset) -> tuple[torch.Tensor, torch.Tensor]:

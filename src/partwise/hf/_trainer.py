@@ -178,7 +178,8 @@ class _PlanMixin:
         ctx = self.plan_driver.context(int(self.state.global_step), int(self.state.epoch or 0))
         hf_model = self.accelerator.unwrap_model(model)
         encoding = self._phase_cache.encoding(inputs) if self._phase_cache is not None else None
-        loss: Tensor = self.task.loss_from_encoding(hf_model, inputs, encoding, ctx)
+        with self.accelerator.autocast():  # the model's forward is autocast by accelerate, its encoder alone not
+            loss: Tensor = self.task.loss_from_encoding(hf_model, inputs, encoding, ctx)
         if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
             tokens = (inputs["labels"] != IGNORE).sum() if "labels" in inputs else None
             if tokens is not None:
