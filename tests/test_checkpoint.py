@@ -191,3 +191,40 @@ def test_a_part_file_outside_its_checkpoint_is_refused(tmp_path):
     (ckpt / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(pw.CheckpointError, match="not files inside the checkpoint folder"):
         pw.load_weights(model, parts, ckpt)
+
+
+def test_a_kill_while_pruning_never_leaves_a_torn_checkpoint_under_its_visible_name(tmp_path, monkeypatch):
+    """Pruning used to ``rmtree`` the visible ``step-…`` folder: a kill midway left it without
+    ``meta.json``, and no later start removed it. A kill inside the delete is simulated by removing
+    ``meta.json`` first and then raising, as ``rmtree`` killed after its first file would leave it."""
+    from partwise import _checkpoint
+
+    model = net()
+    for step in (1, 2):
+        save_checkpoint(tmp_path, f"step-{step:08d}", model, pw.Parts(model), {}, {}, keep=5)
+
+    real_rmtree = shutil.rmtree
+
+    def killed_rmtree(path, ignore_errors=False):
+        if not (path / "meta.json").is_file():  # the writer's own temporary: deleted as usual
+            return real_rmtree(path, ignore_errors=ignore_errors)
+        (path / "meta.json").unlink()
+        raise KeyboardInterrupt("killed while deleting")
+
+    monkeypatch.setattr(_checkpoint.shutil, "rmtree", killed_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, "step-00000003", model, pw.Parts(model), {}, {}, keep=1)
+    visible = [d for d in tmp_path.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    assert visible and all((d / "meta.json").is_file() for d in visible), sorted(d.name for d in visible)
+    assert any(d.name.startswith(".step-00000001.old-") for d in tmp_path.iterdir())  # debris, hidden
+
+
+def test_a_torn_checkpoint_folder_under_a_visible_name_is_removed_at_the_next_start(tmp_path):
+    model = net()
+    good = save_checkpoint(tmp_path, "step-00000002", model, pw.Parts(model), {}, {})
+    torn = tmp_path / "step-00000001"
+    torn.mkdir()
+    (torn / "part-encoder.safetensors").write_bytes(b"half")
+    (tmp_path / "notes").mkdir()  # not a checkpoint name: left alone
+    assert remove_debris(tmp_path) == ["step-00000001"]
+    assert not torn.exists() and good.exists() and (tmp_path / "notes").exists()

@@ -223,7 +223,7 @@ def test_trainer_arguments_are_all_checked_at_once():
     errors = e.value.errors
     assert len(errors) == 6, errors
     text = " ".join(errors)
-    for needle in ("grad_accum: 2.5", "batch_size: 0", "grad_clip: unknown part 'encoder'", "device: 'banana'",
+    for needle in ("grad_accum: 2.5", "batch_size: 0", "grad_clip.encoder: unknown part 'encoder'", "device: 'banana'",
                    "save_every: -1", "best_metric: ('loss', 'down')"):
         assert needle in text, needle
 
@@ -311,3 +311,17 @@ def test_stop_reason_says_why_fit_ended(tmp_path):
     assert trainer.stop_reason == "max_steps reached"
     trainer.fit(dataset())
     assert trainer.stop_reason == "the plan's end" and trainer.step == 20
+
+
+def test_grad_clip_zero_means_no_clipping_and_a_part_at_zero_is_refused():
+    """One rule, owned by the Trainer and used by the recipe checks: 0 (or None) turns clipping off."""
+    def norms(**kw) -> list[float]:
+        _, _, trainer = make(**kw)
+        log = LogSteps()
+        trainer.callbacks.append(log)
+        trainer.fit(dataset(), max_steps=4)
+        return [row["grad_norm"] for row in log.logs]
+
+    assert norms(grad_clip=0) == pytest.approx(norms(grad_clip=None))
+    with pytest.raises(pw.ConfigError, match=r"grad_clip.head: 0 must be a number > 0"):
+        make(grad_clip={"head": 0})

@@ -123,7 +123,7 @@ def write_checkpoint(ckpt_root: str | Path, name: str, tensors_by_part: dict[str
         _failpoints.reached("save.pointer")
     for stale in _versions(root, name):  # earlier versions of this checkpoint, now named by no pointer
         if stale != final.name and stale not in _pinned(root):
-            shutil.rmtree(root / stale, ignore_errors=True)
+            discard(root / stale)
     if keep is not None:
         _prune(root, keep, keep_epoch_ends)
     _failpoints.reached("save.pruned")
@@ -189,7 +189,20 @@ def _prune(root: Path, keep: int, keep_epoch_ends: int = 0) -> None:
             return  # a damaged meta.json: which to keep is unknown, so nothing is removed
     for d in complete:
         if d.name not in kept:
-            shutil.rmtree(d, ignore_errors=True)
+            discard(d)
+
+
+def discard(checkpoint: Path) -> None:
+    """Remove a checkpoint folder so that no kill leaves it torn under its visible name: renamed to the
+    hidden ``.NAME.old-<pid>`` first (one atomic step), then deleted (a kill in between leaves debris
+    that :func:`remove_debris` removes at the next start)."""
+    hidden = checkpoint.parent / f".{checkpoint.name}.old-{os.getpid()}"
+    try:
+        os.replace(checkpoint, hidden)
+    except FileNotFoundError:
+        return
+    _failpoints.reached("prune.renamed")
+    shutil.rmtree(hidden, ignore_errors=True)
 
 
 def point(ckpt_root: str | Path, pointer: str, name: str) -> None:
@@ -231,7 +244,7 @@ def drop_versions(ckpt_root: str | Path, name: str, keep: str) -> None:
     root = Path(ckpt_root)
     for stale in _versions(root, name):
         if stale != keep and stale not in _pinned(root):
-            shutil.rmtree(root / stale, ignore_errors=True)
+            discard(root / stale)
 
 
 def tidy(ckpt_root: str | Path, keep: int = 1, keep_epoch_ends: int = 0) -> None:
@@ -244,15 +257,21 @@ def tidy(ckpt_root: str | Path, keep: int = 1, keep_epoch_ends: int = 0) -> None
 
 
 _DEBRIS = re.compile(r"\..+\.(?:tmp|old)-([0-9]+)(?:\.[A-Za-z0-9]+)?")
+_CHECKPOINT_NAME = re.compile(r"(?:step-[0-9]+|averaged)(?:\.[0-9]+)?")
 
 
 def remove_debris(folder: str | Path) -> list[str]:
     """Remove the temporary files and folders (``.NAME.tmp-<pid>``, ``.NAME.old-<pid>``) that writers
     killed in the middle of an atomic write left in ``folder`` — only those whose process is gone
-    (a live process may still be writing them). Returns the names removed."""
+    (a live process may still be writing them) — and checkpoint folders (``step-N``, ``averaged``)
+    without ``meta.json``, which no write leaves visible. Returns the names removed."""
     folder = Path(folder)
     removed = []
     for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if _CHECKPOINT_NAME.fullmatch(entry.name) and entry.is_dir() and not (entry / META).exists():
+            discard(entry)  # a torn checkpoint under its visible name (never left by this version's writes)
+            removed.append(entry.name)
+            continue
         m = _DEBRIS.fullmatch(entry.name)
         if m is None or _alive(int(m.group(1))):
             continue

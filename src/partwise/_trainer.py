@@ -26,7 +26,7 @@ from ._plan import PhaseSpan, Plan
 from ._resume import SELF, restore
 from ._steps import EpochCursor, forward_backward, optimizer_update
 from ._task import StepContext, Task, as_task
-from ._trainer_args import EarlyStopping, check_fit, dev_key, device_for, option_problems
+from ._trainer_args import EarlyStopping, check_fit, dev_key, device_for, option_problems, precision_problem
 
 __all__ = ["Trainer", "NonFiniteLoss", "EarlyStopping"]
 
@@ -105,8 +105,8 @@ class Trainer:
         self.use_guard, self.cache_mode, self.average_last = guard, cache, average_last
         device_, device_problem = device_for(device)
         errors = option_problems(self) + ([device_problem] if device_problem else [])
-        if device_ is not None and precision == "fp16" and device_.type != "cuda":
-            errors.append(f"precision: 'fp16' needs CUDA, but device is {str(device_)!r}; use 'bf16' on CPU")
+        precision_error = precision_problem(precision, device_) if device_ is not None else None
+        errors += [precision_error] if precision_error else []
         self.task = as_task(task)
         try:  # the plan's phases are the driver's: it checks the plan against the parts
             self.driver = PlanDriver(parts, plan, task=self.task, guard=guard is True, rebuild=True)

@@ -16,7 +16,8 @@ from ._task import declared_metrics
 if TYPE_CHECKING:
     from ._trainer import Trainer
 
-__all__ = ["EarlyStopping", "device_for", "option_problems", "check_fit", "dev_key"]
+__all__ = ["EarlyStopping", "device_for", "precision_problem", "clip_problems", "option_problems", "check_fit",
+           "dev_key", "DEVICE_FIX"]
 
 
 class EarlyStopping:
@@ -43,21 +44,53 @@ def is_positive(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
+DEVICE_FIX = "use 'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'"
+
+
 def device_for(device: Any) -> tuple[torch.device | None, str | None]:
-    """The torch device for ``device``, or a message saying why it cannot be used here."""
+    """The torch device for ``device``, or a message saying why it cannot be used here (the one
+    device rule: the Trainer and the recipe checks both use it)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu"), None
     try:
         d = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        return None, f"device: {device!r} is not a device; use 'auto', 'cpu' or 'cuda' (or 'cuda:N')"
+        return None, f"device: {device!r} is not a device; {DEVICE_FIX}"
+    if d.type == "cuda" and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        return None, (f"device: {device!r} is not available on this machine (CUDA is not available: torch "
+                      f"{torch.__version__}, {build}); {DEVICE_FIX}")
     available = getattr(getattr(torch, d.type, None), "is_available", None) or getattr(
         getattr(torch.backends, d.type, None), "is_available", None)
     if d.type != "cpu" and (available is None or not available()):
-        return None, f"device: {device!r} is not available on this machine; use 'auto' or 'cpu'"
+        return None, f"device: {device!r} is not available on this machine; {DEVICE_FIX}"
     if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
-        return None, f"device: {device!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)"
+        count = torch.cuda.device_count()
+        return None, (f"device: {device!r} does not exist; this machine has {count} CUDA device(s) "
+                      f"(cuda:0..cuda:{count - 1})")
     return d, None
+
+
+def precision_problem(precision: Any, device: torch.device) -> str | None:
+    """The one precision rule: fp16 (with its loss scaler) needs CUDA."""
+    if precision == "fp16" and device.type != "cuda":
+        return f"precision: 'fp16' needs CUDA, but training runs on {device.type!r}; use 'bf16' or 'fp32'"
+    return None
+
+
+def clip_problems(clip: Any, part_names: list[str]) -> list[str]:
+    """The one gradient-clipping rule: ``None`` or ``0`` turns clipping off; a number > 0 is the max
+    norm of all gradients together; a mapping gives parts their own max norm (each > 0; parts not in
+    it are not clipped)."""
+    if clip is None or (not isinstance(clip, Mapping) and not isinstance(clip, bool) and clip == 0):
+        return []
+    if not isinstance(clip, Mapping):
+        return [] if is_positive(clip) else [f"grad_clip: {clip!r} must be a number > 0 (0 or None: no clipping) "
+                                              "or a part -> max norm mapping"]
+    out = [f"grad_clip.{p}: unknown part {p!r}; parts are {part_names}" for p in clip if p not in part_names]
+    out += [f"grad_clip.{p}: {v!r} must be a number > 0 (leave the part out not to clip it)"
+            for p, v in clip.items() if not is_positive(v)]
+    return out
 
 
 def option_problems(trainer: Trainer) -> list[str]:
@@ -92,22 +125,16 @@ def option_problems(trainer: Trainer) -> list[str]:
         out.append(f"best_metric: {bm!r} must be (metric name, 'min' or 'max'), e.g. ('loss', 'min')")
     return out + _clip_problems(trainer) + _part_name_problems(trainer)
 
+
 def _clip_problems(trainer: Trainer) -> list[str]:
-    clip = trainer.grad_clip
-    if clip is None:
-        return []
-    if not isinstance(clip, Mapping):
-        return [] if is_positive(clip) else [f"grad_clip: {clip!r} must be a number > 0 or a part -> max norm "
-                                              "mapping (None turns clipping off)"]
-    out = [f"grad_clip: unknown part {p!r}; parts are {trainer.parts.names}" for p in clip if p not in trainer.parts]
-    out += [f"grad_clip.{p}: {v!r} must be a number > 0" for p, v in clip.items() if not is_positive(v)]
-    return out
+    return clip_problems(trainer.grad_clip, trainer.parts.names)
 
 
 def _part_name_problems(trainer: Trainer) -> list[str]:
     if trainer.run_dir is None:
         return []
     return [f"parts: {m}" for m in ckpt.part_file_problems([*trainer.parts.names, REST])]
+
 
 def _metric_problems(trainer: Trainer, has_dev: bool) -> list[str]:
     """Metrics early stopping and ``best_metric`` need, against what the task declares it returns."""

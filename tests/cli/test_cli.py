@@ -199,3 +199,12 @@ def test_shipped_recipes_pass_every_check_before_training(name, capsys):
     code, out, err = run_cli(capsys, "inspect", str(recipe))
     assert code == 0, err
     assert "phase 0" in out
+
+
+def test_grad_clip_zero_is_no_clipping_in_the_recipe_as_in_the_trainer(tmp_path, capsys):
+    """The recipe checks use the Trainer's own clipping rule, so a recipe they pass the Trainer takes."""
+    recipe = write_recipe(tmp_path, TINY)
+    code, _, err = run_cli(capsys, "inspect", str(recipe), "training.grad_clip=0")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "inspect", str(recipe), "training.grad_clip=-1")
+    assert code == 2 and "training.grad_clip: -1" in err and "0 or None: no clipping" in err

@@ -3,9 +3,11 @@
 :func:`check_recipe` runs the task kind's own checks, then builds the recipe's model (a stand-in when
 the kind offers ``model_for_check``), its parts and plan, and checks on them: each phase's optimizer
 (name and options, by the validator ``Plan.check`` runs, a dry run of the optimizer class
-included), ``training.grad_clip`` part names, the metric that ``best_metric`` / ``early_stopping`` name
-(against the kind's declared metrics), and that ``training.device`` exists on this machine. Every
-problem is reported at once, as one :class:`~partwise.ConfigError`, with its path in the recipe.
+included), ``training.grad_clip``, the metric that ``best_metric`` / ``early_stopping`` name (against the
+kind's declared metrics), and that ``training.device`` exists on this machine. Device, precision and
+clipping are checked by the Trainer's own rules (``partwise._trainer_args``); here they only get their
+recipe paths. Every problem is reported at once, as one :class:`~partwise.ConfigError`, with its path in
+the recipe.
 """
 
 from __future__ import annotations
@@ -14,21 +16,19 @@ import copy
 import re
 from typing import Any
 
-import torch
 from torch import nn
 
 from .._errors import ConfigError, PartError
 from .._optim import PartConfig
 from .._parts import Parts
 from .._plan import Plan
+from .._trainer_args import clip_problems, device_for, precision_problem
 from ..recipe import Recipe, declared_metrics
 from . import _build as build
 from ._init import init_part_problems, init_problems
 from ._kinds import get_kind
 
 __all__ = ["check_recipe", "device_problems", "optimizer_problems", "grad_clip_problems", "metric_problems"]
-
-DEVICE_FIX = "use device: auto (CUDA when available, else CPU) or cpu"
 
 
 def check_recipe(recipe: Recipe, source: str | None = None, model: nn.Module | None = None) -> None:
@@ -68,40 +68,12 @@ def _problems(recipe: Recipe, model: nn.Module | None) -> list[str]:
 
 
 def device_problems(recipe: Recipe) -> list[str]:
-    """``training.device`` names a device torch knows and this machine has; fp16 needs CUDA."""
-    spec, precision = recipe.training.device, recipe.training.precision
-    if spec == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            device = torch.device(spec)
-        except (RuntimeError, TypeError, ValueError):
-            return [f"training.device: {spec!r} is not a device; {DEVICE_FIX}, cuda or cuda:N"]
-        problem = _unavailable(spec, device)
-        if problem:
-            return [problem]
-    if precision == "fp16" and device.type != "cuda":
-        return [f"training.precision: 'fp16' needs a CUDA device, and training runs on {device.type}; use bf16 or fp32"]
-    return []
-
-
-def _unavailable(spec: str, device: torch.device) -> str | None:
-    if device.type == "cpu":
-        return None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            build_ = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-            return (f"training.device: {spec!r} but CUDA is not available here (torch {torch.__version__}, {build_}); "
-                    f"{DEVICE_FIX}")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            return (f"training.device: {spec!r} but this machine has {count} CUDA device(s) "
-                    f"(cuda:0..cuda:{count - 1}); {DEVICE_FIX}")
-        return None
-    if device.type == "mps":
-        return (None if torch.backends.mps.is_available()
-                else f"training.device: 'mps' is not available here; {DEVICE_FIX}")
-    return f"training.device: {spec!r}: partwise trains on cpu, cuda or mps; {DEVICE_FIX}"
+    """``training.device`` and ``training.precision``, by the Trainer's own rules, with recipe paths."""
+    device, problem = device_for(recipe.training.device)
+    if problem:
+        return [f"training.{problem}"]
+    precision = precision_problem(recipe.training.precision, device) if device is not None else None
+    return [f"training.{precision}"] if precision else []
 
 
 def optimizer_problems(plan: Plan, parts: Parts) -> list[str]:
@@ -127,13 +99,8 @@ def _per_part_once(message: str) -> str:
 
 
 def grad_clip_problems(recipe: Recipe, parts: Parts) -> list[str]:
-    clip = recipe.training.grad_clip
-    if isinstance(clip, dict):
-        out = [f"training.grad_clip.{p}: unknown part; parts are {parts.names}" for p in clip if p not in parts]
-        return out + [f"training.grad_clip.{p}: {v!r} must be > 0" for p, v in clip.items() if v <= 0]
-    if clip is not None and clip < 0:
-        return [f"training.grad_clip: {clip!r} must be >= 0 (0 or null: no clipping)"]
-    return []
+    """``training.grad_clip``, by the Trainer's own rule, with recipe paths."""
+    return [f"training.{m}" for m in clip_problems(recipe.training.grad_clip, parts.names)]
 
 
 def metric_problems(recipe: Recipe, kind: Any, part_names: list[str] | None) -> list[str]:
