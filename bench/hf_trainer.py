@@ -31,7 +31,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +68,10 @@ def trainer_for(variant: str, args: argparse.Namespace, model: Any, data: Any, e
             if gate is not None:
                 (gate.lap if self.done == epochs else gate.lap_and_start)()
 
+    schedule = {"lr_scheduler_type": "constant"} if variant == "hf" else {}  # a plan's LRs are its own (constant)
     targs = tf.Seq2SeqTrainingArguments(
         output_dir=out, per_device_train_batch_size=args.batch_size, num_train_epochs=epochs, learning_rate=1e-4,
-        weight_decay=0.01, lr_scheduler_type="constant", save_strategy="no", report_to=[], use_cpu=True,
+        weight_decay=0.01, **schedule, save_strategy="no", report_to=[], use_cpu=True,
         disable_tqdm=True, logging_strategy="no", seed=0, dataloader_num_workers=0)
     common = dict(train_dataset=data, data_collator=ph.Seq2SeqLMCollator(0), callbacks=[Turns()])
     if variant == "hf":
@@ -80,9 +80,7 @@ def trainer_for(variant: str, args: argparse.Namespace, model: Any, data: Any, e
     # HF's default optimizer is torch's fused AdamW (optim="adamw_torch_fused"); the plan names the same
     options = {"weight_decay": 0.01, "fused": True}
     plan = pw.Plan([pw.Phase("decoder", epochs=epochs, train={"decoder": 1e-4}, optimizer=options)])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # lr_scheduler_type="constant" is not used by a plan
-        return ph.PartwiseSeq2SeqTrainer(model, targs, plan=plan, cache=variant, **common)
+    return ph.PartwiseSeq2SeqTrainer(model, targs, plan=plan, cache=variant, **common)
 
 
 def run(variant: str, args: argparse.Namespace, model: Any, data: Any, epochs: int, gate: Gate | None) -> Any:

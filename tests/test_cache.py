@@ -99,7 +99,7 @@ def test_cache_spills_to_memory_mapped_files(tmp_path):
     in_memory = EncoderCache.build(task, model, data, collate, torch.device("cpu"), batch_size=16)
     on_disk = EncoderCache.build(task, model, data, collate, torch.device("cpu"), batch_size=16,
                                  spill_dir=tmp_path, spill_bytes=0)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["final.bin", "states.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final.npy", "states.npy"]
     batch = collate([data[i] for i in (5, 0, 40)])
     a, b = in_memory.lookup(batch, torch.device("cpu")), on_disk.lookup(batch, torch.device("cpu"))
     assert torch.equal(a.states, b.states) and torch.equal(a.mask, b.mask) and torch.equal(a.final, b.final)

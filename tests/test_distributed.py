@@ -85,4 +85,4 @@ def test_two_ranks_with_the_encoder_cache_train_as_without_it(tmp_path):
     assert on[0]["losses"] == on[1]["losses"] and len(on[0]["losses"]) == 18
     torch.testing.assert_close(on[0]["losses"], off[0]["losses"], rtol=1e-5, atol=1e-6)
     assert on[0]["mapped_equal"] and on[1]["mapped_equal"]
-    assert on[0]["mapped_files"] == on[1]["mapped_files"] == ["final.bin", "states.bin"]
+    assert on[0]["mapped_files"] == on[1]["mapped_files"] == ["final.npy", "states.npy"]

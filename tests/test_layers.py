@@ -6,8 +6,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 UPPER = ("partwise.seq2seq", "partwise.hf", "partwise.data", "partwise.tasks", "partwise.pretrained",
          "partwise.recipe", "partwise.cli")
 
@@ -31,14 +29,3 @@ def test_import_seq2seq_loads_no_data_hf_or_cli():
     assert not [m for m in ours if m.startswith(UPPER[1:])], ours
 
 
-@pytest.mark.parametrize(("name", "new"), [("TeacherForcing", "TeacherForcing"), ("linear", "tf_linear"),
-                                           ("Schedule", "TFSchedule")])
-def test_teacher_forcing_names_moved_to_seq2seq(name, new):
-    import partwise as pw
-    import partwise.seq2seq as s2s
-
-    with pytest.raises(AttributeError, match=f"partwise.seq2seq.{new}"):
-        getattr(pw, name)
-    assert hasattr(s2s, new)
-    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
-        pw.nothing  # noqa: B018

@@ -54,25 +54,6 @@ from ._untie import Untied, UntieReport, untie
 
 __version__ = "0.1.0"
 
-# Teacher forcing is a seq2seq concept and lives in partwise.seq2seq; the core never imports it (not
-# even lazily: `import partwise` loads no model code). Its former top-level names say where they went.
-_MOVED = {
-    "TeacherForcing": "partwise.seq2seq.TeacherForcing",
-    "TeacherForcingStats": "partwise.seq2seq.TeacherForcingStats",
-    "Schedule": "partwise.seq2seq.TFSchedule",
-    "constant": "partwise.seq2seq.tf_constant",
-    "linear": "partwise.seq2seq.tf_linear",
-    "exponential": "partwise.seq2seq.tf_exponential",
-    "inverse_sigmoid": "partwise.seq2seq.tf_inverse_sigmoid",
-    "schedule_from_dict": "partwise.seq2seq.tf_schedule_from_dict",
-}
-
-
-def __getattr__(name: str) -> object:
-    if name in _MOVED:
-        raise AttributeError(f"partwise.{name} moved to {_MOVED[name]} (teacher forcing is part of partwise.seq2seq; "
-                             "a plan phase sets it with task_options={'teacher_forcing': ...})")
-    raise AttributeError(f"module 'partwise' has no attribute {name!r}")
 
 __all__ = [
     "CacheRefused",

@@ -25,7 +25,7 @@ batch is refused); row ids must be unique. On the first training batch the cache
 compared with live ones.
 
 The cache is used only when every parameter of the encoder is frozen and every module of it is in
-eval mode. Past ``spill_bytes`` its rows live in memory-mapped files (``<spill_dir>/<name>.bin``,
+eval mode. Past ``spill_bytes`` its rows live in memory-mapped files (``<spill_dir>/<name>.npy``,
 ``rank<r>/`` under DDP).
 
 **Under DDP the cache is keyed by row and gathered.** The trainer gives each rank a slice of every
@@ -199,7 +199,7 @@ class EncoderCache:
         if spill_dir is not None and sum(c.flat.numel() * c.flat.element_size()
                                          for c in columns.values()) > spill_bytes:
             where = Path(spill_dir) / (f"rank{rank}" if world > 1 else "")
-            columns = {k: _Column(_spill(c.flat, where / f"{k}.bin"), c.offsets) for k, c in columns.items()}
+            columns = {k: _Column(_spill(c.flat, where / f"{k}.npy"), c.offsets) for k, c in columns.items()}
         return cls(task, columns, ids)
 
     def slots(self, ids: Tensor) -> Tensor:

@@ -40,9 +40,21 @@ from ._parts import REST, Parts
 __all__ = ["part_tensors", "save_checkpoint", "write_checkpoint", "point", "epoch_end_checkpoints",
            "averaged_checkpoint", "drop_versions", "resolve_checkpoint",
            "pointer_target", "PLAIN_NAME", "best_or_latest", "load_weights", "load_state",
-           "read_meta", "read_part", "part_file_problems", "remove_debris", "tidy"]
+           "read_meta", "read_part", "part_file_problems", "remove_debris", "tidy", "pid_alive", "discard",
+           "STATE_KEYS", "check_state_keys", "complete_checkpoints"]
 
 META, STATE = "meta.json", "state.pt"
+#: the keys of ``Trainer.state_dict()``: the one schema of a checkpoint's state.pt
+STATE_KEYS = ("step", "epoch", "plan", "optimizer", "parts", "rng", "history", "best", "stale_evals", "stop_best",
+              "skipped_steps", "scaler", "epoch_loss", "data", "data_changes", "best_checkpoint", "callbacks")
+
+
+def check_state_keys(state: Any, where: str) -> None:
+    """A :class:`CheckpointError` unless ``state`` holds every key of :data:`STATE_KEYS`."""
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{where}: not a training state saved by this version of partwise (missing "
+                              f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''})", missing)
 POINTERS = ("latest", "best")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]*")
 _SHOWN = 10  # mismatches shown in one error message (all are in ``CheckpointError.problems``)
@@ -176,11 +188,20 @@ def _free_name(root: Path, name: str) -> str:
     return candidate
 
 
+def complete_checkpoints(ckpt_root: str | Path) -> list[Path]:
+    """The complete checkpoints under ``ckpt_root`` (visible folders with a ``meta.json``), by name
+    (so by step): the one lister of checkpoints."""
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return []
+    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and (d / META).is_file())
+
+
 def _prune(root: Path, keep: int, keep_epoch_ends: int = 0) -> None:
     """Remove the complete checkpoints that are not among the newest ``keep``, not among the last
     ``keep_epoch_ends`` epoch-end ones, and not named by a pointer."""
     kept = _pinned(root)
-    complete = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and (d / META).exists())
+    complete = complete_checkpoints(root)
     kept.update(d.name for d in complete[len(complete) - keep:] if keep > 0)
     if keep_epoch_ends > 0:
         try:
@@ -217,11 +238,10 @@ def epoch_end_checkpoints(ckpt_root: str | Path) -> list[Path]:
     """The complete checkpoints under ``ckpt_root`` written at an epoch's end, oldest first."""
     root = Path(ckpt_root)
     found = []
-    for d in sorted(root.iterdir()) if root.is_dir() else []:
-        if d.is_dir() and not d.name.startswith(".") and (d / META).exists():
-            meta = read_meta(d)
-            if meta.get("epoch_end") and not meta.get("averaged_from"):
-                found.append((int(meta.get("step", -1)), d))
+    for d in complete_checkpoints(root):
+        meta = read_meta(d)
+        if meta.get("epoch_end") and not meta.get("averaged_from"):
+            found.append((int(meta.get("step", -1)), d))
     return [d for _, d in sorted(found)]
 
 
@@ -283,19 +303,29 @@ def remove_debris(folder: str | Path) -> list[str]:
     return removed
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (this process included; unknowable answers count as alive)."""
-    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill(pid, 0) would end the process
-        return True
-    if pid <= 0:
+def pid_alive(pid: object, self_alive: bool = True) -> bool:
+    """Whether process ``pid`` exists: the one liveness check (debris of a live writer is kept, a run
+    whose creator still runs is not replaced). This process counts as alive unless ``self_alive`` is
+    False (a run this very process created earlier is stale to it); a pid that is not a positive
+    whole number does not exist; answers the system cannot give (another user's process, a pid too
+    large to name, Windows, where ``os.kill(pid, 0)`` would end the process) count as alive."""
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         return False
+    if pid == os.getpid():
+        return self_alive
+    if os.name == "nt":
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except (OSError, OverflowError):
-        return True  # another user's process, or a pid this system cannot even name: leave it alone
+        return True
     return True
+
+
+def _alive(pid: int) -> bool:
+    return pid_alive(pid)
 
 
 def best_or_latest(path: str | Path) -> str:
@@ -322,11 +352,9 @@ def resolve_checkpoint(checkpoint: str | Path, which: str = "latest") -> Path:
             target = root / pointer_target(pointer)
             if (target / META).exists():
                 return target
-        if root.is_dir():
-            complete = sorted(d for d in root.iterdir()
-                              if d.is_dir() and not d.name.startswith(".") and (d / META).exists())
-            if complete and which == "latest":
-                return complete[-1]
+        complete = complete_checkpoints(root)
+        if complete and which == "latest":
+            return complete[-1]
     raise CheckpointNotFound(f"no complete checkpoint at {str(p)!r} (looked for {which!r} under it and under "
                              "checkpoints/); give a run directory written by partwise or a checkpoint folder")
 

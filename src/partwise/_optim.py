@@ -48,7 +48,6 @@ __all__ = [
 
 DEFAULT_OPTIONS: dict[str, Any] = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01}
 NAMED_FORMAT = "partwise.named-state/2"
-_NAMED_FORMATS = ("partwise.named-state/1", NAMED_FORMAT)  # /1: no shapes or class recorded
 SET_FORMAT = "partwise.optimizer-set/1"
 
 
@@ -238,7 +237,7 @@ def _install_named_state(opt: Optimizer, binding: _Binding) -> None:
         return sd
 
     def from_named(optimizer: Optimizer, sd: dict[str, Any]) -> dict[str, Any] | None:
-        if sd.get("format") not in _NAMED_FORMATS:
+        if sd.get("format") != NAMED_FORMAT:
             return None
         same_class = sd.get("optimizer", type(optimizer).__name__) == type(optimizer).__name__
         if not same_class:
@@ -277,9 +276,7 @@ def _matching_state(optimizer: Optimizer, binding: _Binding, sd: Mapping[str, An
         if p is None:
             continue
         saved = shapes.get(name)
-        ok = (saved == [list(p.shape), str(p.dtype)]) if saved else all(
-            v.shape == p.shape for v in st.values() if isinstance(v, torch.Tensor) and v.ndim == p.ndim and v.ndim)
-        if ok:
+        if saved == [list(p.shape), str(p.dtype)]:
             good[name] = st
         else:
             bad.append(f"{name} (saved {saved[0] if saved else '?'} {saved[1] if saved else ''}, now "
@@ -535,7 +532,7 @@ def load_state_by_name(optimizer: Optimizer | OptimizerSet, state_dict: Mapping[
     parameter starts fresh). Returns the parameters loaded."""
     if state_dict.get("format") == SET_FORMAT:
         saved = list(state_dict["optimizers"].values())
-    elif state_dict.get("format") in _NAMED_FORMATS:
+    elif state_dict.get("format") == NAMED_FORMAT:
         saved = [state_dict]
     else:
         raise PartError("optimizer state is not keyed by parameter name (build the optimizer with build_optimizer, "

@@ -6,14 +6,10 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from . import _checkpoint as ckpt
 from ._atomic import write_text_atomic
-from ._callbacks import load_callback_states, notify
 from ._errors import ConfigError
 from ._fingerprint import data_differences
-from ._optim import load_state_by_name
 
 if TYPE_CHECKING:
     from ._trainer import Trainer
@@ -33,43 +29,29 @@ def restore(trainer: Trainer, source: str | Path, steps_per_epoch: int, allow_pl
     :class:`~partwise.PlanDriver`)."""
     source = ckpt.resolve_checkpoint(source)
     state = ckpt.load_state(source)
+    ckpt.check_state_keys(state, str(source / ckpt.STATE))
     errors: list[str] = []  # data and plan differences reported together
+    data_changes: list[str] = []
     try:
-        data_changes = _check_data(trainer, state, allow_data_change)
+        data_changes = _check_data(state, trainer.data_fingerprint, allow_data_change)
     except ConfigError as e:
         errors += e.errors
+    changes: list[str] = []
     try:
         changes = trainer.driver.load_state_dict(state["plan"], allow_plan_change, step=state["step"])
     except ConfigError as e:
         errors += e.errors
     if errors:
         raise ConfigError(errors)
-    changes += data_changes
     ckpt.load_weights(trainer.model, trainer.parts, source)  # complete or refused
-    trainer.step, trainer.history, trainer.best = state["step"], state["history"], state["best"]
-    trainer._saved_at = trainer.step  # this step's checkpoint exists: no second one at the same step
-    trainer.epoch = trainer.step // steps_per_epoch
-    trainer._stale_evals, trainer.skipped_steps = state["stale_evals"], state["skipped_steps"]
-    trainer._stop_best = state.get("stop_best", state["best"])
-    trainer._epoch_loss = (float(state["epoch_loss"][0]), int(state["epoch_loss"][1]))
-    # before the phase is entered: a callback sees a resumed phase as its own
-    load_callback_states(trainer.callbacks, state.get("callbacks", {}))
-    if changes:
-        notify(trainer.callbacks, "on_plan_change", trainer, changes)
-    load_state_by_name(trainer.driver.build_optimizer(), state["optimizer"])
-    if trainer.scaler is not None and state["scaler"]:
-        trainer.scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng"]["cpu"])
-    if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    _restore_best_pointer(trainer, source, state.get("best_checkpoint"))
+    best = _restore_best_pointer(trainer, source, state.get("best_checkpoint"))
+    trainer.load_state_dict(state, steps_per_epoch, changes + data_changes, data_changes, best)
 
 
-def _check_data(trainer: Trainer, state: dict[str, Any], allow: bool) -> list[str]:
+def _check_data(state: dict[str, Any], now: dict[str, Any], allow: bool) -> list[str]:
     """Refuse to resume on other training data or data settings than the checkpoint's (every
-    difference named), unless ``allow``: then they are warned about and recorded."""
-    trainer.data_changes = list(state.get("data_changes", []))
-    differences = data_differences(state.get("data", {}), trainer._data)
+    difference named), unless ``allow``: then they are warned about and returned, to be recorded."""
+    differences = data_differences(state["data"], now)
     if not differences:
         return []
     if not allow:
@@ -78,21 +60,21 @@ def _check_data(trainer: Trainer, state: dict[str, Any], allow: bool) -> list[st
             "depend on them), or allow the change (allow_data_change=True; partwise resume --allow-data-change)"])
     warnings.warn("resuming on changed training data (allow_data_change=True): " + "; ".join(differences),
                   RuntimeWarning, stacklevel=4)
-    recorded = [f"step {state['step']}: data: {d}" for d in differences]
-    trainer.data_changes += recorded
-    return recorded
+    return [f"step {state['step']}: data: {d}" for d in differences]
 
 
-def _restore_best_pointer(trainer: Trainer, source: Path, recorded: Any) -> None:
+def _restore_best_pointer(trainer: Trainer, source: Path, recorded: Any) -> str | None:
     """After a kill between a checkpoint's ``latest`` and ``best`` pointers, point ``best`` where the
-    resumed checkpoint says it should (when that checkpoint is in this run and still exists)."""
+    resumed checkpoint says it should (when that checkpoint is in this run and still exists); returns
+    the checkpoint ``best`` names then (``None``: none restored)."""
     if not isinstance(recorded, str) or trainer.run_dir is None or trainer.rank != 0:
-        return
+        return None
     root = trainer.run_dir / "checkpoints"
     name = source.name if recorded == SELF else recorded
-    if source.parent.resolve() != root.resolve() or not (root / name / ckpt.META).is_file():
-        return
-    trainer._best_name = name
+    if (source.parent.resolve() != root.resolve() or not ckpt.PLAIN_NAME.fullmatch(name)
+            or not (root / name / ckpt.META).is_file()):
+        return None
     pointer = root / "best"
     if not pointer.is_file() or pointer.read_text(encoding="utf-8").strip() != name:
         write_text_atomic(pointer, name)
+    return name

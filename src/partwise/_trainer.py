@@ -14,19 +14,19 @@ from . import _checkpoint as ckpt
 from . import _distributed as dist
 from . import _failpoints
 from ._cache import EncoderCache, PhaseCache
-from ._callbacks import Callback, callback_states, notify
+from ._callbacks import Callback, callback_states, load_callback_states, notify
 from ._driver import PlanDriver
 from ._errors import ConfigError, PartwiseError
 from ._fingerprint import data_fingerprint
 from ._guard import grad_report
 from ._loader import eval_batches, make_loader, move_to, uneven_split
-from ._optim import OptimizerSet
+from ._optim import OptimizerSet, load_state_by_name
 from ._parts import Parts
 from ._plan import PhaseSpan, Plan
 from ._resume import SELF, restore
 from ._steps import EpochCursor, forward_backward, optimizer_update
 from ._task import StepContext, Task, as_task
-from ._trainer_args import EarlyStopping, check_fit, dev_key, device_for, option_problems, precision_problem
+from ._trainer_args import EarlyStopping, check_fit, device_for, option_problems, precision_problem
 
 __all__ = ["Trainer", "NonFiniteLoss", "EarlyStopping"]
 
@@ -70,8 +70,7 @@ class Trainer:
             (``"stop"``). Under fp16 an overflowing gradient is the loss scaler's business: it skips
             the step and lowers the scale (counted in ``skipped_steps``, never a stop).
         early_stopping / best_metric: stop on a plateau; keep the best checkpoint by ``(metric, mode)``.
-            A metric is ``train_loss`` or one the task's ``evaluate`` returns (``"wer"`` or ``"dev_wer"``;
-            the older ``"val_wer"`` spelling is accepted).
+            A metric is ``train_loss`` or one the task's ``evaluate`` returns (``"wer"`` or ``"dev_wer"``).
             Under DDP rank 0 evaluates and every rank takes its metrics, so all decide alike.
         save_every: also checkpoint every N optimizer steps (always at each epoch end).
         callbacks: objects with any of the :class:`~partwise.Callback` hooks: ``on_phase_start(trainer,
@@ -422,7 +421,7 @@ class Trainer:
         return improved, self._stale_evals >= es.patience
 
     def _metric(self, metrics: dict[str, Any], name: str) -> float:
-        key = name if name in metrics else f"dev_{name}" if f"dev_{name}" in metrics else dev_key(name)
+        key = name if name in metrics else f"dev_{name}"
         if key not in metrics:
             raise ConfigError([f"best/early-stopping metric {name!r} not produced by {type(self.task).__name__}; "
                                f"have {sorted(metrics)}; choose one of those, or declare the task's metrics"])
@@ -434,7 +433,14 @@ class Trainer:
         return {f"lr/{g['part']}": g["lr"] for g in groups if g["params"] and "part" in g}
 
     # -- checkpoints -------------------------------------------------------------------------
+    @property
+    def data_fingerprint(self) -> dict[str, Any]:
+        """The training data's fingerprint (rows, settings), taken when ``fit`` starts."""
+        return self._data
+
     def state_dict(self) -> dict[str, Any]:
+        """Everything a checkpoint needs to continue the run exactly (keys ``partwise._checkpoint.STATE_KEYS``; plain
+        types and tensors: safe for ``torch.load(weights_only=True)``)."""
         rng: dict[str, Any] = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -445,6 +451,34 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler else {}, "epoch_loss": list(self._epoch_loss),
                 "data": self._data, "data_changes": list(self.data_changes),
                 "best_checkpoint": self._best_name, "callbacks": callback_states(self.callbacks)}
+
+    def load_state_dict(self, state: dict[str, Any], steps_per_epoch: int, changes: Sequence[str] = (),
+                        data_changes: Sequence[str] = (), best_checkpoint: str | None = None) -> None:
+        """Restore what :meth:`state_dict` saved, except the plan's state, the weights and the data
+        fingerprint, which a resume checks and restores first (:func:`partwise._resume.restore`), in
+        this order: counters, history and best values; callbacks' states (then ``on_plan_change`` with
+        ``plan_changes``); the optimizer's state, in the layout the plan's restored freeze state gives;
+        the scaler; the RNG. ``changes``: the plan and data changes accepted by this resume (told to the
+        callbacks), ``data_changes`` the data ones (recorded); ``best_checkpoint``: what ``best`` names."""
+        ckpt.check_state_keys(state, "state")
+        self.step, self.history, self.best = int(state["step"]), list(state["history"]), state["best"]
+        self._saved_at = self.step  # this step's checkpoint exists: no second one at the same step
+        self.epoch = self.step // steps_per_epoch
+        self._stale_evals, self.skipped_steps = int(state["stale_evals"]), int(state["skipped_steps"])
+        self._stop_best = state["stop_best"]
+        self._epoch_loss = (float(state["epoch_loss"][0]), int(state["epoch_loss"][1]))
+        self.data_changes = list(state["data_changes"]) + list(data_changes)
+        self._best_name = best_checkpoint
+        # before the phase is entered: a callback sees a resumed phase as its own
+        load_callback_states(self.callbacks, state["callbacks"])
+        if changes:
+            notify(self.callbacks, "on_plan_change", self, list(changes))
+        load_state_by_name(self.driver.build_optimizer(), state["optimizer"])
+        if self.scaler is not None and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
     def save(self, best: bool = False, epoch_end: bool = False) -> Path | None:
         """Write a checkpoint (rank 0 only) atomically; returns its directory. Its state records the

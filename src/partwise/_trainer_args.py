@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ._trainer import Trainer
 
 __all__ = ["EarlyStopping", "device_for", "precision_problem", "clip_problems", "option_problems", "check_fit",
-           "dev_key", "DEVICE_FIX"]
+           "DEVICE_FIX"]
 
 
 class EarlyStopping:
@@ -144,17 +144,12 @@ def _metric_problems(trainer: Trainer, has_dev: bool) -> list[str]:
     rules += [("early_stopping.metric", trainer.early_stopping.metric)] if trainer.early_stopping else []
     out = []
     for where, name in rules:
-        if name in known or f"dev_{name}" in known or dev_key(name) in known or (has_dev and declared is None):
+        if name in known or f"dev_{name}" in known or (has_dev and declared is None):
             continue  # a task that declares no metrics is checked at its first evaluation
         why = ("no dev_data given" if not has_dev
                else f"task {type(trainer.task).__name__} returns {sorted(declared or ())}")
         out.append(f"{where}: metric {name!r} will not be produced ({why}); choose one of {sorted(known)}")
     return out
-
-
-def dev_key(name: str) -> str:
-    """A metric name in today's spelling: the held-out split is ``dev`` (``val_wer`` was the older key)."""
-    return f"dev_{name[4:]}" if name.startswith("val_") else name
 
 
 def check_fit(trainer: Trainer, dev_data: Any, max_steps: Any, max_minutes: Any) -> None:

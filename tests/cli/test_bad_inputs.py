@@ -143,7 +143,7 @@ def tsv_recipe(d: Path, train_text: bytes | None) -> dict:
         (d / "train.tsv").write_bytes(train_text)
     (d / "dev.tsv").write_text("cat\tK AE T\n")
     return {**TINY, "training": {**TINY["training"], "best_metric": "seq_error"},
-            "data": {"name": "tsv", "train": str(d / "train.tsv"), "dev": str(d / "dev.tsv")}}
+            "data": {"name": "pairs", "train": str(d / "train.tsv"), "dev": str(d / "dev.tsv")}}
 
 
 case("tsv data with bad lines", "train.tsv", "line 2")(
@@ -322,7 +322,7 @@ def _(run: Path, d: Path) -> list[str]:
     return ["eval", str(run)]
 
 
-@case("best pointer leaves the folder", "best", "not a checkpoint name")
+@case("best pointer leaves the folder", "best", "is not the name of a checkpoint folder beside it")
 def _(run: Path, d: Path) -> list[str]:
     (run / "checkpoints" / "best").write_text("../../config.yaml")
     return ["predict", str(run), "hello"]

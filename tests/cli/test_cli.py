@@ -102,7 +102,7 @@ def test_tsv_with_bad_lines_is_reported_with_line_numbers(tmp_path, capsys):
     (tmp_path / "train.tsv").write_text("cat\tK AE T\ndog D AO G\nbird\tB ER D\n\n", encoding="utf-8")
     (tmp_path / "dev.tsv").write_text("cat\tK AE T\n", encoding="utf-8")
     recipe = write_recipe(tmp_path, {**TINY, "training": {**TINY["training"], "best_metric": "seq_error"},
-                                     "data": {"name": "tsv", "train": str(tmp_path / "train.tsv"),
+                                     "data": {"name": "pairs", "train": str(tmp_path / "train.tsv"),
                                               "dev": str(tmp_path / "dev.tsv")}})
     code, _, err = run_cli(capsys, "train", str(recipe))
     assert code == 2 and "line 2" in err and "train.tsv" in err

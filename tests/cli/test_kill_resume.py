@@ -27,7 +27,7 @@ import yaml
 from safetensors.torch import load_file
 
 from partwise._failpoints import KILL_AT, TRACE
-from partwise.cli._runfiles import has_checkpoint
+from partwise._runfolder import has_checkpoint
 from partwise.cli._runlog import read_rows
 
 from .cli_helpers import TINY

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from partwise.cli._runfiles import MARKER
+from partwise._runfolder import MARKER
 from partwise.cli._runlog import read_rows
 from partwise.recipe import METRICS
 
@@ -68,7 +68,7 @@ def test_overwrite_with_a_bad_data_file_leaves_the_existing_run_intact(base_run,
     (tmp_path / "train.tsv").write_text("cat\tK AE T\nno tab here\n")
     (tmp_path / "dev.tsv").write_text("cat\tK AE T\n")
     recipe = write_recipe(tmp_path, {**TINY, "training": {**TINY["training"], "best_metric": "seq_error"},
-                                     "data": {"name": "tsv", "train": str(tmp_path / "train.tsv"),
+                                     "data": {"name": "pairs", "train": str(tmp_path / "train.tsv"),
                                               "dev": str(tmp_path / "dev.tsv")}})
     code, _, err = run_cli(capsys, "train", str(recipe), f"run_dir={run}", "--overwrite")
     assert code == 2 and "train.tsv" in err and "line 2" in err
@@ -84,12 +84,26 @@ def test_overwrite_replaces_a_partwise_run(base_run, tmp_path, capsys):
     assert [r["step"] for r in read_rows(run / "steps.csv")[1]] == ["1"]  # the new run's logs only
 
 
-def test_overwrite_replaces_a_run_written_before_the_marker_existed(base_run, tmp_path, capsys):
+def test_overwrite_replaces_a_run_that_accepted_a_plan_change_or_spilled_its_cache(base_run, tmp_path, capsys):
+    """plan_changes.txt (a resume with --allow-plan-change) and cache/ (the encoder cache's spill files)
+    are partwise's own files: such a run is a run, not a folder of foreign files."""
     run = copy_of(base_run, tmp_path)
-    (run / MARKER).unlink()
+    (run / "plan_changes.txt").write_text("step 3: phase 1 steps 2 -> 3\n")
+    (run / "cache").mkdir()
     recipe = write_recipe(tmp_path, TINY)
     code, _, err = run_cli(capsys, "train", str(recipe), f"run_dir={run}", "--overwrite", "--max-steps", "1")
     assert code == 0, err
+    assert not (run / "plan_changes.txt").exists()
+
+
+def test_overwrite_refuses_a_folder_without_the_run_marker(base_run, tmp_path, capsys):
+    run = copy_of(base_run, tmp_path)
+    (run / MARKER).unlink()
+    before = tree_hash(run)
+    recipe = write_recipe(tmp_path, TINY)
+    code, _, err = run_cli(capsys, "train", str(recipe), f"run_dir={run}", "--overwrite", "--max-steps", "1")
+    assert code == 2 and f"has no {MARKER}" in err
+    assert tree_hash(run) == before
 
 
 def test_a_failed_train_leaves_no_run_directory(tmp_path, capsys, monkeypatch):
@@ -181,3 +195,19 @@ def test_console_script_bad_option_is_one_line(tmp_path):
     exe = Path(sys.executable).with_name("partwise")
     proc = subprocess.run([str(exe), "eval", str(tmp_path), "--beam", "-2"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("pid", [2**70, -5, True, "12"])
+def test_a_marker_with_a_pid_no_process_can_have_is_handled_by_the_one_liveness_check(tmp_path, capsys, pid):
+    """One liveness rule (partwise._checkpoint.pid_alive) for debris and run folders: a pid too large
+    for the system counts as alive (not replaced behind a possible owner's back), malformed ones as
+    gone; before, a pid of 2**70 crashed `train` with an OverflowError."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / MARKER).write_text(json.dumps({"format": "partwise-run/1", "pid": pid}))
+    recipe = write_recipe(tmp_path, TINY)
+    code, _, err = run_cli(capsys, "train", str(recipe), f"run_dir={run}", "--max-steps", "1")
+    if pid == 2**70:
+        assert code == 2 and "holds a partwise run; pass --overwrite" in err and "Traceback" not in err
+    else:
+        assert code == 0, err

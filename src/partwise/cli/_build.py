@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from .._atomic import write_text_atomic
 from .._errors import ConfigError, PartError
 from .._parts import Parts
 from .._plan import Phase, Plan
@@ -17,19 +14,7 @@ from .._trainer import EarlyStopping
 from ..recipe import Recipe, TeacherForcingConfig
 from ..seq2seq import TEACHER_FORCING, TeacherForcing, tf_schedule_from_dict
 
-__all__ = ["build_parts", "build_plan", "teacher_forcing", "trainer_kwargs", "save_artifacts", "load_artifacts"]
-
-
-def save_artifacts(run_dir: Path, artifacts: dict[str, Any]) -> None:
-    write_text_atomic(run_dir / "artifacts.json", json.dumps(artifacts))
-
-
-def load_artifacts(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "artifacts.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{str(path)!r} is missing: "
-                                f"is {str(run_dir)!r} a run directory written by `partwise train`?")
-    return json.loads(path.read_text(encoding="utf-8"))
+__all__ = ["build_parts", "build_plan", "teacher_forcing", "trainer_kwargs"]
 
 
 def build_parts(recipe: Recipe, model: nn.Module) -> Parts:

@@ -108,8 +108,7 @@ def metric_problems(recipe: Recipe, kind: Any, part_names: list[str] | None) -> 
     metrics = declared_metrics(recipe.task.name, kind, recipe)
     if metrics is None:
         return []
-    known = {"train_loss", "epoch", "step", "seconds", *metrics, *(f"dev_{m}" for m in metrics),
-             *(f"val_{m}" for m in metrics)}  # val_: older spelling
+    known = {"train_loss", "epoch", "step", "seconds", *metrics, *(f"dev_{m}" for m in metrics)}
     lrs = {f"lr/{p}" for p in part_names} if part_names is not None else None
     t, out = recipe.training, []
     for where, name in (("training.best_metric", t.best_metric),

@@ -23,6 +23,23 @@ from .._atomic import write_text_atomic
 from .._checkpoint import best_or_latest
 from .._errors import ConfigError, PartError
 from .._plan import Plan
+from .._runfolder import (
+    MARKER,
+    BadFileError,
+    Prior,
+    check_weight_files,
+    checkpoint_dir,
+    create_run_dir,
+    discard_attempt,
+    has_checkpoint,
+    plan_run_dir,
+    read_artifacts,
+    read_meta,
+    read_state,
+    read_yaml,
+    run_folder,
+    write_artifacts,
+)
 from .._trainer import Trainer
 from ..data import DataFormatError
 from ..recipe import KindData, Recipe, dump
@@ -32,19 +49,6 @@ from ._config import load_recipe, validate
 from ._guarantees import PhaseFacts, log_line
 from ._init import apply_init
 from ._kinds import get_kind
-from ._rundir import Prior, create_run_dir, discard_attempt, plan_run_dir
-from ._runfiles import (
-    MARKER,
-    BadFileError,
-    check_weight_files,
-    checkpoint_dir,
-    has_checkpoint,
-    read_json,
-    read_meta,
-    read_state,
-    read_yaml,
-    run_folder,
-)
 
 __all__ = ["train", "resume", "evaluate", "predict", "inspect", "run_recipe", "format_metrics", "load_run"]
 
@@ -239,7 +243,7 @@ def _plots(run_dir: Path) -> list[Path]:
 def _start_run(built: Built, run_dir: Path, prior: Prior, source: str, title: str) -> None:
     create_run_dir(run_dir, prior, source, title)
     write_text_atomic(run_dir / "config.yaml", dump(built.recipe))
-    build.save_artifacts(run_dir, built.kind.artifacts(built.data))
+    write_artifacts(run_dir, built.kind.artifacts(built.data))
     for line in built.init_log:
         log_line(run_dir, line, echo=False)
     if built.data.extra.get("subset"):
@@ -307,19 +311,10 @@ def read_run_config(run_dir: Path) -> Recipe:
     return validate(raw, str(path))
 
 
-def read_artifacts(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "artifacts.json"
-    fix = "restore the run's artifacts.json (its vocabularies) from a backup or train the run again"
-    saved = read_json(path, fix)
-    if not isinstance(saved, dict):
-        raise BadFileError(f"{path}: holds a JSON {type(saved).__name__}, not the run's saved mapping; {fix}")
-    return saved
-
-
 def _load_weights(model: Any, parts: Any, ckpt: Path, run_dir: Path) -> None:
     try:
         _checkpoint.load_weights(model, parts, ckpt)
-    except (PartError, getattr(_errors, "CheckpointError", PartError)) as e:  # CheckpointError: once the library has it
+    except (PartError, _errors.CheckpointError) as e:
         raise BadFileError(f"{_one_line(e)}; {run_dir / 'config.yaml'} does not describe the model this checkpoint "
                            "was trained with: restore the run's own config.yaml") from None
 
@@ -379,7 +374,7 @@ def _title(run_dir: Path) -> str:
 def _report_current(run_dir: Path, ckpt: Path) -> bool:
     """Whether ``report.md`` was written after the latest checkpoint (a kill can come in between)."""
     report = run_dir / "report.md"
-    return report.is_file() and report.stat().st_mtime_ns >= (ckpt / "meta.json").stat().st_mtime_ns
+    return report.is_file() and report.stat().st_mtime_ns >= (ckpt / _checkpoint.META).stat().st_mtime_ns
 
 
 def _finish_report(built: Built, run_dir: Path, state: dict[str, Any], done: str) -> int:
@@ -415,7 +410,7 @@ def load_run(run_dir: Path, which: str = "best", command: str = "eval") -> tuple
     path = run_folder(run_dir, command)
     recipe = read_run_config(path)
     if recipe.training.threads:
-        torch.set_num_threads(recipe.training.threads)  # as in training: small models decode fastest so
+        torch.set_num_threads(recipe.training.threads)  # as in training: small models decode fastest on few threads
     kind = get_kind(recipe.task.name)
     ckpt = checkpoint_dir(path, which)
     check_weight_files(ckpt, read_meta(ckpt))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .._errors import ConfigError
-from . import _build
+from .._runfolder import read_artifacts
 from ._commands import load_run
 from ._hf import require_transformers
 
@@ -22,7 +22,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, which: str = "best", ch
     if not callable(getattr(model, "save_pretrained", None)):
         raise TypeError(f"the model of run {str(run)!r} is {recipe.model.name!r}, not a Hugging Face model "
                         "(model: {name: hf})")
-    artifacts = _build.load_artifacts(run)
+    artifacts = read_artifacts(run)
     return export(model, out_dir, check=check, extra={"run_dir": str(run), "checkpoint": which, **artifacts})
 
 

@@ -32,6 +32,7 @@ from torch import nn
 from .._checkpoint import META, part_tensors, read_meta, read_part, resolve_checkpoint
 from .._errors import CheckpointError, CheckpointNotFound, ConfigError
 from .._parts import Parts
+from .._runfolder import BadFileError, read_artifacts
 from .._surgery import load_part, transfer_state
 from ..recipe import InitConfig, Recipe
 
@@ -212,11 +213,7 @@ def _diff(old: list[str], new: list[str]) -> str:
 def _read_artifacts(run_dir: Path | None) -> dict[str, Any] | None:
     if run_dir is None:
         return None
-    import json
-
-    path = run_dir / "artifacts.json"
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return saved if isinstance(saved, dict) else None
+        return read_artifacts(run_dir)
+    except BadFileError:
+        return None  # reported where the source run is checked

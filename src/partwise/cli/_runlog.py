@@ -38,18 +38,7 @@ def read_rows(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
         return [], []
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        rows = [_today(r) for r in reader]
-        return list(_today(dict.fromkeys(reader.fieldnames or []))), rows
-
-
-def _today(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A row in today's column names: runs logged before the held-out split was named ``dev``
-    everywhere have ``val_*`` columns; they are read (and rewritten on resume) as ``dev_*``.
-
-    >>> _today({"val_wer": "0.3", "train_loss": "1.0"})
-    {'dev_wer': '0.3', 'train_loss': '1.0'}
-    """
-    return {f"dev_{k[4:]}" if isinstance(k, str) and k.startswith("val_") else k: v for k, v in row.items()}
+        return list(reader.fieldnames or []), list(reader)
 
 
 def _cell(value: Any) -> Any:
@@ -61,7 +50,7 @@ def _write_atomic(path: Path, header: Sequence[str], rows: Iterable[Mapping[str,
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(header), restval="", extrasaction="ignore")
         writer.writeheader()
-        writer.writerows({k: _cell(v) for k, v in _today(r).items()} for r in rows)
+        writer.writerows({k: _cell(v) for k, v in r.items()} for r in rows)
 
 
 def _header(path: Path) -> list[str]:

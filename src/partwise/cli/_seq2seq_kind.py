@@ -120,7 +120,7 @@ class Seq2SeqKind:
 
     def check(self, recipe: Recipe) -> None:
         d, errors = recipe.data, []
-        if d.name not in ("cmudict", "pairs", "tsv"):
+        if d.name not in ("cmudict", "pairs"):
             raise ConfigError([f"data.name: {d.name!r} does not fit task 'seq2seq'; use cmudict or pairs"])
         if d.name != "cmudict":
             errors += [f"data.{split}: {path!r} {'is not a file' if Path(path).exists() else 'not found'}; give a "

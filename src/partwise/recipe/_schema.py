@@ -121,7 +121,7 @@ def _side(default: str) -> Any:
 class PairsData(_Strict):
     """Pair files (README, 'Pair files'): one source/target pair per line, TSV, CSV or JSON lines."""
 
-    name: Literal["pairs", "tsv"]  # 'tsv' is the older name of the same thing
+    name: Literal["pairs"]
     train: str  # paths of the splits
     dev: str
     test: str | None = None
@@ -135,14 +135,11 @@ class PairsData(_Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _older_keys(cls, raw: Any) -> Any:
-        """``tokenize``/``tgt_tokenize`` (older recipes) and ``source: char`` shorthand."""
+    def _shorthand(cls, raw: Any) -> Any:
+        """``source: char`` is short for ``source: {tokenize: char}``."""
         if not isinstance(raw, dict):
             return raw
         raw = dict(raw)
-        for old, new in (("tokenize", "source"), ("tgt_tokenize", "target")):
-            if old in raw and new not in raw:
-                raw[new] = raw.pop(old)
         for side in ("source", "target"):
             if isinstance(raw.get(side), str):
                 raw[side] = {"tokenize": raw[side]}
@@ -160,27 +157,12 @@ class PairsData(_Strict):
         return v
 
 
-_DATA_KEYS = {"cmudict": set(CmudictData.model_fields), "digits": set(DigitsData.model_fields),
-              "pairs": {*PairsData.model_fields, "tokenize", "tgt_tokenize"}}
-
-
 def _data_kind(raw: Any) -> str:
     return raw.get("name", "cmudict") if isinstance(raw, dict) else getattr(raw, "name", "cmudict")
 
 
 Data = Annotated[Annotated[CmudictData, Tag("cmudict")] | Annotated[PairsData, Tag("pairs")]
-                 | Annotated[DigitsData, Tag("digits")], Discriminator(lambda raw: {"tsv": "pairs"}.get(
-                     k := _data_kind(raw), k))]
-
-
-def _drop_older_data_keys(raw: Any) -> Any:
-    """Configs saved by older versions hold every data key; drop the unset ones another kind uses."""
-    name = {"tsv": "pairs"}.get(raw.get("name", "cmudict"), raw.get("name")) if isinstance(raw, dict) else None
-    if name not in _DATA_KEYS:
-        return raw
-    keys = _DATA_KEYS[name]
-    legacy = {"train": None, "dev": None, "test": None, "tokenize": "char", "tgt_tokenize": "space", "stress": False}
-    return {k: v for k, v in raw.items() if k in keys or k not in legacy or v != legacy[k]}
+                 | Annotated[DigitsData, Tag("digits")], Discriminator(_data_kind)]
 
 
 class ModelConfig(_Strict):
@@ -314,11 +296,6 @@ class Recipe(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
-    @field_validator("data", mode="before")
-    @classmethod
-    def _data_of_older_versions(cls, v: Any) -> Any:
-        return _drop_older_data_keys(v)
-
 
 DOCS = {  # where the README documents each section's keys
     "data": "README, 'Pair files' and 'Recipe keys'", "init": "README, 'Starting from another run'",
@@ -448,8 +425,6 @@ def dump(recipe: Recipe) -> str:
         del out["init"]
     if out["model"]["path"] is None:
         del out["model"]["path"]
-    if out["data"]["name"] == "tsv":
-        out["data"]["name"] = "pairs"
     if out["task"]["name"] != "seq2seq":  # decoding options and teacher forcing are seq2seq's only
         del out["eval"]
         if out["teacher_forcing"] is None:

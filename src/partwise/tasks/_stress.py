@@ -13,18 +13,17 @@ run); ``max_syllables`` (default 8). ``model.name`` is ``gru``; ``model.args``: 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, cast
 
 import torch
-import yaml
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
 from .._errors import CheckpointError, ConfigError, PartError
+from .._runfolder import ARTIFACTS, CONFIG, BadFileError, read_artifacts, read_yaml
 from .._surgery import load_part
 from ..data import BucketBatchSampler, G2PSplit, Vocab, load_cmudict_splits, stress_labels
 from ..pretrained import G2P_EN_GRAPHEMES
@@ -280,7 +279,7 @@ def _options(recipe: Recipe, check_run: bool = True) -> _Options:
     spec, run = args.get("encoder", "g2p_en"), None
     if isinstance(spec, str) and spec.startswith("run:") and len(spec) > 4:
         run = Path(spec[4:])
-        if check_run and not (run / "artifacts.json").is_file():
+        if check_run and not (run / ARTIFACTS).is_file():
             errors.append(f"task.args.encoder: {spec!r}: {str(run)!r} is not a partwise run directory "
                           "(no artifacts.json); give run:PATH of a `partwise train` G2P run")
     elif spec not in ("g2p_en", "scratch"):
@@ -291,7 +290,10 @@ def _options(recipe: Recipe, check_run: bool = True) -> _Options:
 
 
 def _run_vocab(run: Path) -> Vocab:
-    saved = json.loads((run / "artifacts.json").read_text(encoding="utf-8"))
+    try:
+        saved = read_artifacts(run)
+    except BadFileError as e:
+        raise ConfigError([f"task.args.encoder: {e}"]) from None
     if "src" not in saved:
         raise ConfigError([f"task.args.encoder: run {str(run)!r} saved no source vocabulary ('src' in "
                            "artifacts.json); give run:PATH of a seq2seq (G2P) run"])
@@ -303,9 +305,9 @@ def _run_encoder_shape(run: Path) -> dict[str, Any]:
     from ..recipe import MODEL_ARGS
 
     try:
-        model = (yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}).get("model", {})
+        model = (read_yaml(run / CONFIG, "give run:PATH of a G2P run") or {}).get("model", {})
         args: Any = MODEL_ARGS[("seq2seq", "gru")](**(model.get("args") or {}))
-    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError) as e:
+    except (BadFileError, AttributeError, TypeError, ValueError) as e:
         raise ConfigError([f"task.args.encoder: run {str(run)!r}: its config.yaml does not describe a GRU "
                            f"G2P model ({' '.join(str(e).split())[:200]}); give run:PATH of a G2P run with model gru"]
                           ) from None
