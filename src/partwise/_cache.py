@@ -262,7 +262,7 @@ class PhaseCache:
     >>> PhaseCache(task=None, parts=None, mode="sometimes")
     Traceback (most recent call last):
     ...
-    partwise._errors.ConfigError: cache: 'sometimes' must be 'auto', 'on' or 'off'
+    partwise._errors.ConfigError: 1 problem(s): cache: 'sometimes' must be 'auto', 'on' or 'off'
     """
 
     def __init__(self, task: Any, parts: Any, mode: str = "auto", *, device: torch.device | str = "cpu",

@@ -46,15 +46,17 @@ class AcceleratePlan:
             loader's length, set by :meth:`batches`, which under several processes is this rank's share).
         allow_plan_change: resume state saved under another plan (warned about, and recorded).
 
-    >>> import partwise as pw, partwise.hf as ph                           # doctest: +SKIP
-    >>> driver = pw.PlanDriver(ph.parts(model), plan)  # steps per epoch: batches() takes len(loader)
-    >>> optimizer = driver.build_optimizer()            # before prepare: phase 0 frozen for DDP
-    >>> model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    >>> plan = ph.AcceleratePlan(accelerator, driver)
-    >>> for step, batch in plan.batches(loader):       # resumes at plan.steps_done after load_state
-    ...     model = plan.before_step(step, model)       # the phase, per-part LRs, DDP rebuilt if needed
-    ...     loss = model(**batch).loss
-    ...     accelerator.backward(loss); optimizer.step(); optimizer.zero_grad()
+    Example::
+
+        import partwise as pw, partwise.hf as ph
+        driver = pw.PlanDriver(ph.parts(model), plan)  # steps per epoch: batches() takes len(loader)
+        optimizer = driver.build_optimizer()            # before prepare: phase 0 frozen for DDP
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+        plan = ph.AcceleratePlan(accelerator, driver)
+        for step, batch in plan.batches(loader):       # resumes at plan.steps_done after load_state
+            model = plan.before_step(step, model)       # the phase, per-part LRs, DDP rebuilt if needed
+            loss = model(**batch).loss
+            accelerator.backward(loss); optimizer.step(); optimizer.zero_grad()
     """
 
     def __init__(self, accelerator: Any, driver: PlanDriver, *, allow_plan_change: bool = False):

@@ -267,12 +267,14 @@ Args:
     allow_plan_change: resume a checkpoint saved under another plan (warned, and recorded).
     **kwargs: the rest of ``{base}``'s arguments (datasets, collator, callbacks, metrics ...).
 
->>> import partwise as pw, partwise.hf as ph                                # doctest: +SKIP
->>> plan = pw.Plan([pw.Phase("decoder", epochs=2, train={{"decoder": 1e-3, "head": 1e-3}}),
-...                 pw.Phase("all", epochs=1, train={{"decoder": 1e-4, "head": 1e-4, "encoder": 1e-5}})])
->>> trainer = ph.{name}(model, args, plan=plan, train_dataset=ph.Seq2SeqLMDataset(rows),
-...                     data_collator=ph.Seq2SeqLMCollator(pad_token_id=0))
->>> trainer.train()
+Example::
+
+    import partwise as pw, partwise.hf as ph
+    plan = pw.Plan([pw.Phase("decoder", epochs=2, train={{"decoder": 1e-3, "head": 1e-3}}),
+                    pw.Phase("all", epochs=1, train={{"decoder": 1e-4, "head": 1e-4, "encoder": 1e-5}})])
+    trainer = ph.{name}(model, args, plan=plan, train_dataset=ph.Seq2SeqLMDataset(rows),
+                        data_collator=ph.Seq2SeqLMCollator(pad_token_id=0))
+    trainer.train()
 """
 
 
