@@ -13,7 +13,23 @@ from ._optim import DEFAULT_OPTIONS, PartConfig, is_no_decay
 from ._parts import Parts
 from ._schedule import LRSchedule
 
-__all__ = ["Phase", "Plan", "PhaseSpan"]
+__all__ = ["Phase", "Plan", "PhaseSpan", "length_problem", "lr_problem"]
+
+
+def length_problem(epochs: Any, steps: Any) -> str | None:
+    """The one rule for a phase's length: exactly one of ``epochs`` and ``steps`` (the plan and the
+    recipe schema both use it)."""
+    if (epochs is None) == (steps is None):
+        return f"give exactly one of epochs= or steps= (got epochs={epochs}, steps={steps})"
+    return None
+
+
+def lr_problem(part: str, lr: Any) -> str | None:
+    """The one rule for a learning rate: a finite number >= 0 (``None``: the optimizer's default)."""
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr)
+                           or lr < 0):
+        return f"learning rate {lr!r} must be a finite number >= 0, e.g. {{{part!r}: 1e-3}}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -50,11 +66,12 @@ class Phase:
 
     def problems(self, where: str) -> list[str]:
         out = []
-        if (self.epochs is None) == (self.steps is None):
-            out.append(f"{where}: give exactly one of epochs= or steps= (got epochs={self.epochs}, steps={self.steps})")
+        length = length_problem(self.epochs, self.steps)
+        if length:
+            out.append(f"{where}: {length}")
         for key in ("epochs", "steps"):
             v = getattr(self, key)
-            if v is not None and (not isinstance(v, int) or v <= 0):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
                 out.append(f"{where}.{key}: {v!r} must be a whole number > 0")
         if not isinstance(self.task_options, Mapping) or not all(isinstance(k, str) for k in self.task_options):
             out.append(f"{where}.task_options: {self.task_options!r} must be a mapping of option names to "
@@ -63,10 +80,9 @@ class Phase:
             out.append(f"{where}.train: empty; name at least one part to train, e.g. {{'decoder': 1e-3}}")
         for part, opts in self.train.items():
             lr = opts if not isinstance(opts, Mapping) else opts.get("lr", self.optimizer.get("lr"))
-            if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr)
-                                   or lr < 0):
-                out.append(f"{where}.train.{part}: learning rate {lr!r} must be a finite number >= 0, "
-                           f"e.g. {{{part!r}: 1e-3}}")
+            problem = lr_problem(part, lr)
+            if problem:
+                out.append(f"{where}.train.{part}: {problem}")
         return out
 
     def default_options(self) -> dict[str, Any]:

@@ -124,6 +124,8 @@ case("early stopping metric typo", "training.early_stopping.metric", "'accuracy'
     lambda run, d: train_with(d, "training.early_stopping={metric: accuracy}"))
 case("grad_clip names an unknown part", "training.grad_clip.encodr", "unknown part")(
     lambda run, d: train_with(d, "training.grad_clip={encodr: 1.0}"))
+case("plan learning rate inf (one rule: the plan's)", "plan.0.train", "decoder", "finite number >= 0")(
+    lambda run, d: train_with(d, "plan.0.train.decoder=.inf"))
 case("plan names an unknown part", "plan.0.train.decodr", "unknown part")(
     lambda run, d: train_with(d, "plan.0.train={decodr: 0.001}"))
 case("model.args unknown", "model.args", "bogus")(lambda run, d: train_with(d, "model.args.bogus=1"))

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from .._errors import ConfigError
+from .._plan import length_problem, lr_problem
 
 __all__ = ["Recipe", "apply_overrides", "validate", "dump", "FactoryResolver"]
 
@@ -211,8 +212,9 @@ class PhaseConfig(_Strict):
     @model_validator(mode="after")
     def _one_length(self) -> PhaseConfig:
         problems = []
-        if (self.epochs is None) == (self.steps is None):
-            problems.append("give exactly one of epochs or steps")
+        length = length_problem(self.epochs, self.steps)
+        if length:
+            problems.append(length)
         if not self.train:
             problems.append("train is empty: name at least one part, e.g. {decoder: 1.0e-3}")
         if problems:
@@ -223,11 +225,9 @@ class PhaseConfig(_Strict):
     @classmethod
     def _lrs(cls, v: dict[str, Any]) -> dict[str, Any]:
         for part, lr in v.items():
-            value = lr.get("lr") if isinstance(lr, dict) else lr
-            if isinstance(value, bool):
-                raise ValueError(f"learning rate of {part!r} is {str(value).lower()}, a boolean; give a number")
-            if value is not None and value < 0:
-                raise ValueError(f"learning rate of {part!r} is {value}; it must be >= 0")
+            problem = lr_problem(part, lr.get("lr") if isinstance(lr, dict) else lr)
+            if problem:
+                raise ValueError(f"{part}: {problem}")
         return v
 
 
