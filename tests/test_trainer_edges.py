@@ -59,14 +59,16 @@ def test_nan_gradient_stops_when_asked():
     assert all(torch.isfinite(t).all() for t in model.state_dict().values())
 
 
-def test_logged_gradient_norm_is_the_real_norm_with_or_without_clipping():
-    def norms(**kw) -> list[float]:
-        _, _, trainer = make(**kw)
-        log = LogSteps()
-        trainer.callbacks.append(log)
-        trainer.fit(dataset(), max_steps=6)
-        return [row["grad_norm"] for row in log.logs]
+def norms(steps: int = 6, **kw) -> list[float]:
+    """The gradient norms a run logs step by step."""
+    _, _, trainer = make(**kw)
+    log = LogSteps()
+    trainer.callbacks.append(log)
+    trainer.fit(dataset(), max_steps=steps)
+    return [row["grad_norm"] for row in log.logs]
 
+
+def test_logged_gradient_norm_is_the_real_norm_with_or_without_clipping():
     plain, clipped_loosely = norms(), norms(grad_clip=1e6)
     assert plain == pytest.approx(clipped_loosely) and all(n > 0 for n in plain)
     per_part = norms(grad_clip={"head": 1e6})
@@ -315,13 +317,6 @@ def test_stop_reason_says_why_fit_ended(tmp_path):
 
 def test_grad_clip_zero_means_no_clipping_and_a_part_at_zero_is_refused():
     """One rule, owned by the Trainer and used by the recipe checks: 0 (or None) turns clipping off."""
-    def norms(**kw) -> list[float]:
-        _, _, trainer = make(**kw)
-        log = LogSteps()
-        trainer.callbacks.append(log)
-        trainer.fit(dataset(), max_steps=4)
-        return [row["grad_norm"] for row in log.logs]
-
-    assert norms(grad_clip=0) == pytest.approx(norms(grad_clip=None))
+    assert norms(4, grad_clip=0) == pytest.approx(norms(4, grad_clip=None))
     with pytest.raises(pw.ConfigError, match=r"grad_clip.head: 0 must be a number > 0"):
         make(grad_clip={"head": 0})

@@ -101,7 +101,7 @@ def test_outputs_at_the_limit_are_warned_about(pairs_run, capsys):
 
 
 def test_an_empty_output_is_printed_visibly(pairs_run, capsys, monkeypatch):
-    from partwise.cli import _seq2seq_kind
+    from partwise.tasks import _seq2seq as _seq2seq_kind
 
     monkeypatch.setattr(_seq2seq_kind.Seq2SeqTask, "decode", lambda self, model, src, mask: [[] for _ in src])
     code, out, _ = run_cli(capsys, "predict", str(pairs_run), "abc")
@@ -261,7 +261,7 @@ def test_spellings_of_unreleased_versions_are_refused_with_the_key_named():
 def test_model_args_schemas_match_the_factories_they_describe():
     import inspect
 
-    from partwise.recipe import MODEL_ARGS
+    from partwise.recipe import get_kind
     from partwise.seq2seq import gru_seq2seq, transformer_seq2seq
     from partwise.tasks._digits import DigitsCycle
     from partwise.tasks._stress import stress_model
@@ -269,16 +269,17 @@ def test_model_args_schemas_match_the_factories_they_describe():
     def keys(fn, skip):
         return set(list(inspect.signature(fn).parameters)[skip:])
 
-    assert set(MODEL_ARGS["seq2seq", "gru"].model_fields) == keys(gru_seq2seq, 2)
-    assert set(MODEL_ARGS["seq2seq", "transformer"].model_fields) == keys(transformer_seq2seq, 2)
+    seq2seq, stress, digits = (get_kind(k).model_args for k in ("seq2seq", "stress", "digits_cycle"))
+    assert set(seq2seq["gru"].model_fields) == keys(gru_seq2seq, 2)
+    assert set(seq2seq["transformer"].model_fields) == keys(transformer_seq2seq, 2)
     # the stress model's encoder_shape comes from task.args.encoder (a run's config), not model.args
-    assert set(MODEL_ARGS["stress", "gru"].model_fields) == keys(stress_model, 1) - {"max_syllables", "encoder_shape"}
-    assert set(MODEL_ARGS["digits_cycle", "mlp"].model_fields) == keys(DigitsCycle, 0) - {"seed"}
+    assert set(stress["gru"].model_fields) == keys(stress_model, 1) - {"max_syllables", "encoder_shape"}
+    assert set(digits["mlp"].model_fields) == keys(DigitsCycle, 0) - {"seed"}
 
 
 def test_a_recipe_chooses_where_a_phase_schedule_counts_from():
-    from partwise.cli._build import teacher_forcing
     from partwise.cli._config import validate
+    from partwise.recipe import build_teacher_forcing as teacher_forcing
 
     plan = [{"name": "a", "epochs": 1, "train": {"encoder": 1e-3}},
             {"name": "b", "epochs": 1, "train": {"decoder": 1e-3}, "teacher_forcing": {

@@ -14,7 +14,7 @@ import torch
 
 from partwise._runfolder import MARKER
 from partwise.cli._runlog import read_rows
-from partwise.recipe import METRICS
+from partwise.recipe import get_kind
 
 from .cli_helpers import NEW_RUN, TINY, run_cli, tree_hash, write_recipe
 
@@ -164,12 +164,10 @@ def test_predict_reads_a_file_and_skips_blank_lines(base_run, tmp_path, capsys):
 
 def test_the_seq2seq_metrics_declared_for_checks_are_the_ones_logged(base_run):
     from partwise.cli._commands import read_run_config
-    from partwise.cli._seq2seq_kind import Seq2SeqKind
-
     header, _ = read_rows(base_run / "metrics.csv")
-    declared = Seq2SeqKind().metrics_for(read_run_config(base_run))  # G2P names on CMUdict: wer, per
+    declared = get_kind("seq2seq").metrics_for(read_run_config(base_run))  # G2P names on CMUdict: wer, per
     assert sorted(c.removeprefix("dev_") for c in header if c.startswith("dev_")) == sorted(declared)
-    assert {"wer", "per"} <= set(declared) and len(declared) == len(METRICS["seq2seq"])
+    assert {"wer", "per"} <= set(declared) and len(declared) == len(get_kind("seq2seq").metrics)
 
 
 def test_the_digits_metrics_declared_for_checks_are_the_ones_evaluated():
@@ -177,7 +175,7 @@ def test_the_digits_metrics_declared_for_checks_are_the_ones_evaluated():
 
     _, dev, _ = digits_splits(limit=8)
     scores = DigitsCycleTask().evaluate(DigitsCycle(), [collate_digits([dev[i] for i in range(4)])], dev)
-    assert sorted(scores) == sorted(METRICS["digits_cycle"])
+    assert sorted(scores) == sorted(get_kind("digits_cycle").metrics)
 
 
 def test_the_stress_metrics_declared_for_checks_are_the_ones_evaluated():
@@ -186,7 +184,7 @@ def test_the_stress_metrics_declared_for_checks_are_the_ones_evaluated():
     src = torch.tensor([[4, 5, 3], [6, 3, 0]])
     batch = StressBatch(src, src != 0, torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([0, 1]))
     scores = StressTask().evaluate(stress_model(10, hidden=8, dropout=0.0).eval(), [batch])
-    assert sorted(scores) == sorted(METRICS["stress"])
+    assert sorted(scores) == sorted(get_kind("stress").metrics)
 
 
 @pytest.mark.slow

@@ -6,8 +6,8 @@ import pytest
 
 from partwise import ConfigError
 from partwise.cli._config import validate
-from partwise.cli._kinds import get_kind
 from partwise.data import load_cmudict_splits, make_g2p_datasets, subset_indices
+from partwise.recipe import get_kind
 
 PLAN = [{"name": "a", "epochs": 1, "train": {"encoder": 1e-3, "decoder": 1e-3}}]
 

@@ -111,3 +111,18 @@ def labels(batch: int = 3, length: int = 5, seed: int = 1) -> torch.Tensor:
 def build(name: str, seed: int = 0) -> tf.PreTrainedModel:
     torch.manual_seed(seed)
     return ALL[name]()
+
+
+def reverse_rows(name: str, n: int) -> list[dict]:
+    """``n`` training rows of a reversal task for family ``name`` (Whisper: random audio features)."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(n):
+        src = torch.randint(3, V, (3 + i % 4,), generator=g).tolist()
+        row: dict = {"labels": list(reversed(src)) + [EOS]}
+        if name == "whisper":
+            row["input_features"] = torch.randn(8, 24, generator=g)
+        else:
+            row["input_ids"] = src + [EOS]
+        out.append(row)
+    return out

@@ -24,17 +24,7 @@ ROWS, BATCH = 16, 4  # 4 optimizer steps per epoch
 
 
 def rows(name: str, n: int = ROWS) -> list[dict]:
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for i in range(n):
-        src = torch.randint(3, H.V, (3 + i % 4,), generator=g).tolist()
-        row = {"labels": list(reversed(src)) + [H.EOS]}
-        if name == "whisper":
-            row["input_features"] = torch.randn(8, 24, generator=g)
-        else:
-            row["input_ids"] = src + [H.EOS]
-        out.append(row)
-    return out
+    return H.reverse_rows(name, n)
 
 
 def model_of(name: str, dropout: float = 0.0) -> nn.Module:
@@ -175,27 +165,29 @@ def test_a_checkpoint_without_plan_state_is_refused(tmp_path):
         trainer("bart", tmp_path, cache="off").train(resume_from_checkpoint=str(checkpoint))
 
 
-def test_scheduled_sampling_at_ratio_one_equals_teacher_forcing(tmp_path):
+def _plain_and_sampled(tmp_path, ratio: float) -> tuple[ph.PartwiseSeq2SeqTrainer, ph.PartwiseSeq2SeqTrainer,
+                                                        TeacherForcing]:
+    """The same run with plain teacher forcing and with two-pass scheduled sampling at ``ratio``
+    (a phase's ``task_options``)."""
     plain = trainer("bart", tmp_path, cache="off")
     plain.train()
-    ratio_one = TeacherForcing(tf_constant(1.0), mode="two_pass")
-    phases = [pw.Phase(ph_.name, steps=ph_.steps, train=ph_.train, task_options={"teacher_forcing": ratio_one})
-              for ph_ in plan_of("bart").phases]
+    tf_ = TeacherForcing(tf_constant(ratio), mode="two_pass")
+    phases = [pw.Phase(p.name, steps=p.steps, train=p.train, task_options={"teacher_forcing": tf_})
+              for p in plan_of("bart").phases]
     sampled = trainer("bart", tmp_path, plan=pw.Plan(phases), cache="off")
     sampled.train()
+    return plain, sampled, tf_
+
+
+def test_scheduled_sampling_at_ratio_one_equals_teacher_forcing(tmp_path):
+    plain, sampled, _ = _plain_and_sampled(tmp_path, 1.0)
     assert losses(sampled) == losses(plain)
     assert all(torch.equal(a, b) for a, b in zip(plain.model.state_dict().values(),
                                                  sampled.model.state_dict().values(), strict=True))
 
 
 def test_scheduled_sampling_below_ratio_one_changes_the_decoder_inputs(tmp_path):
-    plain = trainer("bart", tmp_path, cache="off")
-    plain.train()
-    half = TeacherForcing(tf_constant(0.5), mode="two_pass")
-    phases = [pw.Phase(p.name, steps=p.steps, train=p.train, task_options={"teacher_forcing": half})
-              for p in plan_of("bart").phases]
-    sampled = trainer("bart", tmp_path, plan=pw.Plan(phases), cache="off")
-    sampled.train()
+    plain, sampled, half = _plain_and_sampled(tmp_path, 0.5)
     assert losses(sampled) != losses(plain)
     assert half.last_stats is not None and half.last_stats.gold_fraction < 1.0
 

@@ -22,17 +22,7 @@ PLAN = pw.Plan([
 
 
 def rows(name: str, n: int = 24) -> ph.Seq2SeqLMDataset:
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for i in range(n):
-        src = torch.randint(3, H.V, (3 + i % 4,), generator=g).tolist()
-        row = {"labels": list(reversed(src)) + [H.EOS]}
-        if name == "whisper":
-            row["input_features"] = torch.randn(8, 24, generator=g)
-        else:
-            row["input_ids"] = src + [H.EOS]
-        out.append(row)
-    return ph.Seq2SeqLMDataset(out)
+    return ph.Seq2SeqLMDataset(H.reverse_rows(name, n))
 
 
 class Phases:

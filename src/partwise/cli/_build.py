@@ -11,15 +11,15 @@ from .._parts import Parts
 from .._plan import Phase, Plan
 from .._schedule import LRSchedule
 from .._trainer import EarlyStopping
-from ..recipe import Recipe, TeacherForcingConfig
-from ..seq2seq import TEACHER_FORCING, TeacherForcing, tf_schedule_from_dict
+from ..recipe import Recipe, build_teacher_forcing
+from ..seq2seq import TEACHER_FORCING
 
-__all__ = ["build_parts", "build_plan", "teacher_forcing", "trainer_kwargs"]
+__all__ = ["build_parts", "build_plan", "trainer_kwargs"]
 
 
 def build_parts(recipe: Recipe, model: nn.Module) -> Parts:
     # HF models get partwise.hf's parts unless the recipe names its own
-    from ._hf import default_spec
+    from ..tasks._hf_models import default_spec
 
     try:
         return Parts(model, recipe.parts if recipe.parts is not None else default_spec(model))
@@ -27,19 +27,9 @@ def build_parts(recipe: Recipe, model: nn.Module) -> Parts:
         raise ConfigError([f"parts: {e}"]) from None
 
 
-def teacher_forcing(cfg: TeacherForcingConfig | None, where: str) -> TeacherForcing | None:
-    if cfg is None:
-        return None
-    try:
-        return TeacherForcing(tf_schedule_from_dict(cfg.schedule), per=cfg.per, mode=cfg.mode, sample=cfg.sample,
-                              count_from=cfg.count_from)
-    except (TypeError, ValueError) as e:
-        raise ConfigError([f"{where}: {e}"]) from None
-
-
 def _task_options(ph: Any, i: int) -> dict[str, Any]:
     """A recipe phase's task options: its ``teacher_forcing:`` key (seq2seq) as the seq2seq tasks read it."""
-    tf = teacher_forcing(ph.teacher_forcing, f"plan.{i}.teacher_forcing")
+    tf = build_teacher_forcing(ph.teacher_forcing, f"plan.{i}.teacher_forcing")
     return {} if tf is None else {TEACHER_FORCING: tf}
 
 

@@ -23,10 +23,9 @@ from .._optim import PartConfig
 from .._parts import Parts
 from .._plan import Plan
 from .._trainer_args import clip_problems, device_for, precision_problem
-from ..recipe import Recipe, declared_metrics
+from ..recipe import Recipe, declared_metrics, get_kind
 from . import _build as build
 from ._init import init_part_problems, init_problems
-from ._kinds import get_kind
 
 __all__ = ["check_recipe", "device_problems", "optimizer_problems", "grad_clip_problems", "metric_problems"]
 
@@ -47,7 +46,7 @@ def check_recipe(recipe: Recipe, source: str | None = None, model: nn.Module | N
 
 
 def _problems(recipe: Recipe, model: nn.Module | None) -> list[str]:
-    kind = get_kind(recipe.task.name)
+    kind = get_kind(recipe.task.name, recipe.task.path)
     problems: list[str] = []
     if model is None:
         problems = init_problems(recipe, kind)
@@ -55,7 +54,7 @@ def _problems(recipe: Recipe, model: nn.Module | None) -> list[str]:
             kind.check(recipe)
         except ConfigError as e:
             raise ConfigError(e.errors + problems) from None
-        model = kind.model_for_check(recipe) if hasattr(kind, "model_for_check") else None
+        model = kind.model_for_check(recipe)
     else:
         model = copy.deepcopy(model)  # the checks build a parts registry on it: the run's model stays untouched
     problems += device_problems(recipe)
@@ -105,9 +104,7 @@ def grad_clip_problems(recipe: Recipe, parts: Parts) -> list[str]:
 
 def metric_problems(recipe: Recipe, kind: Any, part_names: list[str] | None) -> list[str]:
     """``best_metric`` and ``early_stopping.metric`` name something the epoch logs will hold."""
-    metrics = declared_metrics(recipe.task.name, kind, recipe)
-    if metrics is None:
-        return []
+    metrics = declared_metrics(recipe, kind)
     known = {"train_loss", "epoch", "step", "seconds", *metrics, *(f"dev_{m}" for m in metrics)}
     lrs = {f"lr/{p}" for p in part_names} if part_names is not None else None
     t, out = recipe.training, []

@@ -42,13 +42,12 @@ from .._runfolder import (
 )
 from .._trainer import Trainer
 from ..data import DataFormatError
-from ..recipe import KindData, Recipe, dump
+from ..recipe import KindData, Recipe, dump, get_kind
 from . import _build as build
 from ._checks import check_recipe
 from ._config import load_recipe, validate
 from ._guarantees import PhaseFacts, log_line
 from ._init import apply_init
-from ._kinds import get_kind
 
 __all__ = ["train", "resume", "evaluate", "predict", "inspect", "run_recipe", "format_metrics", "load_run"]
 
@@ -94,7 +93,7 @@ class Built:
 
 def build_run(recipe: Recipe, artifacts: dict[str, Any] | None = None, artifacts_path: Path | None = None) -> Built:
     """Load the data (with a run's saved ``artifacts``) and build everything; raises on any problem."""
-    kind = get_kind(recipe.task.name)
+    kind = get_kind(recipe.task.name, recipe.task.path)
     if recipe.training.threads:
         torch.set_num_threads(recipe.training.threads)
     data = _load_data(kind, recipe, artifacts, artifacts_path)
@@ -263,7 +262,7 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, max_steps: int | None = None, t
 def _train_new(recipe: Recipe, run_dir: Path, *, max_steps: int | None, title: str, prior: Prior,
                source: str) -> dict[str, Any]:
     built = build_run(recipe)
-    if getattr(built.kind, "checks_need_data", lambda r: False)(recipe):  # a custom factory: parts and plan now
+    if built.kind.checks_need_data(recipe):  # a custom factory: parts and plan now
         check_recipe(recipe, source, model=built.model)
     for line in built.init_log:
         _say(line)
@@ -411,7 +410,7 @@ def load_run(run_dir: Path, which: str = "best", command: str = "eval") -> tuple
     recipe = read_run_config(path)
     if recipe.training.threads:
         torch.set_num_threads(recipe.training.threads)  # as in training: small models decode fastest on few threads
-    kind = get_kind(recipe.task.name)
+    kind = get_kind(recipe.task.name, recipe.task.path)
     ckpt = checkpoint_dir(path, which)
     check_weight_files(ckpt, read_meta(ckpt))
     data = _load_data(kind, recipe, read_artifacts(path), path / "artifacts.json")
@@ -436,9 +435,9 @@ def evaluate(run_dir: str, split: str, beam_size: int | None, max_len: int | Non
     dataset = getattr(data, split)
     if dataset is None:
         raise ConfigError([f"--split {split}: this run's data has no {split} split"])
-    if max_len is not None and recipe.task.name != "seq2seq":
+    if max_len is not None and not kind.decodes:
         raise ConfigError([f"--max-len: runs of task {recipe.task.name!r} do not decode sequences; leave it out"])
-    task = kind.build_task(recipe, data, max_len) if max_len is not None else kind.build_task(recipe, data)
+    task = kind.build_task(recipe, data, max_len)
     if beam_size:
         task.beam_size = beam_size
     t0 = time.perf_counter()
@@ -484,9 +483,7 @@ def predict(run_dir: str, inputs: list[str], file: str | None, beam_size: int | 
         raise ConfigError(["no inputs given: pass them as arguments, --file FILE, or pipe them on stdin ('-')"])
     path = Path(run_dir)
     recipe, kind, model, data, _ = load_run(path, best_or_latest(path), command="predict")
-    if not hasattr(kind, "predict"):
-        raise ConfigError([f"predict: runs of task {recipe.task.name!r} make no predictions"])
-    if not hasattr(kind, "predict_details"):
+    if not kind.decodes:
         if max_len is not None or join is not None:
             raise ConfigError([f"--max-len/--join: runs of task {recipe.task.name!r} do not decode sequences"])
         for text, out in zip(inputs, kind.predict(recipe, model, data, inputs, beam_size), strict=True):
@@ -510,7 +507,7 @@ def inspect(recipe_path: str, overrides: list[str]) -> int:
     recipe, _ = load_recipe(recipe_path, overrides)
     check_recipe(recipe, recipe_path)
     built = build_run(recipe)
-    if getattr(built.kind, "checks_need_data", lambda r: False)(recipe):  # a custom factory: parts and plan now
+    if built.kind.checks_need_data(recipe):  # a custom factory: parts and plan now
         check_recipe(recipe, recipe_path, model=built.model)
     model, parts, steps = built.model, built.parts, built.steps_per_epoch
     _say(f"task: {recipe.task.name}; model: {recipe.model.name} ({sum(p.numel() for p in model.parameters()):,} "

@@ -17,7 +17,7 @@ __all__ = ["load_recipe", "validate"]
 def validate(raw: Any, source: str) -> Recipe:
     """:func:`partwise.recipe.validate`, checking a custom ``package.module:factory`` model's args
     against the factory's signature."""
-    from ._seq2seq_kind import resolve_factory
+    from ..tasks._seq2seq import resolve_factory
 
     return validate_recipe(raw, source, resolve_factory)
 
@@ -33,9 +33,10 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Recipe
         raise ConfigError([f"recipe {str(p)!r} is a folder, not a file (give a path such as recipes/g2p.yaml)"])
     raw = read_yaml(p, "fix the recipe (see recipes/g2p.yaml for a commented example)")
     raw = apply_overrides(raw if raw is not None else {}, list(overrides), str(p))
-    model = raw.get("model") if isinstance(raw, dict) else None
-    if isinstance(model, dict) and ":" in str(model.get("name", "")) and model.get("path") is None:
-        model["path"] = str(p.resolve().parent)  # a custom factory is imported from the recipe's folder
+    for key in ("model", "task"):  # a custom factory or task kind is imported from the recipe's folder
+        section = raw.get(key) if isinstance(raw, dict) else None
+        if isinstance(section, dict) and ":" in str(section.get("name", "")) and section.get("path") is None:
+            section["path"] = str(p.resolve().parent)
     return validate(raw, str(p)), raw
 
 

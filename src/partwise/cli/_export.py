@@ -7,8 +7,8 @@ from pathlib import Path
 
 from .._errors import ConfigError
 from .._runfolder import read_artifacts
+from ..tasks._hf_models import require_transformers
 from ._commands import load_run
-from ._hf import require_transformers
 
 __all__ = ["export_run", "export_command"]
 

@@ -1,8 +1,8 @@
 """Recipes as a library: the schema a recipe is validated against and the task-kind protocol.
 
 The ``partwise`` CLI reads YAML files into a :class:`Recipe` and runs it with the
-:class:`TaskKind` its ``task.name`` names; task kinds (:mod:`partwise.tasks`, or your own) import
-what they need from here, never from the CLI.
+:class:`Kind` its ``task.name`` names (:func:`get_kind`); task kinds (:mod:`partwise.tasks`, or your
+own) import what they need from here, never from the CLI.
 
 Example:
     >>> from partwise.recipe import validate
@@ -11,16 +11,32 @@ Example:
     ('seq2seq', 'wer')
 """
 
-from partwise.recipe._args import MODEL_ARGS, TASK_ARGS, args_problems, signature_schema
+from partwise.recipe._args import (
+    DigitsModelArgs,
+    DigitsTaskArgs,
+    GRUArgs,
+    HFArgs,
+    NoArgs,
+    Seq2SeqTaskArgs,
+    StressModelArgs,
+    StressTaskArgs,
+    TransformerArgs,
+    args_problems,
+    signature_schema,
+)
 from partwise.recipe._kinds import (
-    METRICS,
+    Kind,
     KindData,
-    TaskKind,
     declared_metrics,
     default_best,
     error_names,
+    get_kind,
+    kind_class,
+    kind_names,
+    register_kind,
     training_subset,
 )
+from partwise.recipe._resolve import import_object
 from partwise.recipe._schema import (
     CharSide,
     CmudictData,
@@ -41,6 +57,7 @@ from partwise.recipe._schema import (
     TeacherForcingConfig,
     TrainingConfig,
     apply_overrides,
+    build_teacher_forcing,
     dump,
     validate,
 )
@@ -62,15 +79,27 @@ __all__ = [
     "EvalConfig",
     "FactoryResolver",
     "InitConfig",
+    "Kind",
     "KindData",
-    "METRICS",
-    "MODEL_ARGS",
     "PhaseConfig",
     "Recipe",
-    "TASK_ARGS",
-    "TaskKind",
+    "DigitsModelArgs",
+    "DigitsTaskArgs",
+    "GRUArgs",
+    "HFArgs",
+    "NoArgs",
+    "Seq2SeqTaskArgs",
+    "StressModelArgs",
+    "StressTaskArgs",
+    "TransformerArgs",
+    "get_kind",
+    "kind_class",
+    "kind_names",
+    "register_kind",
+    "import_object",
     "TeacherForcingConfig",
     "apply_overrides",
+    "build_teacher_forcing",
     "args_problems",
     "declared_metrics",
     "default_best",

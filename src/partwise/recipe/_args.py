@@ -1,7 +1,8 @@
 """Typed schemas for the free-form ``args`` of a recipe: ``task.args`` per task kind, ``model.args`` per
 model. Unknown keys are rejected and every problem is reported at once, with its path.
 
-``model.args`` keys, per task kind and model:
+Each task kind declares which schema checks its ``task.args`` and each of its models' ``model.args``
+(:class:`partwise.recipe.Kind`); the built-in ones are here. ``model.args`` keys, per kind and model:
 
 * ``seq2seq`` / ``gru``: emb, hidden, layers, enc_layers, bidirectional, attention, dropout, input_feeding
 * ``seq2seq`` / ``transformer``: d_model, heads, enc_layers, dec_layers, ff, dropout, max_len
@@ -25,14 +26,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .._errors import ConfigError
 
-__all__ = ["args_problems", "TASK_ARGS", "MODEL_ARGS", "signature_schema"]
+__all__ = ["args_problems", "signature_schema", "NoArgs", "Seq2SeqTaskArgs", "StressTaskArgs", "DigitsTaskArgs",
+           "GRUArgs", "TransformerArgs", "HFArgs", "StressModelArgs", "DigitsModelArgs"]
+
+SEQ2SEQ_HINT = ("task 'seq2seq' takes no task.args; to start a part from another run use init: (README, 'Starting "
+                "from another run')")
 
 
 class _Args(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
-class Seq2SeqTaskArgs(_Args):
+class NoArgs(_Args):
+    """``task.args`` of a kind that takes none."""
+
+
+class Seq2SeqTaskArgs(NoArgs):
     """``task.args`` of ``seq2seq``: none."""
 
 
@@ -81,16 +90,6 @@ class DigitsModelArgs(_Args):
     latent: int = Field(16, ge=1)
     hidden: int = Field(64, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-
-
-TASK_ARGS: dict[str, type[_Args]] = {"seq2seq": Seq2SeqTaskArgs, "stress": StressTaskArgs,
-                                     "digits_cycle": DigitsTaskArgs}
-MODEL_ARGS: dict[tuple[str, str], type[_Args]] = {
-    ("seq2seq", "gru"): GRUArgs, ("seq2seq", "transformer"): TransformerArgs, ("seq2seq", "hf"): HFArgs,
-    ("stress", "gru"): StressModelArgs, ("digits_cycle", "mlp"): DigitsModelArgs,
-}
-_HINTS = {"seq2seq": "task 'seq2seq' takes no task.args; to start a part from another run use init: "
-                     "(README, 'Starting from another run')"}
 
 
 def signature_schema(fn: Callable[..., Any], skip: int = 2) -> type[BaseModel] | None:
@@ -146,25 +145,25 @@ def _keys(schema: type[BaseModel]) -> str:
     return f"keys are {', '.join(schema.model_fields) or '(none)'}"
 
 
-def args_problems(raw: dict[str, Any], factory: Callable[[str, str | None], Callable[..., Any]] | None = None
-                  ) -> list[str]:
-    """Every problem of ``task.args`` and ``model.args`` in a raw recipe mapping.
+def args_problems(raw: dict[str, Any], kind: Any,
+                  factory: Callable[[str, str | None], Callable[..., Any]] | None = None) -> list[str]:
+    """Every problem of ``task.args`` and ``model.args`` in a raw recipe mapping, against the schemas
+    the task kind (a :class:`~partwise.recipe.Kind` subclass) declares.
 
     ``factory(name, path)`` resolves a custom ``package.module:factory`` (its signature gives the
-    schema); ``None``: custom factories are not checked here.
+    schema) for kinds that take custom models; ``None``: custom factories are not checked here.
 
-    >>> args_problems({"task": {"args": {"encoder": "run:runs/x"}}})[0].split(";")[0]
-    'task.args.encoder: unknown key'
+    >>> class Stress:
+    ...     task_args, task_args_hint, model_args, custom_models = StressTaskArgs, None, {}, False
+    >>> args_problems({"task": {"args": {"encoderr": "g2p_en"}}}, Stress)[0].split(";")[0]
+    'task.args.encoderr: unknown key'
     """
     task: dict[str, Any] = raw["task"] if isinstance(raw.get("task"), dict) else {}
     model: dict[str, Any] = raw["model"] if isinstance(raw.get("model"), dict) else {}
-    kind, name = task.get("name", "seq2seq"), model.get("name", "gru")
-    out: list[str] = []
-    if kind in TASK_ARGS:
-        task_schema = TASK_ARGS[kind]
-        out += _problems(task_schema, task.get("args", {}), "task.args", _HINTS.get(kind, _keys(task_schema)))
-    schema: type[BaseModel] | None = MODEL_ARGS.get((kind, name))
-    if schema is None and kind == "seq2seq" and isinstance(name, str) and ":" in name and factory is not None:
+    name = model.get("name", "gru")
+    out = _problems(kind.task_args, task.get("args", {}), "task.args", kind.task_args_hint or _keys(kind.task_args))
+    schema: type[BaseModel] | None = kind.model_args.get(name) if isinstance(name, str) else None
+    if schema is None and kind.custom_models and isinstance(name, str) and ":" in name and factory is not None:
         try:
             schema = signature_schema(factory(name, model.get("path")))
         except ConfigError as e:

@@ -1,24 +1,36 @@
 """Task kinds: what a recipe trains. Each kind turns a validated recipe into data, a model and a task.
 
-A kind is any object with the methods of :class:`TaskKind` (composition, no base class). The CLI
-picks one by the recipe's ``task.name``; the built-in kinds are ``seq2seq`` (in the CLI, over
-:mod:`partwise.seq2seq` and :mod:`partwise.hf`) and ``stress`` and ``digits_cycle`` (in
-:mod:`partwise.tasks`). Every kind, and the CLI, imports the recipe schema and this protocol from
+A kind is a subclass of :class:`Kind` that declares its ``task.args`` and ``model.args`` schemas and
+the metrics its task reports, and implements loading data, building the model and task, and the
+loaders. Kinds are found by the recipe's ``task.name`` in one registry (:func:`get_kind`): the
+built-in ``seq2seq``, ``stress`` and ``digits_cycle`` (in :mod:`partwise.tasks`), anything added with
+:func:`register_kind`, or a user's own ``package.module:Kind``, imported from the recipe's folder as
+custom model factories are. Every kind, and the CLI, imports the recipe schema and this base from
 :mod:`partwise.recipe`; no kind imports the CLI.
+
+The registry names the built-in kinds by import path (as a plugin's entry point would), so this
+layer never imports the kinds above it; a kind's module loads on first use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from pydantic import BaseModel
+
+from .._errors import ConfigError
+from ._args import NoArgs
+from ._resolve import import_object
 
 if TYPE_CHECKING:
     from torch import nn
 
     from ._schema import Recipe
 
-__all__ = ["KindData", "TaskKind", "declared_metrics", "default_best", "error_names", "METRICS", "training_subset"]
+__all__ = ["KindData", "Kind", "declared_metrics", "default_best", "error_names", "training_subset", "get_kind",
+           "kind_class", "register_kind", "kind_names"]
 
 T = TypeVar("T")
 
@@ -54,55 +66,122 @@ class KindData:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class TaskKind(Protocol):
-    """What a recipe's task kind provides.
+class Kind:
+    """A recipe's task kind. Subclass it, declare what the recipe may give, implement the five steps:
 
-    * ``load_data(recipe, artifacts) -> KindData`` — ``artifacts`` is what ``artifacts(data)`` saved in
-      the run directory (e.g. vocabularies), or ``None`` for a new run;
-    * ``artifacts(data) -> dict`` — JSON-serialisable, saved as ``run_dir/artifacts.json``;
-    * ``build_model(recipe, data) -> nn.Module``;
-    * ``build_task(recipe, data) -> Task`` (loss and evaluate; see :class:`partwise.Task`);
-    * ``loaders(recipe, data) -> (train_loader, dev_loader)`` and ``eval_loader(recipe, dataset)``;
-    * ``check(recipe) -> None`` — cheap checks before any data is read (raise ``ConfigError``);
-    * optionally ``model_for_check(recipe) -> nn.Module`` — the model built without reading data, so
-      parts and plan are validated before the run directory is created;
-    * optionally ``predict(recipe, model, data, words, beam_size) -> list[str]``;
-    * optionally ``metrics`` (or ``metrics_for(recipe)``): the names of what
-      ``build_task(...).evaluate`` returns (the trainer logs them as ``dev_<name>``), so that
-      ``best_metric`` and ``early_stopping.metric`` are checked before training; :data:`METRICS`
-      declares them for the built-in kinds.
+    * ``name``; ``task_args`` / ``model_args`` (per ``model.name``): pydantic schemas of
+      ``task.args`` and ``model.args``, checked when the recipe is read (every problem at once);
+      ``custom_models``: whether ``model.name`` may be a ``package.module:factory``;
+    * ``metrics`` (or :meth:`metrics_for`): what ``build_task(...).evaluate`` returns, so that
+      ``best_metric`` and ``early_stopping.metric`` are checked before training; ``best``: what
+      ``training.best_metric: auto`` means;
+    * ``load_data(recipe, artifacts) -> KindData`` (``artifacts``: what :meth:`artifacts` saved in the
+      run folder, or ``None`` for a new run), ``artifacts(data) -> dict`` (JSON), ``build_model(recipe,
+      data)``, ``build_task(recipe, data)`` (a :class:`partwise.Task`), ``loaders(recipe, data) ->
+      (train, dev)`` and ``eval_loader(recipe, dataset)``;
+    * optionally :meth:`check` (cheap checks before any data is read), :meth:`model_for_check` (the
+      model without its data, so parts and plan are checked before the run folder is created) and
+      :meth:`predict` (plain-text outputs for ``partwise predict``).
 
-    ``training.best_metric: auto`` resolves to :func:`default_best` of the recipe.
+    ``decodes`` kinds (sequence outputs: ``--max-len``, ``--join``, ``eval:`` and teacher forcing
+    keys) provide ``predict_details`` and ``join`` as the seq2seq kind does.
     """
 
-    def load_data(self, recipe: Recipe, artifacts: dict[str, Any] | None) -> KindData: ...
+    name: ClassVar[str] = ""
+    task_args: ClassVar[type[BaseModel]] = NoArgs
+    task_args_hint: ClassVar[str | None] = None  # said when task.args has an unknown key
+    model_args: ClassVar[Mapping[str, type[BaseModel]]] = {}
+    custom_models: ClassVar[bool] = False
+    metrics: ClassVar[tuple[str, ...]] = ()
+    best: ClassVar[tuple[str | None, str]] = (None, "min")
+    decodes: ClassVar[bool] = False
 
-    def artifacts(self, data: KindData) -> dict[str, Any]: ...
+    def metrics_for(self, recipe: Recipe) -> tuple[str, ...]:
+        """The dev-set metrics this recipe's task reports (default: :attr:`metrics`)."""
+        return tuple(self.metrics)
 
-    def build_model(self, recipe: Recipe, data: KindData) -> nn.Module: ...
+    def default_best(self, recipe: Recipe) -> tuple[str | None, str]:
+        """``(metric, mode)`` that ``training.best_metric: auto`` means (default: :attr:`best`)."""
+        return self.best
 
-    def build_task(self, recipe: Recipe, data: KindData) -> Any: ...
+    def check(self, recipe: Recipe) -> None:
+        """Cheap checks before any data is read (raise :class:`~partwise.ConfigError`)."""
 
-    def loaders(self, recipe: Recipe, data: KindData) -> tuple[Any, Any]: ...
+    def model_for_check(self, recipe: Recipe) -> nn.Module | None:
+        """The model built without reading data (``None``: only after the data is read)."""
+        return None
 
-    def eval_loader(self, recipe: Recipe, dataset: Any) -> Any: ...
+    def checks_need_data(self, recipe: Recipe) -> bool:
+        """Whether parts and plan can be checked only on the model built from the data."""
+        return False
 
-    def check(self, recipe: Recipe) -> None: ...
+    def predict(self, recipe: Recipe, model: nn.Module, data: KindData, inputs: list[str],
+                beam_size: int) -> list[str]:
+        """Plain-text outputs of ``inputs`` (``partwise predict``)."""
+        raise ConfigError([f"predict: runs of task {recipe.task.name!r} make no predictions"])
+
+    def load_data(self, recipe: Recipe, artifacts: dict[str, Any] | None) -> KindData:
+        raise NotImplementedError
+
+    def artifacts(self, data: KindData) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def build_model(self, recipe: Recipe, data: KindData) -> nn.Module:
+        raise NotImplementedError
+
+    def build_task(self, recipe: Recipe, data: KindData, max_len: int | None = None) -> Any:
+        raise NotImplementedError
+
+    def loaders(self, recipe: Recipe, data: KindData) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def eval_loader(self, recipe: Recipe, dataset: Any) -> Any:
+        raise NotImplementedError
 
 
-METRICS = {  # what each built-in kind's task.evaluate returns (tests/cli check them against real runs)
-    "seq2seq": ("loss", "token_acc", "seq_error", "token_error", "at_max_len"),  # cmudict: wer, per
-    "stress": ("loss", "stress_acc", "syllables_acc", "both_acc", "majority_stress_acc", "majority_syllables_acc"),
-    "digits_cycle": ("recon_mse", "cycle_loss", "pixel_mse", "untrained_cycle_loss", "untrained_pixel_mse"),
+_REGISTRY: dict[str, str | type[Kind]] = {  # built-in kinds, by import path (loaded on first use)
+    "seq2seq": "partwise.tasks._seq2seq:Seq2SeqKind",
+    "stress": "partwise.tasks._stress:StressKind",
+    "digits_cycle": "partwise.tasks._digits:DigitsCycleKind",
 }
 
 
-def declared_metrics(name: str, kind: Any, recipe: Any = None) -> tuple[str, ...] | None:
-    """The dev-set metrics a kind's task reports (``None``: not declared, not checked)."""
-    if recipe is not None and hasattr(kind, "metrics_for"):
-        return tuple(kind.metrics_for(recipe))
-    declared = getattr(kind, "metrics", None)
-    return tuple(declared) if declared is not None else METRICS.get(name)
+def register_kind(name: str, kind: str | type[Kind]) -> None:
+    """Make ``task.name: name`` mean ``kind`` (a :class:`Kind` subclass or its
+    ``package.module:Class``); a built-in name cannot be taken."""
+    if name in ("seq2seq", "stress", "digits_cycle") or ":" in name or not name:
+        raise ConfigError([f"register_kind: {name!r} is a built-in kind or not a plain name"])
+    _REGISTRY[name] = kind
+
+
+def kind_names() -> list[str]:
+    """The registered kinds' names."""
+    return sorted(_REGISTRY)
+
+
+def kind_class(name: str, path: str | None = None) -> type[Kind]:
+    """The :class:`Kind` subclass ``task.name`` names: a registered name, or ``package.module:Class``
+    imported with ``path`` (the recipe's folder) first on ``sys.path``."""
+    spec: str | type[Kind] | None = _REGISTRY.get(name)
+    if spec is None and ":" not in name:
+        raise ConfigError([f"task.name: {name!r} is not a task kind; choose one of {kind_names()} or give your own "
+                           "as 'package.module:Kind' (README, 'Your own task kind')"])
+    found = spec if spec is not None else name
+    cls = import_object(found, path if spec is None else None, "task.name", "the README, 'Your own task kind'") \
+        if isinstance(found, str) else found
+    if not (isinstance(cls, type) and issubclass(cls, Kind)):
+        raise ConfigError([f"task.name: {name!r} is a {type(cls).__name__}, not a subclass of partwise.recipe.Kind"])
+    return cls
+
+
+def get_kind(name: str, path: str | None = None) -> Kind:
+    """A new instance of the kind ``task.name`` names (see :func:`kind_class`)."""
+    return kind_class(name, path)()
+
+
+def declared_metrics(recipe: Recipe, kind: Kind | None = None) -> tuple[str, ...]:
+    """The dev-set metrics the recipe's task reports."""
+    return (kind or get_kind(recipe.task.name, recipe.task.path)).metrics_for(recipe)
 
 
 def error_names(recipe: Any) -> tuple[str, str]:
@@ -115,11 +194,6 @@ def error_names(recipe: Any) -> tuple[str, str]:
     return ("wer", "per") if recipe.data.name == "cmudict" else ("seq_error", "token_error")
 
 
-def default_best(recipe: Any) -> tuple[str | None, str]:
+def default_best(recipe: Recipe) -> tuple[str | None, str]:
     """``(metric, mode)`` that ``training.best_metric: auto`` means for the recipe's task kind."""
-    name = recipe.task.name
-    if name == "seq2seq":
-        return error_names(recipe)[0], "min"
-    if name == "stress":
-        return "both_acc", "max"
-    return None, "min"  # digits_cycle: its phases optimise different losses
+    return get_kind(recipe.task.name, recipe.task.path).default_best(recipe)

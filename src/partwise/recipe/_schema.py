@@ -48,8 +48,9 @@ class _Strict(BaseModel):
 
 
 class TaskConfig(_Strict):
-    name: Literal["seq2seq", "stress", "digits_cycle"] = "seq2seq"  # what is trained (see partwise.recipe.TaskKind)
-    args: dict[str, Any] = Field(default_factory=dict)  # that kind's options (checked by partwise.recipe.args_problems)
+    name: str = "seq2seq"  # what is trained: a registered kind or "package.module:Kind" (see partwise.recipe.Kind)
+    args: dict[str, Any] = Field(default_factory=dict)  # that kind's options (checked by its task_args schema)
+    path: str | None = None  # "package.module:Kind": the folder it is imported from (default: the recipe's)
 
 
 class SubsetConfig(_Strict):
@@ -354,6 +355,7 @@ def validate(raw: Any, source: str, resolve_factory: FactoryResolver | None = No
     ``package.module:factory`` model is checked against its signature when ``resolve_factory`` finds
     it). ``training.best_metric: auto`` becomes the task's own metric."""
     from ._args import args_problems
+    from ._kinds import kind_class
 
     if not isinstance(raw, dict):
         raise ConfigError([f"(top level): expected a mapping of keys, got {type(raw).__name__}"], source)
@@ -363,18 +365,43 @@ def validate(raw: Any, source: str, resolve_factory: FactoryResolver | None = No
         recipe = Recipe.model_validate(raw)
     except ValidationError as e:
         errors += _errors_of(e)
-    errors += args_problems(raw, resolve_factory)
-    if errors or recipe is None:
+    task: dict[str, Any] = raw["task"] if isinstance(raw.get("task"), dict) else {}
+    kind = None
+    try:
+        kind = kind_class(str(task.get("name", "seq2seq")), task.get("path"))
+    except ConfigError as e:
+        errors += e.errors
+    if kind is not None:
+        errors += args_problems(raw, kind, resolve_factory)
+    if errors or recipe is None or kind is None:
         raise ConfigError(errors, source)
-    return _resolve(recipe)
+    return _resolve(recipe, kind())
 
 
-def _resolve(recipe: Recipe) -> Recipe:
-    from ._kinds import default_best
+def build_teacher_forcing(cfg: TeacherForcingConfig | None, where: str) -> Any:
+    """The :class:`partwise.seq2seq.TeacherForcing` a recipe's ``teacher_forcing:`` key describes
+    (``None`` for none); a :class:`~partwise.ConfigError` naming ``where`` otherwise."""
+    if cfg is None:
+        return None
+    from ..seq2seq import TeacherForcing, tf_schedule_from_dict
 
+    try:
+        return TeacherForcing(tf_schedule_from_dict(cfg.schedule), per=cfg.per, mode=cfg.mode, sample=cfg.sample,
+                              count_from=cfg.count_from)
+    except (TypeError, ValueError) as e:
+        raise ConfigError([f"{where}: {e}"]) from None
+
+
+def _decodes(recipe: Recipe) -> bool:
+    from ._kinds import kind_class
+
+    return kind_class(recipe.task.name, recipe.task.path).decodes
+
+
+def _resolve(recipe: Recipe, kind: Any) -> Recipe:
     if recipe.training.best_metric != "auto":
         return recipe
-    metric, mode = default_best(recipe)
+    metric, mode = kind.default_best(recipe)
     training = recipe.training.model_copy(update={"best_metric": metric, "best_mode": mode})
     return recipe.model_copy(update={"training": training})
 
@@ -425,7 +452,9 @@ def dump(recipe: Recipe) -> str:
         del out["init"]
     if out["model"]["path"] is None:
         del out["model"]["path"]
-    if out["task"]["name"] != "seq2seq":  # decoding options and teacher forcing are seq2seq's only
+    if out["task"]["path"] is None:
+        del out["task"]["path"]
+    if not _decodes(recipe):  # decoding options and teacher forcing are for kinds that decode sequences
         del out["eval"]
         if out["teacher_forcing"] is None:
             del out["teacher_forcing"]

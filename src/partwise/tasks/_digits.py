@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from .._errors import ConfigError
 from .._loader import ShuffledBatches
 from .._task import StepContext
-from ..recipe import KindData, training_subset
+from ..recipe import DigitsModelArgs, DigitsTaskArgs, Kind, KindData, training_subset
 
 if TYPE_CHECKING:
     from ..recipe import Recipe
@@ -32,8 +32,6 @@ __all__ = [
 ]
 
 PIXELS = 64  # 8 x 8 images, flattened
-MODEL_ARGS = ("latent", "hidden", "dropout")
-TASK_ARGS = ("autoencoder_phases",)
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -241,15 +239,15 @@ class DigitsCycleTask:
         return {k: v / max(latents if "cycle" in k else pixels, 1) for k, v in sums.items()}
 
 
-# -- the task kind (see partwise.recipe.TaskKind) ------------------------------------------------
-def _arg_problems(given: dict[str, Any], allowed: tuple[str, ...], where: str) -> list[str]:
-    return [f"{where}.{k}: unknown argument; the digits_cycle kind takes {list(allowed)}" for k in given
-            if k not in allowed]
-
-
-class DigitsCycleKind:
+# -- the task kind (see partwise.recipe.Kind) ------------------------------------------------
+class DigitsCycleKind(Kind):
     """Digits with the :class:`DigitsCycle` model (``model.name: mlp``; args latent, hidden, dropout)
     and :class:`DigitsCycleTask` (``task.args.autoencoder_phases``)."""
+
+    name = "digits_cycle"
+    task_args, model_args = DigitsTaskArgs, {"mlp": DigitsModelArgs}
+    metrics = DigitsCycleTask.metrics
+    best = (None, "min")  # its phases optimise different losses
 
     def check(self, recipe: Recipe) -> None:
         problems = []
@@ -257,14 +255,9 @@ class DigitsCycleKind:
             problems.append(f"data.name: {recipe.data.name!r} does not fit task 'digits_cycle'; use digits")
         if recipe.model.name != "mlp":
             problems.append(f"model.name: {recipe.model.name!r} is not a digits_cycle model; use mlp")
-        problems += _arg_problems(recipe.model.args, MODEL_ARGS, "model.args")
-        problems += _arg_problems(recipe.task.args, TASK_ARGS, "task.args")
-        phases = recipe.task.args.get("autoencoder_phases")
+        phases = recipe.task.args.get("autoencoder_phases")  # keys and types: checked by the kind's schemas
         names = [ph.name for ph in recipe.plan]
-        if phases is not None and (isinstance(phases, str) or not isinstance(phases, list)):
-            problems.append(f"task.args.autoencoder_phases: {phases!r} must be a list of phase names, "
-                            "e.g. [autoencoder]")
-        elif phases is not None:
+        if phases is not None:
             problems += [f"task.args.autoencoder_phases: {p!r} is not a phase of the plan; phases are {names}"
                          for p in phases if p not in names]
         if problems:
@@ -295,7 +288,7 @@ class DigitsCycleKind:
         except (TypeError, ValueError) as e:
             raise ConfigError([f"model.args: {e}"]) from None
 
-    def build_task(self, recipe: Recipe, data: KindData) -> DigitsCycleTask:
+    def build_task(self, recipe: Recipe, data: KindData, max_len: int | None = None) -> DigitsCycleTask:
         try:
             return DigitsCycleTask(recipe.task.args.get("autoencoder_phases", ("autoencoder",)), seed=recipe.seed)
         except TypeError as e:

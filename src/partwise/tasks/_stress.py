@@ -27,7 +27,7 @@ from .._runfolder import ARTIFACTS, CONFIG, BadFileError, read_artifacts, read_y
 from .._surgery import load_part
 from ..data import BucketBatchSampler, G2PSplit, Vocab, load_cmudict_splits, stress_labels
 from ..pretrained import G2P_EN_GRAPHEMES
-from ..recipe import KindData, Recipe, training_subset
+from ..recipe import GRUArgs, Kind, KindData, Recipe, StressModelArgs, StressTaskArgs, training_subset
 from ..seq2seq import PAD, GRUEncoder, Memory
 from ..seq2seq._model import check_dropout, check_positive_int
 
@@ -35,7 +35,6 @@ __all__ = ["StressBatch", "StressDataset", "StressHead", "StressKind", "StressLo
            "StressTask", "collate_stress", "stress_model", "word_stress_labels"]
 
 ENCODER_EMB, ENCODER_HIDDEN = 256, 256  # g2p-en's encoder shape
-_TASK_ARGS, _MODEL_ARGS = ("encoder", "max_syllables"), ("hidden", "dropout")
 
 
 def word_stress_labels(pronunciations: list[list[str]], max_syllables: int = 8) -> tuple[int, int] | None:
@@ -263,19 +262,13 @@ class _Options:
 def _options(recipe: Recipe, check_run: bool = True) -> _Options:
     """The kind's settings from a recipe; every problem in one :class:`ConfigError`. ``check_run``:
     check that a ``run:PATH`` encoder source exists (a restored run no longer needs it)."""
-    args, errors = recipe.task.args, []
-    errors += [f"task.args.{k}: unknown option for task 'stress'; options are {list(_TASK_ARGS)}"
-               for k in args if k not in _TASK_ARGS]
-    errors += [f"model.args.{k}: unknown option for task 'stress'; options are {list(_MODEL_ARGS)}"
-               for k in recipe.model.args if k not in _MODEL_ARGS]
+    args, errors = recipe.task.args, []  # keys and types: checked by the kind's schemas when the recipe is read
     if recipe.data.name != "cmudict":
         errors.append(f"data.name: {recipe.data.name!r} does not fit task 'stress'; use cmudict")
     if recipe.model.name != "gru":
         errors.append(f"model.name: {recipe.model.name!r}: task 'stress' has one model, 'gru' (a GRU encoder "
                       "shaped like g2p-en's with an attention-pooling classifier); set model.name: gru")
-    k = args.get("max_syllables", 8)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-        errors.append(f"task.args.max_syllables: {k!r} must be an int >= 2 (default 8)")
+    k = int(args.get("max_syllables", 8))
     spec, run = args.get("encoder", "g2p_en"), None
     if isinstance(spec, str) and spec.startswith("run:") and len(spec) > 4:
         run = Path(spec[4:])
@@ -302,11 +295,9 @@ def _run_vocab(run: Path) -> Vocab:
 
 def _run_encoder_shape(run: Path) -> dict[str, Any]:
     """The GRU encoder shape of G2P run ``run`` (from its config.yaml; defaults as the recipe schema's)."""
-    from ..recipe import MODEL_ARGS
-
     try:
         model = (read_yaml(run / CONFIG, "give run:PATH of a G2P run") or {}).get("model", {})
-        args: Any = MODEL_ARGS[("seq2seq", "gru")](**(model.get("args") or {}))
+        args: Any = GRUArgs(**(model.get("args") or {}))
     except (BadFileError, AttributeError, TypeError, ValueError) as e:
         raise ConfigError([f"task.args.encoder: run {str(run)!r}: its config.yaml does not describe a GRU "
                            f"G2P model ({' '.join(str(e).split())[:200]}); give run:PATH of a G2P run with model gru"]
@@ -322,8 +313,13 @@ def _majority(values: Tensor) -> int:
     return int(torch.bincount(values).argmax())
 
 
-class StressKind:
+class StressKind(Kind):
     """``task.name: stress`` for the ``partwise`` CLI (see the module docstring for the options)."""
+
+    name = "stress"
+    task_args, model_args = StressTaskArgs, {"gru": StressModelArgs}
+    metrics = StressTask.metrics
+    best = ("both_acc", "max")
 
     def check(self, recipe: Recipe) -> None:
         _options(recipe)
@@ -383,7 +379,7 @@ class StressKind:
                                    f"GRU encoder its config.yaml describes ({shape}): {e}"]) from None
         return model
 
-    def build_task(self, recipe: Recipe, data: KindData) -> StressTask:
+    def build_task(self, recipe: Recipe, data: KindData, max_len: int | None = None) -> StressTask:
         return StressTask(data.extra["majority"]["stress"], data.extra["majority"]["syllables"])
 
     def loaders(self, recipe: Recipe, data: KindData) -> tuple[DataLoader[Any], DataLoader[Any] | None]:

@@ -17,8 +17,6 @@ A custom model factory (``model: {name: "package.module:factory", args: {...}}``
 
 from __future__ import annotations
 
-import importlib
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,10 +36,24 @@ from ..data import (
     make_g2p_datasets,
     read_pairs,
 )
-from ..recipe import METRICS, CmudictData, KindData, PairsData, Recipe, error_names, training_subset
+from ..recipe import (
+    CmudictData,
+    GRUArgs,
+    HFArgs,
+    Kind,
+    KindData,
+    PairsData,
+    Recipe,
+    Seq2SeqTaskArgs,
+    TransformerArgs,
+    build_teacher_forcing,
+    error_names,
+    import_object,
+    training_subset,
+)
+from ..recipe._args import SEQ2SEQ_HINT
 from ..seq2seq import Seq2SeqTask, gru_seq2seq, max_len_from, transformer_seq2seq
-from . import _hf
-from ._build import teacher_forcing
+from . import _hf_models as _hf
 
 __all__ = ["Seq2SeqKind", "Prediction", "model_factory", "resolve_factory", "tokenization"]
 
@@ -51,20 +63,7 @@ PAIRS_DOCS = "README, 'Pair files'"
 
 def resolve_factory(name: str, path: str | None = None) -> Any:
     """A user's ``package.module:factory``, imported with ``path`` (a folder) first on ``sys.path``."""
-    module, _, attr = name.partition(":")
-    if not module or not attr:
-        raise ConfigError([f"model.name: {name!r} is not 'package.module:factory' (see the README, 'Custom models')"])
-    if path is not None:
-        folder = str(Path(path).resolve())
-        if not Path(folder).is_dir():
-            raise ConfigError([f"model.path: {path!r} is not a folder; give the folder that holds {module!r}"])
-        if folder not in sys.path:
-            sys.path.insert(0, folder)
-    try:
-        factory = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        where = f" (looked in {path!r} and on sys.path)" if path else ""
-        raise ConfigError([f"model.name: cannot import {name!r}{where}: {e}"]) from None
+    factory = import_object(name, path, "model.name", "the README, 'Custom models'")
     if not callable(factory):
         raise ConfigError([f"model.name: {name!r} is a {type(factory).__name__}, not a callable factory"])
     return factory
@@ -110,13 +109,22 @@ class Prediction:
     at_max_len: bool
 
 
-class Seq2SeqKind:
+class Seq2SeqKind(Kind):
     """Sequence to sequence: ``data.name`` cmudict or pairs; models gru, transformer, hf or your factory
     (see the module docs for the factory contract)."""
 
+    name = "seq2seq"
+    task_args, task_args_hint = Seq2SeqTaskArgs, SEQ2SEQ_HINT
+    model_args = {"gru": GRUArgs, "transformer": TransformerArgs, "hf": HFArgs}
+    custom_models, decodes = True, True
+    metrics = ("loss", "token_acc", "seq_error", "token_error", "at_max_len")  # cmudict: wer, per
+
     def metrics_for(self, recipe: Recipe) -> tuple[str, ...]:
         seq, tok = error_names(recipe)
-        return tuple({"seq_error": seq, "token_error": tok}.get(m, m) for m in METRICS["seq2seq"])
+        return tuple({"seq_error": seq, "token_error": tok}.get(m, m) for m in self.metrics)
+
+    def default_best(self, recipe: Recipe) -> tuple[str | None, str]:
+        return error_names(recipe)[0], "min"
 
     def check(self, recipe: Recipe) -> None:
         d, errors = recipe.data, []
@@ -134,7 +142,7 @@ class Seq2SeqKind:
                         tok.load()
                     except ValueError as e:
                         errors.append(f"data.{side}.path: {e}")
-        if recipe.model.name == "hf":  # a Hugging Face encoder-decoder (partwise[hf]; see cli/_hf.py)
+        if recipe.model.name == "hf":  # a Hugging Face encoder-decoder (partwise[hf]; see tasks/_hf_models.py)
             try:
                 _hf.check(recipe.model.args)
             except ConfigError as e:
@@ -231,7 +239,7 @@ class Seq2SeqKind:
 
     def build_task(self, recipe: Recipe, data: KindData, max_len: int | None = None) -> Any:
         limit = self.max_len(recipe, data, max_len)
-        tf = teacher_forcing(recipe.teacher_forcing, "teacher_forcing")
+        tf = build_teacher_forcing(recipe.teacher_forcing, "teacher_forcing")
         if recipe.model.name == "hf":
             return _hf.build_task(recipe, data, tf, limit, error_names(recipe))
         return Seq2SeqTask(teacher_forcing=tf, label_smoothing=recipe.training.label_smoothing,
