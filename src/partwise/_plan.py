@@ -213,7 +213,7 @@ class Plan:
             where = f"plan.phases[{i}] ({ph.name!r})"
             unknown = [p for p in ph.train if p not in parts]
             for p in unknown:
-                errors.append(f"{where}.train: unknown part {p!r}; parts are {parts.names}")
+                errors.append(f"{where}.train.{p}: unknown part {p!r}; parts are {parts.names}")
             if unknown:
                 continue
             for p in ph.train:

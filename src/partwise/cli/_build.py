@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from torch import nn
@@ -33,11 +34,16 @@ def _task_options(ph: Any, i: int) -> dict[str, Any]:
     return {} if tf is None else {TEACHER_FORCING: tf}
 
 
+def recipe_paths(message: str) -> str:
+    """A core message's plan location in recipe form: ``plan.phases[1] ('decoder')`` -> ``plan.1``."""
+    return re.sub(r"plan\.phases\[(\d+)\] \((?:'[^']*'|\"[^\"]*\")\)", r"plan.\1", message)
+
+
 def build_plan(recipe: Recipe, parts: Parts) -> Plan:
+    """The recipe's plan, checked against ``parts`` by :meth:`partwise.Plan.check` (unknown parts,
+    half-frozen shared tensors, each phase's optimizer options), locations in recipe form."""
     phases, errors = [], []
     for i, ph in enumerate(recipe.plan):
-        unknown = [p for p in ph.train if p not in parts]
-        errors += [f"plan.{i}.train.{p}: unknown part; parts are {parts.names}" for p in unknown]
         try:
             phases.append(Phase(
                 ph.name, epochs=ph.epochs, steps=ph.steps, train=ph.train,
@@ -47,9 +53,15 @@ def build_plan(recipe: Recipe, parts: Parts) -> Plan:
             ))
         except ConfigError as e:
             errors += e.errors
-    if errors:
-        raise ConfigError(errors)
-    return Plan(phases)
+    try:
+        plan = Plan(phases) if not errors else None
+        if plan is not None:
+            plan.check(parts)
+    except ConfigError as e:
+        errors += e.errors
+    if errors or plan is None:
+        raise ConfigError([recipe_paths(m) for m in errors])
+    return plan
 
 
 def trainer_kwargs(recipe: Recipe, collate_fn: Any = None) -> dict[str, Any]:

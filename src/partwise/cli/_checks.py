@@ -13,21 +13,18 @@ the recipe.
 from __future__ import annotations
 
 import copy
-import re
 from typing import Any
 
 from torch import nn
 
-from .._errors import ConfigError, PartError
-from .._optim import PartConfig
+from .._errors import ConfigError
 from .._parts import Parts
-from .._plan import Plan
 from .._trainer_args import clip_problems, device_for, precision_problem
 from ..recipe import Recipe, declared_metrics, get_kind
 from . import _build as build
 from ._init import init_part_problems, init_problems
 
-__all__ = ["check_recipe", "device_problems", "optimizer_problems", "grad_clip_problems", "metric_problems"]
+__all__ = ["check_recipe", "device_problems", "grad_clip_problems", "metric_problems"]
 
 
 def check_recipe(recipe: Recipe, source: str | None = None, model: nn.Module | None = None) -> None:
@@ -61,8 +58,11 @@ def _problems(recipe: Recipe, model: nn.Module | None) -> list[str]:
     if model is None:
         return problems + metric_problems(recipe, kind, None)
     parts = build.build_parts(recipe, model)
-    plan = build.build_plan(recipe, parts)
-    return (problems + optimizer_problems(plan, parts) + grad_clip_problems(recipe, parts)
+    try:
+        build.build_plan(recipe, parts)  # the plan's own checks (Plan.check), with recipe paths
+    except ConfigError as e:
+        problems += e.errors
+    return (problems + grad_clip_problems(recipe, parts)
             + metric_problems(recipe, kind, parts.names) + init_part_problems(recipe, parts.names))
 
 
@@ -73,28 +73,6 @@ def device_problems(recipe: Recipe) -> list[str]:
         return [f"training.{problem}"]
     precision = precision_problem(recipe.training.precision, device) if device is not None else None
     return [f"training.{precision}"] if precision else []
-
-
-def optimizer_problems(plan: Plan, parts: Parts) -> list[str]:
-    """Each phase's optimizer options, checked by the validator :meth:`~partwise.Plan.check` runs (names,
-    values, and a dry run of the optimizer class's own constructor), with recipe paths. Problems
-    name the phase."""
-    problems = []
-    for i, ph in enumerate(plan.phases):
-        try:
-            PartConfig(parts, ph.train_options(), ph.default_options())
-        except (PartError, ConfigError, ValueError, TypeError, KeyError) as e:
-            why = _per_part_once(" ".join(str(e).split()))
-            problems.append(f"plan.{i} ({ph.name!r}): optimizer: {why}; "
-                            f"fix optimizer or plan.{i}.optimizer / plan.{i}.train")
-    return problems
-
-
-def _per_part_once(message: str) -> str:
-    """``part 'a': X | part 'b': X`` -> ``X`` (the same problem for every part is said once)."""
-    pieces = message.split(" | ")
-    bodies = {re.sub(r"^part '[^']*': ", "", p) for p in pieces}
-    return bodies.pop() if len(bodies) == 1 else message
 
 
 def grad_clip_problems(recipe: Recipe, parts: Parts) -> list[str]:
