@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,12 @@ from ._parts import Parts
 from ._schedule import LRSchedule
 
 __all__ = ["Phase", "Plan", "PhaseSpan", "length_problem", "lr_problem"]
+
+
+def _once(message: str) -> str:
+    """``part 'a': X | part 'b': X`` -> ``X``: the same problem for every part is said once."""
+    bodies = {re.sub(r"^part '[^']*': ", "", piece) for piece in message.split(" | ")}
+    return bodies.pop() if len(bodies) == 1 else message
 
 
 def length_problem(epochs: Any, steps: Any) -> str | None:
@@ -227,7 +234,7 @@ class Plan:
             try:
                 PartConfig(parts, ph.train_options(), ph.default_options())
             except PartError as e:
-                errors.append(f"{where}.optimizer: {e}")
+                errors.append(f"{where}.optimizer: {_once(str(e))}")
         if errors:
             raise ConfigError(errors)
 
