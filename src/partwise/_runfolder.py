@@ -3,8 +3,10 @@
 A run folder holds the marker ``partwise-run.json``, ``config.yaml`` (the resolved recipe),
 ``artifacts.json`` (vocabularies), ``checkpoints/`` (written by :mod:`partwise._checkpoint`: each
 checkpoint a folder with ``meta.json``, ``state.pt`` and per-part ``.safetensors``, plus the
-``latest``/``best`` pointers), the logs and report, and hidden debris of killed writers. Every
-command, the Trainer's resume, ``init:`` and the task kinds read it through this module.
+``latest``/``best`` pointers), the logs and report, and hidden debris of killed writers. The CLI's
+commands, ``init:``, export and the task kinds read the run's files through this module; the
+checkpoints themselves are read and written by :mod:`partwise._checkpoint`, whose lister, pointer
+parser and liveness check this module uses.
 
 Every reader here only reads. A damaged file (malformed YAML, a ``!!python`` tag, garbage JSON, a
 pointer naming nothing, a truncated ``.safetensors``, a ``state.pt`` that is not a training state)
@@ -12,9 +14,8 @@ raises :class:`BadFileError`, whose message names the file, what is wrong and wh
 
 How partwise knows a folder is one of its runs (so that ``--overwrite`` never deletes anything else):
 ``partwise train`` writes ``partwise-run.json`` first when it creates a run; a folder is a run when it
-has that marker (or, for runs written before the marker existed, both ``config.yaml`` and
-``artifacts.json``) **and** holds nothing but the names a run is made of (:data:`RUN_LAYOUT`, PNG
-plots, hidden temporary files). A single file of anything else — a recipe, notes, data — makes it
+has that marker **and** holds nothing but the names a run is made of (:data:`RUN_LAYOUT`, PNG plots,
+hidden temporary files). A single file of anything else — a recipe, notes, data — makes it
 not a run, and it is never removed.
 
 Creating, replacing and cleaning up a new run's folder happens only after every check has passed:
