@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -16,8 +16,8 @@ from ._task import declared_metrics
 if TYPE_CHECKING:
     from ._trainer import Trainer
 
-__all__ = ["EarlyStopping", "device_for", "precision_problem", "clip_problems", "option_problems", "check_fit",
-           "DEVICE_FIX"]
+__all__ = ["EarlyStopping", "device_for", "precision_problem", "clip_problems", "metric_problems", "option_problems",
+           "check_fit", "DEVICE_FIX"]
 
 
 class EarlyStopping:
@@ -136,20 +136,26 @@ def _part_name_problems(trainer: Trainer) -> list[str]:
     return [f"parts: {m}" for m in ckpt.part_file_problems([*trainer.parts.names, REST])]
 
 
-def _metric_problems(trainer: Trainer, has_dev: bool) -> list[str]:
-    """Metrics early stopping and ``best_metric`` need, against what the task declares it returns."""
-    declared = declared_metrics(trainer.task)
+def metric_problems(rules: Sequence[tuple[str, str]], declared: Sequence[str] | None, has_dev: bool,
+                    task_name: str) -> list[str]:
+    """The one rule for the metric ``best_metric`` and early stopping name (each ``(where, name)`` of
+    ``rules``): ``train_loss``, or, with dev data, one the task declares it returns (``wer`` or
+    ``dev_wer``); a task that declares none is checked at its first evaluation. The Trainer and the
+    recipe checks both use it."""
     known = {"train_loss"} | ({f"dev_{m}" for m in declared or ()} if has_dev else set())
-    rules = [("best_metric", trainer.best_metric[0])] if trainer.best_metric else []
-    rules += [("early_stopping.metric", trainer.early_stopping.metric)] if trainer.early_stopping else []
     out = []
     for where, name in rules:
         if name in known or f"dev_{name}" in known or (has_dev and declared is None):
-            continue  # a task that declares no metrics is checked at its first evaluation
-        why = ("no dev_data given" if not has_dev
-               else f"task {type(trainer.task).__name__} returns {sorted(declared or ())}")
+            continue
+        why = "no dev_data given" if not has_dev else f"task {task_name} returns {sorted(declared or ())}"
         out.append(f"{where}: metric {name!r} will not be produced ({why}); choose one of {sorted(known)}")
     return out
+
+
+def _metric_problems(trainer: Trainer, has_dev: bool) -> list[str]:
+    rules = [("best_metric", trainer.best_metric[0])] if trainer.best_metric else []
+    rules += [("early_stopping.metric", trainer.early_stopping.metric)] if trainer.early_stopping else []
+    return metric_problems(rules, declared_metrics(trainer.task), has_dev, type(trainer.task).__name__)
 
 
 def check_fit(trainer: Trainer, dev_data: Any, max_steps: Any, max_minutes: Any) -> None:

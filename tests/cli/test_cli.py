@@ -208,3 +208,14 @@ def test_grad_clip_zero_is_no_clipping_in_the_recipe_as_in_the_trainer(tmp_path,
     assert code == 0, err
     code, _, err = run_cli(capsys, "inspect", str(recipe), "training.grad_clip=-1")
     assert code == 2 and "training.grad_clip: -1" in err and "0 or None: no clipping" in err
+
+
+def test_the_recipe_checks_refuse_a_best_metric_the_trainer_would_refuse(tmp_path, capsys):
+    """One metric rule (the Trainer's): the recipe checks accepted ``best_metric: epoch`` (and ``lr/...``),
+    which the Trainer then refused after the data was read."""
+    recipe = write_recipe(tmp_path, TINY)
+    for name in ("epoch", "lr/encoder"):
+        code, _, err = run_cli(capsys, "inspect", str(recipe), f"training.best_metric={name}")
+        assert code == 2 and f"training.best_metric: metric '{name}' will not be produced" in err, err
+    code, _, err = run_cli(capsys, "inspect", str(recipe), "training.best_metric=dev_wer")
+    assert code == 0, err

@@ -20,6 +20,7 @@ from torch import nn
 from .._errors import ConfigError
 from .._parts import Parts
 from .._trainer_args import clip_problems, device_for, precision_problem
+from .._trainer_args import metric_problems as core_metric_problems
 from ..recipe import Recipe, declared_metrics, get_kind
 from . import _build as build
 from ._init import init_part_problems, init_problems
@@ -56,14 +57,14 @@ def _problems(recipe: Recipe, model: nn.Module | None) -> list[str]:
         model = copy.deepcopy(model)  # the checks build a parts registry on it: the run's model stays untouched
     problems += device_problems(recipe)
     if model is None:
-        return problems + metric_problems(recipe, kind, None)
+        return problems + metric_problems(recipe, kind)
     parts = build.build_parts(recipe, model)
     try:
         build.build_plan(recipe, parts)  # the plan's own checks (Plan.check), with recipe paths
     except ConfigError as e:
         problems += e.errors
     return (problems + grad_clip_problems(recipe, parts)
-            + metric_problems(recipe, kind, parts.names) + init_part_problems(recipe, parts.names))
+            + metric_problems(recipe, kind) + init_part_problems(recipe, parts.names))
 
 
 def device_problems(recipe: Recipe) -> list[str]:
@@ -80,17 +81,11 @@ def grad_clip_problems(recipe: Recipe, parts: Parts) -> list[str]:
     return [f"training.{m}" for m in clip_problems(recipe.training.grad_clip, parts.names)]
 
 
-def metric_problems(recipe: Recipe, kind: Any, part_names: list[str] | None) -> list[str]:
-    """``best_metric`` and ``early_stopping.metric`` name something the epoch logs will hold."""
-    metrics = declared_metrics(recipe, kind)
-    known = {"train_loss", "epoch", "step", "seconds", *metrics, *(f"dev_{m}" for m in metrics)}
-    lrs = {f"lr/{p}" for p in part_names} if part_names is not None else None
-    t, out = recipe.training, []
-    for where, name in (("training.best_metric", t.best_metric),
-                        ("training.early_stopping.metric", t.early_stopping.metric if t.early_stopping else None)):
-        if name is None or name in known or (name.startswith("lr/") and (lrs is None or name in lrs)):
-            continue
-        out.append(f"{where}: {name!r} is not a metric of task {recipe.task.name!r}; choose one of "
-                   f"{', '.join(metrics)} (on the dev set) or train_loss"
-                   + (" (or null)" if where.endswith("best_metric") else ""))
-    return out
+def metric_problems(recipe: Recipe, kind: Any) -> list[str]:
+    """``best_metric`` and ``early_stopping.metric``, by the Trainer's own rule (the kind declares its
+    task's metrics), with recipe paths."""
+    t = recipe.training
+    stop = t.early_stopping.metric if t.early_stopping else None
+    rules = [(f"training.{where}", name) for where, name in (("best_metric", t.best_metric),
+                                                              ("early_stopping.metric", stop)) if name is not None]
+    return core_metric_problems(rules, declared_metrics(recipe, kind), True, f"{recipe.task.name!r}")
