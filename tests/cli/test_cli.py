@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import partwise as pw
 from partwise.cli import main
 
 TINY = {
@@ -219,3 +220,17 @@ def test_the_recipe_checks_refuse_a_best_metric_the_trainer_would_refuse(tmp_pat
         assert code == 2 and f"training.best_metric: metric '{name}' will not be produced" in err, err
     code, _, err = run_cli(capsys, "inspect", str(recipe), "training.best_metric=dev_wer")
     assert code == 0, err
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    ({}, "model.args: give exactly one of path"),
+    ({"path": "x", "config": {"model_type": "t5"}}, "model.args: give exactly one of path"),
+    ({"config": {"d_model": 3}}, "model.args: config must be a mapping with model_type"),
+])
+def test_hf_model_args_are_checked_once_when_the_recipe_is_read(args, needle):
+    """One rule for ``model: hf`` args (the HFArgs schema), applied before anything else runs."""
+    from partwise.cli._config import validate
+
+    plan = [{"name": "a", "epochs": 1, "train": {"decoder": 1e-3}}]
+    with pytest.raises(pw.ConfigError, match=needle):
+        validate({"model": {"name": "hf", "args": args}, "plan": plan}, "r.yaml")

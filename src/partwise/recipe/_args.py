@@ -22,7 +22,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from .._errors import ConfigError
 
@@ -79,6 +79,17 @@ class HFArgs(_Args):
     path: str | None = None  # a local from_pretrained folder
     config: dict[str, Any] | None = None  # or a config with model_type, for a random initialisation
     untie: bool | list[str] = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> HFArgs:
+        """The one rule for ``model.args`` of ``hf``: exactly one of path and config, config with model_type
+        (whether ``path`` is a ``from_pretrained`` folder is the kind's check, on the file system)."""
+        if (self.path is None) == (self.config is None):
+            raise ValueError("give exactly one of path (a local from_pretrained directory) or config "
+                             "(e.g. {model_type: t5, d_model: 256})")
+        if self.config is not None and not self.config.get("model_type"):
+            raise ValueError("config must be a mapping with model_type, e.g. {model_type: t5, d_model: 256}")
+        return self
 
 
 class StressModelArgs(_Args):

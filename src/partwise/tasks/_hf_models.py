@@ -20,7 +20,6 @@ from ..seq2seq import BOS, EOS, PAD
 
 __all__ = ["check", "build_model", "build_task", "predict", "default_spec", "is_hf_model", "require_transformers"]
 
-_KEYS = {"path", "config", "untie"}
 
 
 def require_transformers() -> Any:
@@ -36,18 +35,11 @@ def is_hf_model(model: nn.Module) -> bool:
 
 
 def check(args: dict[str, Any]) -> None:
-    """Cheap checks of ``model.args`` before any data is read."""
-    errors = [f"model.args.{k}: unknown key for model 'hf'; use path, config or untie" for k in args if k not in _KEYS]
-    if ("path" in args) == ("config" in args):
-        errors.append("model.args: give exactly one of path (a local from_pretrained directory) or config "
-                      "(e.g. {model_type: t5, d_model: 256})")
-    if "path" in args and not (Path(str(args["path"])) / "config.json").is_file():
-        errors.append(f"model.args.path: {str(args['path'])!r} is not a from_pretrained directory (no config.json); "
-                      "partwise never downloads models")
-    if "config" in args and not (isinstance(args["config"], dict) and args["config"].get("model_type")):
-        errors.append("model.args.config: must be a mapping with model_type, e.g. {model_type: t5, d_model: 256}")
-    if errors:
-        raise ConfigError(errors)
+    """The file-system check of ``model.args`` before any data is read (keys, types and the one-of
+    rule are the recipe schema's, ``partwise.recipe.HFArgs``): ``path`` is a ``from_pretrained`` folder."""
+    if args.get("path") is not None and not (Path(str(args["path"])) / "config.json").is_file():
+        raise ConfigError([f"model.args.path: {str(args['path'])!r} is not a from_pretrained directory (no "
+                           "config.json); partwise never downloads models"])
 
 
 def build_model(args: dict[str, Any], src_size: int, tgt_size: int) -> nn.Module:
