@@ -48,17 +48,17 @@ def same(a: dict, b: dict) -> list[str]:
 
 
 def check_plan_followed(rec: dict) -> None:
-    encoder = [k for k in rec["start"] if k.startswith("model.encoder.layers")]
-    assert encoder and not same({k: rec["start"][k] for k in encoder}, rec["frozen_end"]), "frozen encoder moved"
-    assert same({k: rec["frozen_end"][k] for k in encoder}, rec["final"]), "the encoder never trained"
+    assert not same(rec["encoder_start"], rec["encoder_frozen_end"]), "frozen encoder moved"
+    assert same(rec["encoder_frozen_end"], rec["encoder_final"]), "the encoder never trained"
     assert rec["lrs"] == {"encoder": pytest.approx(1e-3), "decoder": pytest.approx(1e-2)}
 
 
 @pytest.mark.slow
-def test_one_process_resume_from_save_state_is_bit_identical(tmp_path):
-    full = run(tmp_path / "full", "--save-at", "6")
+@pytest.mark.parametrize("model", ["bart", "t5", "whisper"])
+def test_one_process_resume_from_save_state_is_bit_identical(tmp_path, model):
+    full = run(tmp_path / "full", "--save-at", "6", "--model", model)
     assert full.returncode == 0, full.stderr[-3000:]
-    resumed = run(tmp_path / "resumed", "--resume", str(tmp_path / "full" / "step-6"))
+    resumed = run(tmp_path / "resumed", "--resume", str(tmp_path / "full" / "step-6"), "--model", model)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = load(tmp_path / "full"), load(tmp_path / "resumed")
     check_plan_followed(a)
