@@ -68,10 +68,12 @@ def trainer_for(variant: str, args: argparse.Namespace, model: Any, data: Any, e
             if gate is not None:
                 (gate.lap if self.done == epochs else gate.lap_and_start)()
 
-    schedule = {"lr_scheduler_type": "constant"} if variant == "hf" else {}  # a plan's LRs are its own (constant)
+    # HF's optimizer options; a plan gives its own (the same values, below)
+    hf_options = {"learning_rate": 1e-4, "weight_decay": 0.01, "lr_scheduler_type": "constant"}
+    hf_options = hf_options if variant == "hf" else {}
     targs = tf.Seq2SeqTrainingArguments(
-        output_dir=out, per_device_train_batch_size=args.batch_size, num_train_epochs=epochs, learning_rate=1e-4,
-        weight_decay=0.01, **schedule, save_strategy="no", report_to=[], use_cpu=True,
+        output_dir=out, per_device_train_batch_size=args.batch_size, num_train_epochs=epochs, **hf_options,
+        save_strategy="no", report_to=[], use_cpu=True,
         disable_tqdm=True, logging_strategy="no", seed=0, dataloader_num_workers=0)
     common = dict(train_dataset=data, data_collator=ph.Seq2SeqLMCollator(0), callbacks=[Turns()])
     if variant == "hf":

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 from torch import Tensor, nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, IterableDataset, Subset
 
 from ._distributed import all_true
 from ._errors import CacheRefused, ConfigError
@@ -292,6 +292,10 @@ class PhaseCache:
                 raise ConfigError([f"cache: 'on', but the encoder's outputs cannot be cached: {'; '.join(blockers)}"])
             self.cache = None
             return None
+        if self.cache is None and (isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__")):
+            self._refuse(CacheRefused("the training data is an iterable dataset: its rows cannot be encoded ahead "
+                                      "(give a map-style dataset, with a row id per example, to use the cache)"))
+            return None
         if self.cache is None:
             refused: CacheRefused | None = None
             try:
@@ -303,6 +307,10 @@ class PhaseCache:
                 self.cache = None
                 self._refuse(refused or CacheRefused("another rank refused the cache"))
         return self.cache
+
+    def reset(self) -> None:
+        """Forget the cache (a new ``fit``/``train`` call, whose training data may be another)."""
+        self.cache = None
 
     def check(self, batch: Any) -> bool:
         """Whether the cache is in use for ``batch``: on the first batch after a build, cached and live

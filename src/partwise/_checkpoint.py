@@ -293,7 +293,7 @@ def remove_debris(folder: str | Path) -> list[str]:
             removed.append(entry.name)
             continue
         m = _DEBRIS.fullmatch(entry.name)
-        if m is None or _alive(int(m.group(1))):
+        if m is None or pid_alive(int(m.group(1))):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
@@ -322,10 +322,6 @@ def pid_alive(pid: object, self_alive: bool = True) -> bool:
     except (OSError, OverflowError):
         return True
     return True
-
-
-def _alive(pid: int) -> bool:
-    return pid_alive(pid)
 
 
 def best_or_latest(path: str | Path) -> str:

@@ -222,6 +222,8 @@ class Trainer:
         """The training loader and the cursor over its epochs; removes what a killed save left."""
         loader = make_loader(train_data, self.batch_size, self.seed, self.collate_fn, self.rank, self.world)
         self._train_loader = loader
+        self._phase_cache.reset()  # a cache belongs to one fit's training data
+        self.cache = None
         steps_per_epoch = self._steps_per_epoch = len(loader) // self.grad_accum
         if steps_per_epoch < 1:
             raise ConfigError([f"train_data: {len(loader)} batch(es) per epoch make no optimizer step with "

@@ -316,3 +316,55 @@ def test_bf16_on_cpu_trains_with_the_plan_and_keeps_the_frozen_encoder(tmp_path)
     assert tr._phase_cache.cache is not None and tr._phase_cache.refusals == []
     assert all(torch.equal(before[k], v) for k, v in model.get_encoder().state_dict().items())
     assert all(torch.isfinite(torch.tensor(losses(tr))))
+
+
+def test_optimizer_arguments_hf_would_use_are_warned_about_as_unused(tmp_path):
+    """The plan gives every part its optimizer: TrainingArguments' learning rate, weight decay and
+    optimizer name would otherwise be silently ignored."""
+    with pytest.warns(RuntimeWarning, match=r"learning_rate=0\.0003, weight_decay=0\.1, optim='adafactor': not used"):
+        trainer("bart", tmp_path, learning_rate=3e-4, weight_decay=0.1, optim="adafactor")
+
+
+def test_a_loss_function_from_elsewhere_is_refused(tmp_path):
+    with pytest.raises(pw.ConfigError, match="compute_loss_func: the task computes the training loss"):
+        ph.PartwiseSeq2SeqTrainer(model_of("bart"), arguments(tmp_path), plan=plan_of("bart"),
+                                  train_dataset=ph.Seq2SeqLMDataset(rows("bart")),
+                                  compute_loss_func=lambda outputs, labels, num_items_in_batch=None: outputs.loss)
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    """A user's streaming dataset: no length, no random access."""
+
+    def __iter__(self):
+        yield from ph.Seq2SeqLMDataset(rows("bart"))
+
+
+def test_cache_auto_on_an_iterable_dataset_falls_back_and_on_refuses(tmp_path):
+    with pytest.warns(RuntimeWarning, match="frozen-encoder cache not used: the training data is an iterable dataset"):
+        tr = ph.PartwiseSeq2SeqTrainer(model_of("bart"), arguments(tmp_path), plan=plan_of("bart"),
+                                       train_dataset=_Stream(), data_collator=ph.Seq2SeqLMCollator(H.PAD))
+        tr.train()
+    assert tr.state.global_step == 8
+    on = ph.PartwiseSeq2SeqTrainer(model_of("bart"), arguments(tmp_path), plan=plan_of("bart"), cache="on",
+                                   train_dataset=_Stream(), data_collator=ph.Seq2SeqLMCollator(H.PAD))
+    with pytest.raises(pw.ConfigError, match="cache: 'on', but the training data is an iterable dataset"):
+        on.train()
+
+
+def test_a_second_train_call_on_other_data_builds_a_new_cache(tmp_path):
+    """The cache belongs to one train() call: rows of another dataset with the same row ids must never
+    get the first dataset's encoder outputs."""
+    tr = trainer("bart", tmp_path, cache="on", max_steps=4, plan=plan_of("bart", steps=(4, 4)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the run stops at the plan's first phase end
+        tr.train()
+        first = tr._phase_cache.cache
+        other = [{**r, "input_ids": list(reversed(r["input_ids"]))} for r in rows("bart")]
+        tr.train_dataset = ph.Seq2SeqLMDataset(other)
+        tr.train()
+    second = tr._phase_cache.cache
+    assert first is not None and second is not None and second is not first
+    row = other[0]
+    batch = ph.Seq2SeqLMCollator(H.PAD)([{**row, "index": 0}])
+    live = tr.task.encode(tr.model, batch).hidden[0]
+    assert torch.allclose(second.rows([0])[0]["hidden"], live, atol=1e-6)

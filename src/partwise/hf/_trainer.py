@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
-from transformers import Seq2SeqTrainer, Trainer
+from transformers import Seq2SeqTrainer, Trainer, TrainingArguments
 
 from .._cache import PhaseCache
 from .._driver import STATE_FILE, PlanDriver
@@ -75,6 +75,9 @@ class _PlanMixin:
         if kwargs.get("optimizer_cls_and_kwargs") is not None:
             errors.append("optimizer_cls_and_kwargs: give the optimizer class and options per part in the plan's "
                           "phases (Phase(train={'decoder': {'name': 'adamw', 'lr': 1e-4}}))")
+        if kwargs.get("compute_loss_func") is not None:
+            errors.append("compute_loss_func: the task computes the training loss (pass task=..., e.g. a "
+                          "Seq2SeqLMTask with label_smoothing); a loss function given here would be ignored")
         if kwargs.get("model_init") is not None:
             errors.append("model_init: not supported with a plan (the plan's parts belong to one model object)")
         if args is not None and getattr(args, "world_size", 1) > 1:
@@ -101,15 +104,19 @@ class _PlanMixin:
 
     def _check_args(self) -> None:
         ignored = []
-        for key, default in (("warmup_steps", 0), ("warmup_ratio", 0.0), ("lr_scheduler_type", "linear")):
+        defaults = TrainingArguments.__dataclass_fields__
+        for key in ("learning_rate", "weight_decay", "optim", "adam_beta1", "adam_beta2", "adam_epsilon",
+                    "warmup_steps", "warmup_ratio", "lr_scheduler_type"):
+            default = getattr(defaults[key], "default", None) if key in defaults else None
+            default = getattr(default, "value", default)
             value = getattr(self.args, key, default)
             value = getattr(value, "value", value)  # SchedulerType is an enum of strings
             if value not in (default, None):
                 ignored.append(f"{key}={value!r}")
         if ignored:
-            warnings.warn(f"TrainingArguments {', '.join(ignored)}: not used, the plan sets every part's learning "
-                          "rate (give warmup and decay as Phase(schedule=pw.LRSchedule(...)))", RuntimeWarning,
-                          stacklevel=3)
+            warnings.warn(f"TrainingArguments {', '.join(ignored)}: not used, the plan gives every part its optimizer, "
+                          "options and learning rate (per phase: Phase(train=..., optimizer=...), warmup and decay as "
+                          "Phase(schedule=pw.LRSchedule(...)))", RuntimeWarning, stacklevel=3)
         self._phase_cache = PhaseCache(self.task, self.parts, self._cache_mode, device=self.args.device)
 
     # -- the optimizer, the scheduler, the plan's length ---------------------------------------
@@ -157,7 +164,8 @@ class _PlanMixin:
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Tensor:
         step = int(self.state.global_step)
         if step != self._entered_at:  # the first micro-batch of an optimizer step
-            if self.plan_driver.before_step(step):
+            entered = self.plan_driver.before_step(step)
+            if entered or self._entered_at is None:  # a new phase, or this train() call's first step
                 self._enter_phase()
             self._entered_at = step
         return super().training_step(model, inputs, num_items_in_batch)  # type: ignore[misc]
@@ -232,6 +240,8 @@ class _PlanMixin:
     def train(self, *args: Any, **kwargs: Any) -> Any:
         """HF's ``train`` (``resume_from_checkpoint=`` included), then the guard's last check."""
         self._finished, self._entered_at = False, None
+        if self._phase_cache is not None:
+            self._phase_cache.reset()  # this call's training data may not be the last one's
         out = super().train(*args, **kwargs)  # type: ignore[misc]
         self._finish_plan()
         return out
