@@ -133,6 +133,8 @@ class AcceleratePlan:
         kwargs = handler.to_kwargs() if handler is not None else {}
         new = DistributedDataParallel(ddp.module, device_ids=ddp.device_ids, output_device=ddp.output_device,
                                       **kwargs)
+        if handler is not None:
+            handler.register_comm_hook(new)  # as accelerate's prepare does (e.g. fp16 gradient compression)
         models = self.accelerator._models  # accelerate's list of prepared models (no public setter)
         for i, m in enumerate(models):
             if m is ddp:
