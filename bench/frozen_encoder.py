@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _interleave import Gate, interleave, load_line, median, paired  # noqa: E402
 
 import partwise as pw  # noqa: E402
-from partwise._cache import EncoderCache  # noqa: E402
+from partwise._train._cache import EncoderCache  # noqa: E402
 from partwise.data import BucketBatchSampler, collate, make_g2p_datasets  # noqa: E402
 from partwise.seq2seq import PAD, GRUDecoder, Seq2Seq, Seq2SeqTask, TransformerEncoder  # noqa: E402
 

@@ -178,7 +178,7 @@ def run_encode(s: Setup, gate: Gate, rounds: int) -> None:
 
 def run_build(s: Setup, gate: Gate, rounds: int) -> None:
     import partwise.hf as ph
-    from partwise._cache import EncoderCache
+    from partwise._train._cache import EncoderCache
 
     model = s.fresh().eval()
     for _ in range(rounds):

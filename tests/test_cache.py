@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import partwise as pw
-from partwise._cache import EncoderCache
+from partwise._train._cache import EncoderCache
 from partwise.data import Seq2SeqDataset, Vocab, collate
 from partwise.seq2seq import Memory, Seq2SeqTask, gru_seq2seq
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import partwise as pw
-from partwise._checkpoint import load_state, remove_debris, save_checkpoint
+from partwise._run._checkpoint import load_state, remove_debris, save_checkpoint
 
 
 def net(norm: bool = False) -> nn.Module:

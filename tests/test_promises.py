@@ -145,7 +145,7 @@ def test_resume_refuses_changed_data_or_settings(tmp_path, change):  # hole 7
 
 
 def test_plan_fingerprint_is_the_same_in_every_process():  # hole 8
-    code = ("import json, partwise as pw; from partwise._fingerprint import plan_fingerprint;"
+    code = ("import json, partwise as pw; from partwise._optim._fingerprint import plan_fingerprint;"
             "p = pw.Plan([pw.Phase('a', epochs=1, train={'dec': 1e-3}, task_options={'tags': {'x', 'y', 'z', 'w'}})]);"
             "print(json.dumps(plan_fingerprint(p, 3), sort_keys=True))")
     seen = set()
@@ -157,7 +157,7 @@ def test_plan_fingerprint_is_the_same_in_every_process():  # hole 8
 
 
 def test_uneven_global_batch_is_known_before_step_one():  # hole 9
-    from partwise._loader import make_loader, uneven_split
+    from partwise._train._loader import make_loader, uneven_split
 
     loader = make_loader(data(47), batch_size=16, shuffle=True, seed=0)
     assert "holds 15 rows, which do not split evenly over 2 ranks" in uneven_split(loader, world=2, epochs=1)

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from partwise import CheckpointError, PartError, Parts
-from partwise._checkpoint import save_checkpoint
-from partwise._surgery import load_part, replace_module, transfer_state
+from partwise._run._checkpoint import save_checkpoint
+from partwise._run._surgery import load_part, replace_module, transfer_state
 from partwise.data import Vocab
 from partwise.seq2seq import GRUDecoder, GRUEncoder, Seq2Seq
 
@@ -246,7 +246,7 @@ def test_load_part_bad_path_is_a_clear_file_not_found(tmp_path: Path):
 
 
 def test_load_part_from_a_run_directory_takes_the_best_checkpoint_unless_told(tmp_path: Path):
-    from partwise._checkpoint import save_checkpoint as save
+    from partwise._run._checkpoint import save_checkpoint as save
 
     best, later, model = gru(seed=1), gru(seed=2), gru(seed=3)
     save(tmp_path / "checkpoints", "step-00000001", best, Parts(best), {}, {}, pointers=("latest", "best"))

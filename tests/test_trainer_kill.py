@@ -1,7 +1,7 @@
 """The trainer's side of surviving a kill: checkpoints only where a resume can continue exactly, an
 evaluation that leaves the training RNG alone, and ``best`` restored after a kill between pointers.
 
-A kill is simulated in-process by raising at a fail point (see :mod:`partwise._failpoints`); the
+A kill is simulated in-process by raising at a fail point (see :mod:`partwise._run._failpoints`); the
 files are then what a SIGKILL at that moment leaves (``tests/cli/test_kill_resume.py`` kills for real).
 """
 

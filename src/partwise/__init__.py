@@ -11,11 +11,6 @@
 ['decoder']
 """
 
-from ._average import average_checkpoints
-from ._cache import EncoderCache, PhaseCache
-from ._callbacks import Callback
-from ._checkpoint import epoch_end_checkpoints, load_weights, resolve_checkpoint
-from ._driver import PlanDriver
 from ._errors import (
     CacheRefused,
     CheckpointError,
@@ -25,9 +20,11 @@ from ._errors import (
     PartError,
     PartwiseError,
 )
-from ._freezing import freeze, unfreeze
-from ._guard import FrozenGuard, GradReport, PartGrad, fingerprint, grad_report
-from ._optim import (
+from ._model._freezing import freeze, unfreeze
+from ._model._guard import FrozenGuard, GradReport, PartGrad, fingerprint, grad_report
+from ._model._parts import Part, Parts, SharedTensor
+from ._model._untie import Untied, UntieReport, untie
+from ._optim._optimizers import (
     OptimizerSet,
     build_optimizer,
     check_optimizer,
@@ -37,10 +34,11 @@ from ._optim import (
     reconfigure,
     state_bytes,
 )
-from ._parts import Part, Parts, SharedTensor
-from ._plan import Phase, PhaseSpan, Plan
-from ._schedule import LRSchedule
-from ._surgery import (
+from ._optim._plan import Phase, PhaseSpan, Plan
+from ._optim._schedule import LRSchedule
+from ._run._average import average_checkpoints
+from ._run._checkpoint import epoch_end_checkpoints, load_weights, resolve_checkpoint
+from ._run._surgery import (
     TokenTable,
     TransferReport,
     VocabTransfer,
@@ -48,9 +46,11 @@ from ._surgery import (
     replace_module,
     transfer_state,
 )
-from ._task import LossTask, StepContext, Task
-from ._trainer import EarlyStopping, NonFiniteLoss, Trainer
-from ._untie import Untied, UntieReport, untie
+from ._train._cache import EncoderCache, PhaseCache
+from ._train._callbacks import Callback
+from ._train._driver import PlanDriver
+from ._train._task import LossTask, StepContext, Task
+from ._train._trainer import EarlyStopping, NonFiniteLoss, Trainer
 
 __version__ = "0.1.0"
 

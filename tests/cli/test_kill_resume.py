@@ -3,7 +3,7 @@ uninterrupted run ends: bit-identical weights and optimizer state, the same best
 ``metrics.csv``, ``steps.csv``, ``phases.csv`` and ``report.md`` (wall-clock columns aside), and no
 debris left in the run folder.
 
-Where to kill comes from :mod:`partwise._failpoints`: an uninterrupted run records every fail point it
+Where to kill comes from :mod:`partwise._run._failpoints`: an uninterrupted run records every fail point it
 passes (between the writes of a step, an epoch end, a checkpoint, the report), and each killed run
 dies at one of them, chosen by a seeded random draw: inside checkpoint writes, around the phase
 transition, anywhere. The runs are forked from one process that imported partwise once
@@ -26,8 +26,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from partwise._failpoints import KILL_AT, TRACE
-from partwise._runfolder import has_checkpoint
+from partwise._run._failpoints import KILL_AT, TRACE
+from partwise._run._runfolder import has_checkpoint
 from partwise.cli._runlog import read_rows
 
 from .cli_helpers import TINY

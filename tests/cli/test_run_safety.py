@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from partwise._runfolder import MARKER
+from partwise._run._runfolder import MARKER
 from partwise.cli._runlog import read_rows
 from partwise.recipe import get_kind
 
@@ -197,7 +197,7 @@ def test_console_script_bad_option_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("pid", [2**70, -5, True, "12"])
 def test_a_marker_with_a_pid_no_process_can_have_is_handled_by_the_one_liveness_check(tmp_path, capsys, pid):
-    """One liveness rule (partwise._checkpoint.pid_alive) for debris and run folders: a pid too large
+    """One liveness rule (partwise._run._checkpoint.pid_alive) for debris and run folders: a pid too large
     for the system counts as alive (not replaced behind a possible owner's back), malformed ones as
     gone; before, a pid of 2**70 crashed `train` with an OverflowError."""
     run = tmp_path / "run"

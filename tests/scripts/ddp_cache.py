@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 import partwise as pw
-from partwise._cache import EncoderCache
+from partwise._train._cache import EncoderCache
 from partwise.data import Seq2SeqDataset, Vocab, collate
 from partwise.seq2seq import Seq2SeqTask, gru_seq2seq
 

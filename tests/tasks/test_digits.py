@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from partwise import ConfigError, Parts, StepContext, Trainer, grad_report
-from partwise._cache import EncoderCache
+from partwise._train._cache import EncoderCache
 from partwise.cli import main
 from partwise.cli._build import build_parts, build_plan, trainer_kwargs
 from partwise.cli._config import validate

@@ -12,9 +12,9 @@ import torch
 import yaml
 
 from partwise import Parts
-from partwise._cache import EncoderCache
-from partwise._checkpoint import save_checkpoint
 from partwise._errors import ConfigError
+from partwise._run._checkpoint import save_checkpoint
+from partwise._train._cache import EncoderCache
 from partwise.cli import main
 from partwise.cli._config import validate
 from partwise.data import G2PSplit, Vocab, load_cmudict

@@ -8,10 +8,10 @@ from typing import Any
 from torch import nn
 
 from .._errors import ConfigError, PartError
-from .._parts import Parts
-from .._plan import Phase, Plan
-from .._schedule import LRSchedule
-from .._trainer import EarlyStopping
+from .._model._parts import Parts
+from .._optim._plan import Phase, Plan
+from .._optim._schedule import LRSchedule
+from .._train._trainer import EarlyStopping
 from ..recipe import Recipe, build_teacher_forcing
 from ..seq2seq import TEACHER_FORCING
 

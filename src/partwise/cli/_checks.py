@@ -5,7 +5,7 @@ the kind offers ``model_for_check``), its parts and plan, and checks on them: ea
 (name and options, by the validator ``Plan.check`` runs, a dry run of the optimizer class
 included), ``training.grad_clip``, the metric that ``best_metric`` / ``early_stopping`` name (against the
 kind's declared metrics), and that ``training.device`` exists on this machine. Device, precision and
-clipping are checked by the Trainer's own rules (``partwise._trainer_args``); here they only get their
+clipping are checked by the Trainer's own rules (``partwise._train._trainer_args``); here they only get their
 recipe paths. Every problem is reported at once, as one :class:`~partwise.ConfigError`, with its path in
 the recipe.
 """
@@ -18,9 +18,9 @@ from typing import Any
 from torch import nn
 
 from .._errors import ConfigError
-from .._parts import Parts
-from .._trainer_args import clip_problems, device_for, precision_problem
-from .._trainer_args import metric_problems as core_metric_problems
+from .._model._parts import Parts
+from .._train._trainer_args import clip_problems, device_for, precision_problem
+from .._train._trainer_args import metric_problems as core_metric_problems
 from ..recipe import Recipe, declared_metrics, get_kind
 from . import _build as build
 from ._init import init_part_problems, init_problems

@@ -18,12 +18,13 @@ from typing import Any
 
 import torch
 
-from .. import _checkpoint, _errors, _failpoints
-from .._atomic import write_text_atomic
-from .._checkpoint import best_or_latest
+from .. import _errors
 from .._errors import ConfigError, PartError
-from .._plan import Plan
-from .._runfolder import (
+from .._optim._plan import Plan
+from .._run import _checkpoint, _failpoints
+from .._run._atomic import write_text_atomic
+from .._run._checkpoint import best_or_latest
+from .._run._runfolder import (
     MARKER,
     BadFileError,
     Prior,
@@ -40,7 +41,7 @@ from .._runfolder import (
     run_folder,
     write_artifacts,
 )
-from .._trainer import Trainer
+from .._train._trainer import Trainer
 from ..data import DataFormatError
 from ..recipe import KindData, Recipe, dump, get_kind
 from . import _build as build
@@ -130,7 +131,7 @@ def make_trainer(built: Built, run_dir: Path) -> Trainer:
 
 
 def _device_batches(loader: Iterable[Any] | None, device: torch.device) -> Iterable[Any]:
-    from .._loader import move_to
+    from .._train._loader import move_to
 
     return (move_to(b, device) for b in (loader or []))
 

@@ -24,7 +24,7 @@ def validate(raw: Any, source: str) -> Recipe:
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Recipe, dict[str, Any]]:
     """Read, override and validate a recipe; returns it and the raw (overridden) mapping."""
-    from .._runfolder import read_yaml
+    from .._run._runfolder import read_yaml
 
     p = Path(path)
     if not p.exists():

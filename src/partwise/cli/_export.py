@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .._errors import ConfigError
-from .._runfolder import read_artifacts
+from .._run._runfolder import read_artifacts
 from ..tasks._hf_models import require_transformers
 from ._commands import load_run
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._cache import cache_blockers, supports_cache
+from .._train._cache import cache_blockers, supports_cache
 
 __all__ = ["PhaseFacts", "log_line", "LOG"]
 

@@ -29,11 +29,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._checkpoint import META, part_tensors, read_meta, read_part, resolve_checkpoint
 from .._errors import CheckpointError, CheckpointNotFound, ConfigError
-from .._parts import Parts
-from .._runfolder import BadFileError, read_artifacts
-from .._surgery import load_part, transfer_state
+from .._model._parts import Parts
+from .._run._checkpoint import META, part_tensors, read_meta, read_part, resolve_checkpoint
+from .._run._runfolder import BadFileError, read_artifacts
+from .._run._surgery import load_part, transfer_state
 from ..recipe import InitConfig, Recipe
 
 __all__ = ["init_problems", "init_part_problems", "apply_init"]

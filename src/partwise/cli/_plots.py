@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .._atomic import atomic_path
+from .._run._atomic import atomic_path
 from ._runlog import METRICS, PHASES, STEPS, read_rows
 
 __all__ = ["make_plots"]

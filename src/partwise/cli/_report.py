@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._atomic import write_text_atomic
+from .._run._atomic import write_text_atomic
 from ._runlog import METRICS, read_rows
 
 __all__ = ["write_report"]

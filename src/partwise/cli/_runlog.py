@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._atomic import atomic_path
+from .._run._atomic import atomic_path
 from ..seq2seq import phase_teacher_forcing
 
 __all__ = ["RunLog", "read_rows", "teacher_forcing_ratio", "span_steps_per_epoch"]

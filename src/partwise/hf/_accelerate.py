@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .._driver import PlanDriver
 from .._errors import ConfigError
-from .._optim import OptimizerSet
+from .._optim._optimizers import OptimizerSet
+from .._train._driver import PlanDriver
 
 __all__ = ["AcceleratePlan"]
 

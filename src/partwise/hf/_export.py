@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .._errors import PartError
-from .._untie import _names_by_tensor
+from .._model._untie import _names_by_tensor
 
 __all__ = ["export"]
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from .._errors import PartError
-from .._parts import Parts
-from .._untie import UntieReport, untie
+from .._model._parts import Parts
+from .._model._untie import UntieReport, untie
 
 __all__ = ["parts", "spec", "structure", "untie_parts", "Structure", "PART_NAMES"]
 

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from transformers.modeling_outputs import BaseModelOutput
 
 from .._errors import CacheRefused
-from .._task import StepContext
+from .._train._task import StepContext
 from ..seq2seq import phase_teacher_forcing
 from ._teacher_forcing import IGNORE, decoder_logits, shift_right
 

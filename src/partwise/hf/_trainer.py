@@ -22,12 +22,12 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import Seq2SeqTrainer, Trainer, TrainingArguments
 
-from .._cache import PhaseCache
-from .._driver import STATE_FILE, PlanDriver
 from .._errors import ConfigError
-from .._optim import OptimizerSet
-from .._parts import Parts
-from .._plan import Plan
+from .._model._parts import Parts
+from .._optim._optimizers import OptimizerSet
+from .._optim._plan import Plan
+from .._train._cache import PhaseCache
+from .._train._driver import STATE_FILE, PlanDriver
 from ._parts import parts as hf_parts
 from ._task import Seq2SeqLMTask
 from ._teacher_forcing import IGNORE

@@ -18,12 +18,12 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 
-from .._driver import PlanDriver
 from .._errors import ConfigError
-from .._optim import OptimizerSet, optimizers_of
-from .._parts import Parts
-from .._plan import Plan
-from .._task import StepContext
+from .._model._parts import Parts
+from .._optim._optimizers import OptimizerSet, optimizers_of
+from .._optim._plan import Plan
+from .._train._driver import PlanDriver
+from .._train._task import StepContext
 
 __all__ = ["PartwisePlan", "plan_of", "manual_step"]
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from partwise._surgery import transfer_state
+from partwise._run._surgery import transfer_state
 from partwise.data import SPECIAL_TOKENS, Vocab
 from partwise.seq2seq import PAD, GRUDecoder, GRUEncoder, Seq2Seq, beam_search, greedy_decode
 

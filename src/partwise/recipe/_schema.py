@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from .._errors import ConfigError
-from .._plan import length_problem, lr_problem
+from .._optim._plan import length_problem, lr_problem
 
 __all__ = ["Recipe", "apply_overrides", "validate", "dump", "FactoryResolver"]
 

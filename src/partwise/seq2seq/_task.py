@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._task import StepContext
+from .._train._task import StepContext
 from ._decoding import MaxLen, beam_search, encoder_decoder, greedy_decode
 from ._protocol import PAD, Memory
 from ._teacher_forcing import phase_teacher_forcing

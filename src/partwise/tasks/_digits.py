@@ -19,8 +19,8 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .._errors import ConfigError
-from .._loader import ShuffledBatches
-from .._task import StepContext
+from .._train._loader import ShuffledBatches
+from .._train._task import StepContext
 from ..recipe import DigitsModelArgs, DigitsTaskArgs, Kind, KindData, training_subset
 
 if TYPE_CHECKING:

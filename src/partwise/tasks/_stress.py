@@ -23,8 +23,8 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
 from .._errors import CheckpointError, ConfigError, PartError
-from .._runfolder import ARTIFACTS, CONFIG, BadFileError, read_artifacts, read_yaml
-from .._surgery import load_part
+from .._run._runfolder import ARTIFACTS, CONFIG, BadFileError, read_artifacts, read_yaml
+from .._run._surgery import load_part
 from ..data import BucketBatchSampler, G2PSplit, Vocab, load_cmudict_splits, stress_labels
 from ..pretrained import G2P_EN_GRAPHEMES
 from ..recipe import GRUArgs, Kind, KindData, Recipe, StressModelArgs, StressTaskArgs, training_subset

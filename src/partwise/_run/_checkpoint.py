@@ -32,10 +32,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .._errors import CheckpointError, CheckpointNotFound
+from .._model._parts import REST, Parts
 from . import _failpoints
 from ._atomic import write_text_atomic
-from ._errors import CheckpointError, CheckpointNotFound
-from ._parts import REST, Parts
 
 __all__ = ["part_tensors", "save_checkpoint", "write_checkpoint", "point", "epoch_end_checkpoints",
            "averaged_checkpoint", "drop_versions", "resolve_checkpoint",

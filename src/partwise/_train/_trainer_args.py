@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import _checkpoint as ckpt
-from ._errors import ConfigError
-from ._parts import REST
+from .._errors import ConfigError
+from .._model._parts import REST
+from .._run import _checkpoint as ckpt
 from ._task import declared_metrics
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ How optimizers learn about freezing — one mechanism for every caller (``Parts.
   time gets its groups too, holding no parameter for now. The optimizer object and its list of groups
   never change afterwards, so code holding them (``LambdaLR``, ``OneCycleLR``, an outer trainer) keeps
   working across any freeze and unfreeze.
-* Freezing (see ``partwise._freezing``) tells every optimizer built here: a parameter leaving
+* Freezing (see ``partwise._model._freezing``) tells every optimizer built here: a parameter leaving
   training is taken out of its group's ``params`` and its state is dropped — zero bytes kept — unless
   the freeze asked to keep it (``keep_state=True``, ``Parts.frozen``), then it is set aside and
   reported by :func:`kept_state_bytes`. Unfreezing puts the parameter back in its own group, in its
@@ -37,9 +37,9 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.weak import WeakIdKeyDictionary
 
-from . import _freezing as fz
-from ._errors import PartError
-from ._parts import Parts
+from .._errors import PartError
+from .._model import _freezing as fz
+from .._model._parts import Parts
 
 __all__ = [
     "build_optimizer", "OptimizerSet", "check_optimizer", "optimizer_class", "state_bytes",

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler, Sampler
 
-from ._errors import ConfigError
+from .._errors import ConfigError
 
 __all__ = ["ShuffledBatches", "TrainerBatches", "make_loader", "start_epoch", "move_to", "eval_batches",
            "uneven_split"]

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from ._errors import PartError
+from .._errors import PartError
 from ._freezing import trainable_by_nature
 from ._names import closest
 

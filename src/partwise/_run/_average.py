@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from .._errors import CheckpointError
 from . import _checkpoint as ckpt
-from ._errors import CheckpointError
 
 __all__ = ["average_checkpoints"]
 

@@ -18,6 +18,9 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from .._errors import CheckpointError, CheckpointNotFound, PartError
+from .._model._names import closest
+from .._model._parts import Parts
 from ._checkpoint import (
     best_or_latest,
     mismatch_error,
@@ -27,9 +30,6 @@ from ._checkpoint import (
     resolve_checkpoint,
     tensor_problems,
 )
-from ._errors import CheckpointError, CheckpointNotFound, PartError
-from ._names import closest
-from ._parts import Parts
 
 __all__ = ["replace_module", "transfer_state", "TransferReport", "VocabTransfer", "load_part"]
 
@@ -380,7 +380,7 @@ def load_part(model: nn.Module, part: str, checkpoint: str | os.PathLike[str], p
         The tensor names loaded.
 
     >>> import tempfile
-    >>> from partwise._checkpoint import save_checkpoint
+    >>> from partwise._run._checkpoint import save_checkpoint
     >>> def net():
     ...     m = nn.Sequential(); m.add_module("enc", nn.Linear(2, 2)); m.add_module("dec", nn.Linear(2, 2))
     ...     return m

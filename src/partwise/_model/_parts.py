@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._errors import PartError
 from . import _freezing as fz
-from ._errors import PartError
 from ._freezing import Mode, check_mode, modules_to_pin, reapply_pins
 from ._guard import FrozenGuard
 from ._names import closest

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ._errors import PartError
+from .._errors import PartError
 from ._names import closest
 
 __all__ = ["Selection", "resolve"]

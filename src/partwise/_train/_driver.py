@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from ._atomic import write_text_atomic
-from ._errors import ConfigError
-from ._fingerprint import plan_differences, plan_fingerprint
-from ._guard import FrozenGuard
-from ._optim import OptimizerSet, PartConfig, build_optimizer, carry_state, optimizers_of, reconfigure
-from ._parts import Parts
-from ._plan import Phase, PhaseSpan, Plan, held_elsewhere_problems
+from .._errors import ConfigError
+from .._model._guard import FrozenGuard
+from .._model._parts import Parts
+from .._optim._fingerprint import plan_differences, plan_fingerprint
+from .._optim._optimizers import OptimizerSet, PartConfig, build_optimizer, carry_state, optimizers_of, reconfigure
+from .._optim._plan import Phase, PhaseSpan, Plan, held_elsewhere_problems
+from .._run._atomic import write_text_atomic
 from ._task import StepContext, enter_phase
 
 __all__ = ["PlanDriver", "STATE_FILE"]

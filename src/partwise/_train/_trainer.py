@@ -10,19 +10,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import _checkpoint as ckpt
+from .._errors import ConfigError, PartwiseError
+from .._model._guard import grad_report
+from .._model._parts import Parts
+from .._optim._fingerprint import data_fingerprint
+from .._optim._optimizers import OptimizerSet, load_state_by_name
+from .._optim._plan import PhaseSpan, Plan
+from .._run import _checkpoint as ckpt
+from .._run import _failpoints
 from . import _distributed as dist
-from . import _failpoints
 from ._cache import EncoderCache, PhaseCache
 from ._callbacks import Callback, callback_states, load_callback_states, notify
 from ._driver import PlanDriver
-from ._errors import ConfigError, PartwiseError
-from ._fingerprint import data_fingerprint
-from ._guard import grad_report
 from ._loader import eval_batches, make_loader, move_to, uneven_split
-from ._optim import OptimizerSet, load_state_by_name
-from ._parts import Parts
-from ._plan import PhaseSpan, Plan
 from ._resume import SELF, restore
 from ._steps import EpochCursor, forward_backward, optimizer_update
 from ._task import StepContext, Task, as_task
@@ -364,7 +364,7 @@ class Trainer:
         the checkpoints averaged, the average's dev metrics and whether it became ``best``; ``None``
         when fewer than two epoch-end checkpoints exist. An average of the same checkpoints already on
         disk (a process killed before it decided) is reused, so calling this again decides again."""
-        from ._average import average_checkpoints
+        from .._run._average import average_checkpoints
 
         if self.run_dir is None or self.rank != 0 or not self.best_metric or not self.average_last:
             return None
@@ -441,8 +441,9 @@ class Trainer:
         return self._data
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything a checkpoint needs to continue the run exactly (keys ``partwise._checkpoint.STATE_KEYS``; plain
-        types and tensors: safe for ``torch.load(weights_only=True)``)."""
+        """Everything a checkpoint needs to continue the run exactly (keys
+        ``partwise._run._checkpoint.STATE_KEYS``; plain types and tensors: safe for
+        ``torch.load(weights_only=True)``)."""
         rng: dict[str, Any] = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -457,7 +458,7 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any], steps_per_epoch: int, changes: Sequence[str] = (),
                         data_changes: Sequence[str] = (), best_checkpoint: str | None = None) -> None:
         """Restore what :meth:`state_dict` saved, except the plan's state, the weights and the data
-        fingerprint, which a resume checks and restores first (:func:`partwise._resume.restore`), in
+        fingerprint, which a resume checks and restores first (:func:`partwise._train._resume.restore`), in
         this order: counters, history and best values; callbacks' states (then ``on_plan_change`` with
         ``plan_changes``); the optimizer's state, in the layout the plan's restored freeze state gives;
         the scaler; the RNG. ``changes``: the plan and data changes accepted by this resume (told to the

@@ -1,11 +1,11 @@
 """The run folder's one owner: its layout, its readers (one-line errors) and its writers.
 
 A run folder holds the marker ``partwise-run.json``, ``config.yaml`` (the resolved recipe),
-``artifacts.json`` (vocabularies), ``checkpoints/`` (written by :mod:`partwise._checkpoint`: each
+``artifacts.json`` (vocabularies), ``checkpoints/`` (written by :mod:`partwise._run._checkpoint`: each
 checkpoint a folder with ``meta.json``, ``state.pt`` and per-part ``.safetensors``, plus the
 ``latest``/``best`` pointers), the logs and report, and hidden debris of killed writers. The CLI's
 commands, ``init:``, export and the task kinds read the run's files through this module; the
-checkpoints themselves are read and written by :mod:`partwise._checkpoint`, whose lister, pointer
+checkpoints themselves are read and written by :mod:`partwise._run._checkpoint`, whose lister, pointer
 parser and liveness check this module uses.
 
 Every reader here only reads. A damaged file (malformed YAML, a ``!!python`` tag, garbage JSON, a
@@ -42,6 +42,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from .._errors import CheckpointError, PartwiseError
 from ._atomic import write_text_atomic
 from ._checkpoint import (
     META,
@@ -55,7 +56,6 @@ from ._checkpoint import (
     pointer_target,
     read_part,
 )
-from ._errors import CheckpointError, PartwiseError
 
 __all__ = ["BadFileError", "MARKER", "RUN_LAYOUT", "read_yaml", "read_json", "run_folder", "not_a_run",
            "has_checkpoint", "checkpoint_dir", "read_meta", "read_state", "check_weight_files", "write_marker",

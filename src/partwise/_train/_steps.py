@@ -17,10 +17,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from .._errors import ConfigError
+from .._optim._optimizers import OptimizerSet, optimizers_of
 from . import _distributed as dist
-from ._errors import ConfigError
 from ._loader import start_epoch
-from ._optim import OptimizerSet, optimizers_of
 
 __all__ = ["autocast", "forward_backward", "optimizer_update", "grad_norm", "StepResult", "EpochCursor"]
 

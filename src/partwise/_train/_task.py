@@ -110,7 +110,7 @@ def declared_metrics(task: Any) -> tuple[str, ...] | None:
     if names is None:
         return None
     if isinstance(names, str) or not all(isinstance(n, str) for n in names):
-        from ._errors import ConfigError
+        from .._errors import ConfigError
 
         raise ConfigError([f"task.metrics: {names!r} must be a tuple of metric names, e.g. ('loss', 'wer')"])
     return tuple(names)

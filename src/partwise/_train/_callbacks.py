@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
-    from ._plan import PhaseSpan
+    from .._optim._plan import PhaseSpan
     from ._trainer import Trainer
 
 __all__ = ["Callback", "Hook", "notify", "callback_states", "load_callback_states"]

@@ -11,7 +11,7 @@ any number of registries over one model — goes through :func:`hold` and :func:
   ahead of every other pre-hook, resets ``module.training`` to ``False`` before each forward, so a later
   ``model.train()`` cannot put a frozen BatchNorm back to updating its statistics, and hooks such as
   ``spectral_norm``'s power iteration see eval mode. The last release sets the module's mode back.
-* optimizers learn of changes through :func:`subscribe` (``partwise._optim`` keeps the optimizers it
+* optimizers learn of changes through :func:`subscribe` (``partwise._optim._optimizers`` keeps the optimizers it
   built in step), and a process-wide optimizer step pre-hook drops the gradient and the state of every
   held parameter in *any* ``torch.optim`` optimizer before it steps — including one the user built
   before or after the freeze — so no weight decay, momentum or stale Adam moment ever moves it. Its

@@ -8,10 +8,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._errors import ConfigError, PartError
-from ._freezing import Mode
-from ._optim import DEFAULT_OPTIONS, PartConfig, is_no_decay
-from ._parts import Parts
+from .._errors import ConfigError, PartError
+from .._model._freezing import Mode
+from .._model._parts import Parts
+from ._optimizers import DEFAULT_OPTIONS, PartConfig, is_no_decay
 from ._schedule import LRSchedule
 
 __all__ = ["Phase", "Plan", "PhaseSpan", "length_problem", "lr_problem"]

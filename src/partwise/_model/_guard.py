@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ._errors import FrozenPartChanged
+from .._errors import FrozenPartChanged
 from ._freezing import is_norm
 
 if TYPE_CHECKING:  # only for annotations: _parts imports this module

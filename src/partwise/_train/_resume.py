@@ -6,10 +6,10 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _checkpoint as ckpt
-from ._atomic import write_text_atomic
-from ._errors import ConfigError
-from ._fingerprint import data_differences
+from .._errors import ConfigError
+from .._optim._fingerprint import data_differences
+from .._run import _checkpoint as ckpt
+from .._run._atomic import write_text_atomic
 
 if TYPE_CHECKING:
     from ._trainer import Trainer

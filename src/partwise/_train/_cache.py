@@ -50,8 +50,8 @@ import torch.distributed as tdist
 from torch import Tensor, nn
 from torch.utils.data import Dataset, IterableDataset, Subset
 
+from .._errors import CacheRefused, ConfigError
 from ._distributed import all_true
-from ._errors import CacheRefused, ConfigError
 
 __all__ = ["EncoderCache", "CacheRefused", "PhaseCache", "supports_cache", "cache_blockers", "source_lengths"]
 CACHE_MODES = ("auto", "on", "off")

@@ -2,7 +2,7 @@
 renamed over it, so a reader (or a resumed run) sees the old file or the new one, never half of one.
 
 A temporary is named ``.NAME.tmp-<pid>`` (plus a suffix when the writer needs one, e.g. ``.png``);
-a process killed mid-write leaves it behind, and :func:`partwise._checkpoint.remove_debris` removes it
+a process killed mid-write leaves it behind, and :func:`partwise._run._checkpoint.remove_debris` removes it
 once that process is gone.
 """
 
