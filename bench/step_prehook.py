@@ -20,7 +20,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import partwise as pw
-from partwise import _freezing
+from partwise._model import _freezing
 
 SIZES = (1, 10_000)
 

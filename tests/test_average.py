@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import partwise as pw
-from partwise import _checkpoint
+from partwise._run import _checkpoint
 from test_trainer import dataset, make
 
 

@@ -164,7 +164,7 @@ def test_a_resave_under_the_name_latest_names_never_leaves_latest_without_a_chec
 
 
 def _one_checkpoint(root, name: str, step: int):
-    from partwise import _checkpoint as ck
+    from partwise._run import _checkpoint as ck
 
     m = nn.Sequential(nn.Linear(2, 2))
     return m, pw.Parts(m), ck.save_checkpoint(root, name, m, pw.Parts(m), {}, {"step": step})
@@ -197,7 +197,7 @@ def test_a_kill_while_pruning_never_leaves_a_torn_checkpoint_under_its_visible_n
     """Pruning used to ``rmtree`` the visible ``step-…`` folder: a kill midway left it without
     ``meta.json``, and no later start removed it. A kill inside the delete is simulated by removing
     ``meta.json`` first and then raising, as ``rmtree`` killed after its first file would leave it."""
-    from partwise import _checkpoint
+    from partwise._run import _checkpoint
 
     model = net()
     for step in (1, 2):

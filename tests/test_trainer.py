@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 import partwise as pw
 from core_helpers import snapshot
-from partwise import _checkpoint
+from partwise._run import _checkpoint
 
 
 class UserModel(nn.Module):

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 import partwise as pw
-from partwise import _distributed
+from partwise._train import _distributed
 from partwise._train._loader import make_loader
 from test_trainer import PLAN, UserModel, dataset, make, user_loss
 

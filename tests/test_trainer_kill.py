@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from partwise import _checkpoint, _failpoints
+from partwise._run import _checkpoint, _failpoints
 from test_trainer import dataset, make
 
 

@@ -163,7 +163,7 @@ def test_resume_under_an_edited_plan_needs_allow_plan_change(tmp_path, capsys):
 
 
 def test_average_last_averages_scores_and_reports_the_average(tmp_path, capsys):
-    from partwise import _checkpoint
+    from partwise._run import _checkpoint
 
     plan = [{"name": "joint", "epochs": 3, "train": {"encoder": 3e-3, "decoder": 5e-3}}]
     recipe = write_recipe(tmp_path, {**TINY, "plan": plan, "run_dir": str(tmp_path / "run"),

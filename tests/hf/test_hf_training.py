@@ -12,7 +12,7 @@ import torch  # noqa: E402
 
 import partwise as pw  # noqa: E402
 import partwise.hf as ph  # noqa: E402
-from partwise import _checkpoint  # noqa: E402
+from partwise._run import _checkpoint  # noqa: E402
 from partwise._train._cache import EncoderCache  # noqa: E402
 
 PLAN = pw.Plan([
