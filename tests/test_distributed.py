@@ -4,9 +4,6 @@ and match one process with the same global batch."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,21 +12,15 @@ import torch
 from torch import nn
 
 import partwise as pw
+from partwise._run import _checkpoint
+from processes import free_port, run_bounded
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_train.py"
 
 
 def run(args: list[str]) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
-    proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=240)
+    proc = run_bounded([sys.executable, *args], timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -64,7 +55,7 @@ def test_two_ranks_agree_on_evaluation_best_checkpoint_and_early_stopping(tmp_pa
     best_epoch = min(r0["history"], key=lambda h: h["dev_loss"])
     assert r0["best"] == best_epoch["dev_loss"]
     best = pw.resolve_checkpoint(tmp_path / "run", "best")
-    assert pw._checkpoint.read_meta(best)["step"] == best_epoch["step"]
+    assert _checkpoint.read_meta(best)["step"] == best_epoch["step"]
 
 
 CACHE = Path(__file__).parent / "scripts" / "ddp_cache.py"

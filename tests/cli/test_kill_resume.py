@@ -27,7 +27,7 @@ import yaml
 from safetensors.torch import load_file
 
 from partwise._run._failpoints import KILL_AT, TRACE
-from partwise._run._runfolder import has_checkpoint
+from partwise._run._runfolder import RunFolder
 from partwise.cli._runlog import read_rows
 
 from .cli_helpers import TINY
@@ -175,7 +175,7 @@ def kill_and_resume(runner: Runner, ref: Reference, kill_at: int) -> list[str]:
     run = Path(tempfile.mkdtemp(prefix=f"killed-at-{kill_at}-", dir=ref.run.parent)) / "run"
     code = runner.run("train", str(ref.recipe), f"run_dir={run}", env={KILL_AT: str(kill_at)})
     assert code == -9, f"not killed at point {kill_at} ({ref.trace[kill_at - 1]}): exit {code}"
-    if has_checkpoint(run):  # complete, if perhaps not yet named by `latest`
+    if RunFolder(run).has_checkpoint():  # complete, if perhaps not yet named by `latest`
         code = runner.run("resume", str(run))
     else:  # killed before the first checkpoint: nothing to resume, and `train` may start afresh
         code = runner.run("train", str(ref.recipe), f"run_dir={run}")

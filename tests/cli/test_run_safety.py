@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from partwise._run._runfolder import MARKER
+from partwise._run._layout import MARKER
 from partwise.cli._runlog import read_rows
 from partwise.recipe import get_kind
 

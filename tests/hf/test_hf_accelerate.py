@@ -4,10 +4,7 @@ real accelerate: frozen encoder bit-identical, the DDP wrapper rebuilt at the un
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,25 +15,13 @@ import torch  # noqa: E402
 
 import partwise as pw  # noqa: E402
 import partwise.hf as ph  # noqa: E402
+from processes import clean_env, launch, run_bounded  # noqa: E402
 
 SCRIPT = Path(__file__).parent / "scripts" / "accelerate_loop.py"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(out: Path, *args: str, ranks: int = 1) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    launch = [sys.executable] if ranks == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port())]
-    return subprocess.run([*launch, str(SCRIPT), str(out), *args], env=env, capture_output=True, text=True,
-                          timeout=300)
+    return run_bounded([*launch(ranks), str(SCRIPT), str(out), *args], timeout=300, env=clean_env(HF_HUB_OFFLINE="1"))
 
 
 def load(out: Path, rank: int = 0) -> dict:

@@ -5,7 +5,6 @@ separate optimizers under manual optimization, and what is refused before ``fit`
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from lightning_helpers import EncDec, Module, loader, plan, trainer  # noqa: E40
 
 import partwise as pw  # noqa: E402
 from partwise import lightning as pw_l  # noqa: E402
+from processes import launch, run_bounded  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -220,20 +220,10 @@ def test_a_lightning_run_shorter_than_the_plan_warms():
         trainer([cb], max_epochs=1).fit(Module(model), loader())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ddp_two_ranks_stay_identical_through_a_mid_run_unfreeze(tmp_path):
     script = Path(__file__).parents[1] / "scripts" / "lightning_ddp.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                           "127.0.0.1", "--master_port", str(free_port()), str(script), str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = run_bounded([*launch(2), str(script), str(tmp_path)], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     for k in r0["final"]:

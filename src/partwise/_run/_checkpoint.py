@@ -36,14 +36,14 @@ from .._errors import CheckpointError, CheckpointNotFound
 from .._model._parts import REST, Parts
 from . import _failpoints
 from ._atomic import write_text_atomic
+from ._layout import AVERAGED, BEST, CHECKPOINTS, LATEST, META, POINTERS, STATE
 
 __all__ = ["part_tensors", "save_checkpoint", "write_checkpoint", "point", "epoch_end_checkpoints",
-           "averaged_checkpoint", "drop_versions", "resolve_checkpoint",
+           "averaged_checkpoint", "drop_versions", "resolve_checkpoint", "find_checkpoint",
            "pointer_target", "PLAIN_NAME", "best_or_latest", "load_weights", "load_state",
            "read_meta", "read_part", "part_file_problems", "remove_debris", "tidy", "pid_alive", "discard",
            "STATE_KEYS", "check_state_keys", "complete_checkpoints"]
 
-META, STATE = "meta.json", "state.pt"
 #: the keys of ``Trainer.state_dict()``: the one schema of a checkpoint's state.pt
 STATE_KEYS = ("step", "epoch", "plan", "optimizer", "parts", "rng", "history", "best", "stale_evals", "stop_best",
               "skipped_steps", "scaler", "epoch_loss", "data", "data_changes", "best_checkpoint", "callbacks")
@@ -55,7 +55,6 @@ def check_state_keys(state: Any, where: str) -> None:
     if missing:
         raise CheckpointError(f"{where}: not a training state saved by this version of partwise (missing "
                               f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''})", missing)
-POINTERS = ("latest", "best")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]*")
 _SHOWN = 10  # mismatches shown in one error message (all are in ``CheckpointError.problems``)
 
@@ -92,7 +91,7 @@ def save_checkpoint(
     parts: Parts,
     state: dict[str, Any],
     meta: dict[str, Any],
-    pointers: tuple[str, ...] = ("latest",),
+    pointers: tuple[str, ...] = (LATEST,),
     keep: int = 1,
     keep_epoch_ends: int = 0,
 ) -> Path:
@@ -112,7 +111,7 @@ def save_checkpoint(
 
 
 def write_checkpoint(ckpt_root: str | Path, name: str, tensors_by_part: dict[str, dict[str, torch.Tensor]],
-                     state: dict[str, Any], meta: dict[str, Any], pointers: tuple[str, ...] = ("latest",),
+                     state: dict[str, Any], meta: dict[str, Any], pointers: tuple[str, ...] = (LATEST,),
                      keep: int | None = 1, keep_epoch_ends: int = 0) -> Path:
     """:func:`save_checkpoint` from tensors already grouped by part (``keep=None``: prune nothing)."""
     bad = part_file_problems(list(tensors_by_part))
@@ -249,7 +248,7 @@ def averaged_checkpoint(ckpt_root: str | Path, names: list[str]) -> Path | None:
     """The complete average (``averaged``, or a re-saved ``averaged.N``) of exactly the checkpoints
     ``names`` under ``ckpt_root``, if one is there."""
     root = Path(ckpt_root)
-    for name in reversed(_versions(root, "averaged")) if root.is_dir() else []:
+    for name in reversed(_versions(root, AVERAGED)) if root.is_dir() else []:
         try:
             if (root / name / META).exists() and read_meta(root / name).get("averaged_from") == names:
                 return root / name
@@ -325,34 +324,63 @@ def pid_alive(pid: object, self_alive: bool = True) -> bool:
 
 
 def best_or_latest(path: str | Path) -> str:
-    """Which checkpoint stands for run ``path``: ``"best"`` when it keeps one (a ``best`` pointer in it
-    or in its ``checkpoints/`` folder), else ``"latest"`` (a run trained without ``best_metric``).
-    The one place this is decided; a damaged ``best`` pointer is then reported, not passed over."""
-    p = Path(path)
-    kept = any((root / "best").exists() or (root / "best").is_symlink() for root in (p / "checkpoints", p))
-    return "best" if kept else "latest"
+    """Which checkpoint stands for run ``path``: ``"best"`` when it keeps one (a ``best`` pointer in its
+    ``checkpoints/`` folder, or in ``path`` itself when that is a checkpoints folder), else ``"latest"``
+    (a run trained without ``best_metric``). The one place this is decided; a damaged ``best``
+    pointer is then reported, not passed over."""
+    pointer = _checkpoints_root(Path(path)) / BEST
+    return BEST if pointer.exists() or pointer.is_symlink() else LATEST
+
+
+def _checkpoints_root(path: Path) -> Path:
+    """The checkpoints folder of a run directory, or ``path`` itself (a checkpoints folder)."""
+    return path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
+
+
+def find_checkpoint(root: Path, which: str) -> Path | None:
+    """The checkpoint that pointer ``which`` (``"latest"`` or ``"best"``) in checkpoints folder ``root``
+    names: the one pointer resolver. A pointer that is not a file, is damaged, or names no complete
+    checkpoint raises :class:`~partwise.CheckpointError` (it is never passed over); without a
+    ``latest`` pointer (a kill between a checkpoint and its pointer) the newest complete checkpoint
+    stands in. ``None`` when there is no such checkpoint."""
+    pointer = root / which
+    if pointer.exists() or pointer.is_symlink():
+        if not pointer.is_file():
+            raise CheckpointError(f"{pointer}: is not a file; delete it (partwise rewrites it at the next checkpoint)")
+        name = pointer_target(pointer)
+        if not (root / name / META).is_file():
+            raise CheckpointError(f"{pointer}: names {name!r}, which is not a complete checkpoint (no {name}/{META}); "
+                                  f"delete {pointer} or write the name of a checkpoint folder beside it into it "
+                                  "(e.g. step-00000120)")
+        return root / name
+    if which == LATEST:
+        complete = complete_checkpoints(root)
+        return complete[-1] if complete else None
+    return None
 
 
 def resolve_checkpoint(checkpoint: str | Path, which: str = "latest") -> Path:
     """A checkpoint directory from a run directory, its ``checkpoints/`` folder or the checkpoint itself.
 
-    Raises :class:`~partwise.CheckpointNotFound` (a ``FileNotFoundError``) with what was looked for
-    when there is none.
+    ``which`` is ``"latest"`` or ``"best"`` (for a run directory or checkpoints folder). Raises
+    :class:`~partwise.CheckpointNotFound` (a ``FileNotFoundError``) with what was looked for when there
+    is none, and :class:`~partwise.CheckpointError` when the pointer is damaged.
+
+    >>> import partwise as pw  # doctest: +SKIP
+    >>> pw.resolve_checkpoint("runs/g2p", "best")  # doctest: +SKIP
+    PosixPath('runs/g2p/checkpoints/step-00004000')
     """
     p = Path(checkpoint)
     if (p / META).exists():
         return p
-    for root in (p / "checkpoints", p):
-        pointer = root / which
-        if pointer.is_file():
-            target = root / pointer_target(pointer)
-            if (target / META).exists():
-                return target
-        complete = complete_checkpoints(root)
-        if complete and which == "latest":
-            return complete[-1]
-    raise CheckpointNotFound(f"no complete checkpoint at {str(p)!r} (looked for {which!r} under it and under "
-                             "checkpoints/); give a run directory written by partwise or a checkpoint folder")
+    if which not in POINTERS:
+        raise ValueError(f"which={which!r}: use 'latest' or 'best'")
+    found = find_checkpoint(_checkpoints_root(p), which)
+    if found is None:
+        raise CheckpointNotFound(f"no complete checkpoint at {str(p)!r} (looked for {which!r} under {CHECKPOINTS}/ "
+                                 "and in the folder itself); give a run directory written by partwise or a checkpoint "
+                                 "folder")
+    return found
 
 
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a file or folder right inside its own folder

@@ -45,28 +45,23 @@ from typing import Any
 from .._errors import CheckpointError, PartwiseError
 from ._atomic import write_text_atomic
 from ._checkpoint import (
-    META,
     PLAIN_NAME,
-    STATE,
     best_or_latest,
     check_state_keys,
     complete_checkpoints,
+    find_checkpoint,
     load_state,
     pid_alive,
-    pointer_target,
+    point,
     read_part,
+    remove_debris,
 )
+from ._layout import ARTIFACTS, BEST, CACHE, CHECKPOINTS, CONFIG, LOG, MARKER, META, REPORT, RUN_LAYOUT, STATE
 
-__all__ = ["BadFileError", "MARKER", "RUN_LAYOUT", "read_yaml", "read_json", "run_folder", "not_a_run",
-           "has_checkpoint", "checkpoint_dir", "read_meta", "read_state", "check_weight_files", "write_marker",
-           "Prior", "plan_run_dir", "create_run_dir", "discard_attempt", "CONFIG", "ARTIFACTS", "read_artifacts",
-           "write_artifacts"]
+__all__ = ["BadFileError", "RunFolder", "Prior", "read_yaml", "read_json", "read_meta", "read_state",
+           "check_weight_files"]
 
-MARKER = "partwise-run.json"
 MARKER_FORMAT = "partwise-run/1"
-RUN_LAYOUT = frozenset({MARKER, "config.yaml", "artifacts.json", "checkpoints", "metrics.csv", "steps.csv",
-                        "phases.csv", "report.md", "loss.png", "lr.png", "teacher_forcing.png", "tensorboard",
-                        "log.txt", "plan_changes.txt", "cache"})
 
 
 class BadFileError(PartwiseError, ValueError):
@@ -115,105 +110,7 @@ def read_json(path: Path, fix: str) -> Any:
         raise BadFileError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); {fix}") from None
 
 
-# -- the run's own files ----------------------------------------------------------------------
-CONFIG, ARTIFACTS = "config.yaml", "artifacts.json"
-
-
-def write_artifacts(run_dir: Path, artifacts: dict[str, Any]) -> None:
-    """``artifacts.json``: what the run's task kind saved to rebuild its data (vocabularies)."""
-    write_text_atomic(run_dir / ARTIFACTS, json.dumps(artifacts))
-
-
-def read_artifacts(run_dir: Path) -> dict[str, Any]:
-    """``artifacts.json`` of a run, checked to be a mapping (the one reader; :class:`BadFileError`)."""
-    path = run_dir / ARTIFACTS
-    fix = "restore the run's artifacts.json (its vocabularies) from a backup or train the run again"
-    saved = read_json(path, fix)
-    if not isinstance(saved, dict):
-        raise BadFileError(f"{path}: holds a JSON {type(saved).__name__}, not the run's saved mapping; {fix}")
-    return saved
-
-
-# -- what a run folder is ----------------------------------------------------------------------
-def run_folder(run_dir: Path, command: str) -> Path:
-    """``run_dir`` if it is an existing folder with a ``config.yaml``; else a :class:`BadFileError`."""
-    if not run_dir.exists():
-        raise BadFileError(f"run directory {str(run_dir)!r} does not exist; give the run_dir of a `partwise train` run")
-    if not run_dir.is_dir():
-        raise BadFileError(f"run directory {str(run_dir)!r} is a file, not a folder; give the run_dir of a "
-                           f"`partwise train` run to `partwise {command}`")
-    if not (run_dir / "config.yaml").exists():
-        raise BadFileError(f"{str(run_dir)!r} is not a run directory (no config.yaml); give the run_dir of a "
-                           "`partwise train` run")
-    return run_dir
-
-
-def _layout_name(name: str) -> bool:
-    return name in RUN_LAYOUT or (name.startswith(".") and (".tmp-" in name or ".old-" in name))
-
-
-def not_a_run(path: Path) -> str | None:
-    """``None`` if ``path`` is a partwise run folder that may be removed; else why it is not one."""
-    entries = sorted(p.name for p in path.iterdir())
-    foreign = [n for n in entries if not _layout_name(n)]
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        return f"it holds files that partwise did not write ({shown})"
-    if (path / MARKER).is_file():
-        try:
-            marker = json.loads((path / MARKER).read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, OSError):
-            marker = None
-        if isinstance(marker, dict) and marker.get("format") == MARKER_FORMAT:
-            return None
-        return f"its {MARKER} is not a partwise run marker"
-    return f"it has no {MARKER} (the marker `partwise train` writes into every run)"
-
-
-def has_checkpoint(run_dir: Path) -> bool:
-    root = run_dir / "checkpoints"
-    return bool(complete_checkpoints(root))
-
-
-def write_marker(run_dir: Path, recipe_source: str, title: str | None = None) -> None:
-
-    info = {"format": MARKER_FORMAT, "recipe": recipe_source, "pid": os.getpid(), **({"title": title} if title else {}),
-            "note": "written by `partwise train`; marks this folder as a run that --overwrite may replace"}
-    write_text_atomic(run_dir / MARKER, json.dumps(info, indent=2) + "\n")
-
-
-# -- checkpoints -------------------------------------------------------------------------------
-def _pointer(root: Path, which: str) -> Path:
-    pointer = root / which
-    if not pointer.is_file():
-        raise BadFileError(f"{pointer}: is not a file; delete it (partwise rewrites it at the next checkpoint)")
-    try:
-        name = pointer_target(pointer)  # the one parser of pointer files
-    except CheckpointError as e:
-        raise BadFileError(str(e)) from None
-    if not (root / name / META).is_file():
-        raise BadFileError(f"{pointer}: names {name!r}, which is not a complete checkpoint (no {name}/{META}); delete "
-                           f"{pointer} or write the name of a checkpoint folder beside it into it (e.g. step-00000120)")
-    return root / name
-
-
-def checkpoint_dir(run_dir: Path, which: str = "latest") -> Path:
-    """The checkpoint that the ``latest`` or ``best`` pointer names, checked to be complete.
-
-    ``best`` falls back to ``latest`` in runs that keep no best checkpoint; a missing ``latest``
-    pointer (a kill between a checkpoint and its pointer) falls back to the newest complete one.
-    """
-    root = run_dir / "checkpoints"
-    which = best_or_latest(run_dir) if which == "best" else which
-    if (root / which).exists() or (root / which).is_symlink():
-        return _pointer(root, which)
-    complete = complete_checkpoints(root)
-    if complete:
-        return complete[-1]
-    raise BadFileError(f"{str(run_dir)!r} has no complete checkpoint (nothing under checkpoints/); the run stopped "
-                       "before its first checkpoint: start it again with `partwise train`")
-
-
+# -- checkpoint folders ---------------------------------------------------------------------
 def read_meta(ckpt: Path) -> dict[str, Any]:
     """``meta.json`` of a checkpoint, checked: a mapping with ``step`` and the ``parts`` files."""
     path = ckpt / META
@@ -266,9 +163,7 @@ def read_state(ckpt: Path) -> dict[str, Any]:
     return state
 
 
-# -- creating, replacing and discarding a run's folder ----------------------------------------
-
-
+# -- the run folder ---------------------------------------------------------------------------
 class Prior(Enum):
     """What ``run_dir`` held before ``train``: how to create the run, and what to do if it fails."""
 
@@ -277,63 +172,213 @@ class Prior(Enum):
     REPLACE = "replace"  # a partwise run: remove it, then create the new one
 
 
-def plan_run_dir(run_dir: Path, overwrite: bool) -> Prior:
-    """What ``train`` will do with ``run_dir``; raises :class:`BadFileError` if it must not touch it."""
-    name = str(run_dir)
-    if not run_dir.exists():
+class RunFolder:
+    """One run folder: the paths of its files, its checkpoints, and creating, replacing or discarding it.
+
+    >>> run = RunFolder("runs/g2p")
+    >>> run.config, run.checkpoints
+    (PosixPath('runs/g2p/config.yaml'), PosixPath('runs/g2p/checkpoints'))
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    # -- paths ---------------------------------------------------------------------------------
+    def file(self, name: str) -> Path:
+        """The path of ``name``, one of the names a run folder is made of (:data:`RUN_LAYOUT`)."""
+        if name not in RUN_LAYOUT:
+            raise ValueError(f"{name!r} is not a name of a run folder's layout ({sorted(RUN_LAYOUT)})")
+        return self.path / name
+
+    @property
+    def marker(self) -> Path:
+        return self.path / MARKER
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def artifacts(self) -> Path:
+        return self.path / ARTIFACTS
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def cache(self) -> Path:
+        return self.path / CACHE
+
+    @property
+    def log(self) -> Path:
+        return self.path / LOG
+
+    @property
+    def report(self) -> Path:
+        return self.path / REPORT
+
+    # -- what it is ----------------------------------------------------------------------------
+    @classmethod
+    def existing(cls, path: str | Path, command: str) -> RunFolder:
+        """The run at ``path`` if it is an existing folder with a ``config.yaml``; else a :class:`BadFileError`
+        that names ``partwise <command>``."""
+        run = cls(path)
+        if not run.path.exists():
+            raise BadFileError(f"run directory {str(path)!r} does not exist; give the run_dir of a "
+                               "`partwise train` run")
+        if not run.path.is_dir():
+            raise BadFileError(f"run directory {str(path)!r} is a file, not a folder; give the run_dir of a "
+                               f"`partwise train` run to `partwise {command}`")
+        if not run.config.exists():
+            raise BadFileError(f"{str(path)!r} is not a run directory (no {CONFIG}); give the run_dir of a "
+                               "`partwise train` run")
+        return run
+
+    def holds_run_files(self) -> bool:
+        """Whether the folder holds a run's artifacts (``init:`` uses it to tell a run's checkpoint)."""
+        return self.artifacts.is_file()
+
+    def not_a_run(self) -> str | None:
+        """``None`` if the folder is a partwise run that may be removed; else why it is not one."""
+        entries = sorted(p.name for p in self.path.iterdir())
+        foreign = [n for n in entries if not _layout_name(n)]
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            return f"it holds files that partwise did not write ({shown})"
+        marker = self._marker()
+        if marker is not None:
+            return None if marker.get("format") == MARKER_FORMAT else f"its {MARKER} is not a partwise run marker"
+        if self.marker.is_file():
+            return f"its {MARKER} is not a partwise run marker"
+        return f"it has no {MARKER} (the marker `partwise train` writes into every run)"
+
+    def _marker(self) -> dict[str, Any] | None:
+        try:
+            marker = json.loads(self.marker.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, OSError):
+            return None
+        return marker if isinstance(marker, dict) else None
+
+    def title(self) -> str | None:
+        """The report title of the command that started the run (kept in its marker), if any."""
+        title = (self._marker() or {}).get("title")
+        return title if isinstance(title, str) and title else None
+
+    def _creator_alive(self) -> bool:
+        """Whether the process that created this run (pid in the marker) still runs (then it is not
+        stale); this process's own earlier run is stale to it."""
+        return pid_alive((self._marker() or {}).get("pid"), self_alive=False)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def complete_checkpoints(self) -> list[Path]:
+        return complete_checkpoints(self.checkpoints)
+
+    def has_checkpoint(self) -> bool:
+        return bool(self.complete_checkpoints())
+
+    def best_or_latest(self) -> str:
+        """``"best"`` when the run keeps a best checkpoint, else ``"latest"``."""
+        return best_or_latest(self.path)
+
+    def checkpoint(self, which: str = "latest") -> Path:
+        """The checkpoint that the ``latest`` or ``best`` pointer names, checked to be complete.
+
+        ``best`` falls back to ``latest`` in runs that keep no best checkpoint; a missing ``latest``
+        pointer (a kill between a checkpoint and its pointer) falls back to the newest complete one.
+        """
+        which = self.best_or_latest() if which == BEST else which
+        try:
+            found = find_checkpoint(self.checkpoints, which)  # the one pointer resolver
+        except CheckpointError as e:
+            raise BadFileError(str(e)) from None
+        if found is None:
+            raise BadFileError(f"{str(self.path)!r} has no complete checkpoint (nothing under {CHECKPOINTS}/); the run "
+                               "stopped before its first checkpoint: start it again with `partwise train`")
+        return found
+
+    def point_best(self, name: str) -> None:
+        """Point ``best`` at checkpoint ``name`` of this run (atomically)."""
+        point(self.checkpoints, BEST, name)
+
+    def remove_debris(self) -> list[str]:
+        """Remove what killed writers left in the folder and in its checkpoints (once they are gone)."""
+        return remove_debris(self.path) + (remove_debris(self.checkpoints) if self.checkpoints.is_dir() else [])
+
+    # -- the run's own files -------------------------------------------------------------------
+    def write_config(self, text: str) -> None:
+        """``config.yaml``: the resolved recipe (atomically)."""
+        write_text_atomic(self.config, text)
+
+    def write_artifacts(self, artifacts: dict[str, Any]) -> None:
+        """``artifacts.json``: what the run's task kind saved to rebuild its data (vocabularies)."""
+        write_text_atomic(self.artifacts, json.dumps(artifacts))
+
+    def read_artifacts(self) -> dict[str, Any]:
+        """``artifacts.json`` of the run, checked to be a mapping (the one reader; :class:`BadFileError`)."""
+        fix = f"restore the run's {ARTIFACTS} (its vocabularies) from a backup or train the run again"
+        saved = read_json(self.artifacts, fix)
+        if not isinstance(saved, dict):
+            raise BadFileError(f"{self.artifacts}: holds a JSON {type(saved).__name__}, not the run's saved mapping; "
+                               f"{fix}")
+        return saved
+
+    # -- creating, replacing and discarding ------------------------------------------------------
+    def plan(self, overwrite: bool) -> Prior:
+        """What ``train`` will do with the folder; raises :class:`BadFileError` if it must not touch it."""
+        run_dir, name = self.path, str(self.path)
+        if not run_dir.exists():
+            if run_dir.is_symlink():
+                raise BadFileError(f"run_dir: {name!r} is a broken link; remove it or set run_dir=... to another path")
+            blocker = next((p for p in run_dir.parents if p.exists()), None)
+            if blocker is not None and not blocker.is_dir():
+                raise BadFileError(f"run_dir: {name!r} cannot be created: {str(blocker)!r} is a file; set run_dir=... "
+                                   "to a folder path")
+            return Prior.NEW
+        if not run_dir.is_dir():
+            raise BadFileError(f"run_dir: {name!r} is a file, not a folder; set run_dir=... to a folder path")
+        if not any(run_dir.iterdir()):
+            return Prior.EMPTY
+        foreign = self.not_a_run()
+        if foreign is not None:
+            what = "--overwrite refused" if overwrite else "run_dir"
+            raise BadFileError(f"{what}: {name!r} is not a partwise run ({foreign}), so partwise will not write into "
+                               "it or remove it; set run_dir=... to a new path")
+        if (not self.has_checkpoint() and self.marker.is_file() and not run_dir.is_symlink()
+                and not self._creator_alive()):
+            return Prior.REPLACE  # an attempt that stopped before its first checkpoint: nothing to resume
+        if not overwrite:
+            raise BadFileError(f"run_dir: {name!r} holds a partwise run; pass --overwrite to replace it, "
+                               f"`partwise resume {run_dir}` to continue it, or set run_dir=... to another path")
         if run_dir.is_symlink():
-            raise BadFileError(f"run_dir: {name!r} is a broken link; remove it or set run_dir=... to another path")
-        blocker = next((p for p in run_dir.parents if p.exists()), None)
-        if blocker is not None and not blocker.is_dir():
-            raise BadFileError(f"run_dir: {name!r} cannot be created: {str(blocker)!r} is a file; set run_dir=... "
-                               "to a folder path")
-        return Prior.NEW
-    if not run_dir.is_dir():
-        raise BadFileError(f"run_dir: {name!r} is a file, not a folder; set run_dir=... to a folder path")
-    if not any(run_dir.iterdir()):
-        return Prior.EMPTY
-    foreign = not_a_run(run_dir)
-    if foreign is not None:
-        what = "--overwrite refused" if overwrite else "run_dir"
-        raise BadFileError(f"{what}: {name!r} is not a partwise run ({foreign}), so partwise will not write into it "
-                           "or remove it; set run_dir=... to a new path")
-    if (not has_checkpoint(run_dir) and (run_dir / MARKER).is_file() and not run_dir.is_symlink()
-            and not _creator_alive(run_dir)):
-        return Prior.REPLACE  # an attempt that stopped before its first checkpoint: nothing to resume
-    if not overwrite:
-        raise BadFileError(f"run_dir: {name!r} holds a partwise run; pass --overwrite to replace it, "
-                           f"`partwise resume {run_dir}` to continue it, or set run_dir=... to another path")
-    if run_dir.is_symlink():
-        raise BadFileError(f"--overwrite refused: run_dir {name!r} is a symbolic link; partwise replaces only a run "
-                           "folder itself: give its real path, or set run_dir=... to another path")
-    return Prior.REPLACE
+            raise BadFileError(f"--overwrite refused: run_dir {name!r} is a symbolic link; partwise replaces only a "
+                               "run folder itself: give its real path, or set run_dir=... to another path")
+        return Prior.REPLACE
+
+    def create(self, prior: Prior, recipe_source: str, title: str | None = None) -> None:
+        """Remove the run being replaced, create the folder and write the run marker first (with the
+        report ``title``, which a resume keeps)."""
+        if prior is Prior.REPLACE:
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        info = {"format": MARKER_FORMAT, "recipe": recipe_source, "pid": os.getpid(),
+                **({"title": title} if title else {}),
+                "note": "written by `partwise train`; marks this folder as a run that --overwrite may replace"}
+        write_text_atomic(self.marker, json.dumps(info, indent=2) + "\n")
+
+    def discard_attempt(self, prior: Prior) -> bool:
+        """After a failed ``train``: remove what it created unless a checkpoint makes it resumable.
+        Returns whether the folder was cleaned up."""
+        if not self.path.is_dir() or self.has_checkpoint():
+            return False
+        shutil.rmtree(self.path, ignore_errors=True)
+        if prior is Prior.EMPTY:
+            self.path.mkdir(exist_ok=True)
+        return True
 
 
-def _creator_alive(run_dir: Path) -> bool:
-    """Whether the process that created this run (pid in the marker) still runs (then it is not
-    stale); this process's own earlier run is stale to it."""
-    try:
-        pid = json.loads((run_dir / MARKER).read_text(encoding="utf-8")).get("pid")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return pid_alive(pid, self_alive=False)
-
-
-def create_run_dir(run_dir: Path, prior: Prior, recipe_source: str, title: str | None = None) -> None:
-    """Remove the run being replaced, create the folder and write the run marker first (with the
-    report ``title``, which a resume keeps)."""
-    if prior is Prior.REPLACE:
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_marker(run_dir, recipe_source, title)
-
-
-def discard_attempt(run_dir: Path, prior: Prior) -> bool:
-    """After a failed ``train``: remove what it created unless a checkpoint makes it resumable.
-    Returns whether the folder was cleaned up."""
-    if has_checkpoint(run_dir) or not run_dir.is_dir():
-        return False
-    shutil.rmtree(run_dir, ignore_errors=True)
-    if prior is Prior.EMPTY:
-        run_dir.mkdir(exist_ok=True)
-    return True
+def _layout_name(name: str) -> bool:
+    return name in RUN_LAYOUT or (name.startswith(".") and (".tmp-" in name or ".old-" in name))

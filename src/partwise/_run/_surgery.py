@@ -30,6 +30,7 @@ from ._checkpoint import (
     resolve_checkpoint,
     tensor_problems,
 )
+from ._layout import POINTERS
 
 __all__ = ["replace_module", "transfer_state", "TransferReport", "VocabTransfer", "load_part"]
 
@@ -396,7 +397,7 @@ def load_part(model: nn.Module, part: str, checkpoint: str | os.PathLike[str], p
         raise PartError("load_part(): parts was built for another model; pass Parts(model) or leave it out")
     if part not in parts:
         raise PartError(f"load_part(): the model has no part {part!r}; its parts are {parts.names}")
-    if which not in ("best", "latest"):
+    if which not in POINTERS:
         raise ValueError(f"load_part(): which={which!r} must be 'best' or 'latest'")
     try:
         ckpt = resolve_checkpoint(Path(checkpoint), best_or_latest(Path(checkpoint)) if which == "best" else which)

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 from .._errors import ConfigError
 from .._optim._fingerprint import data_differences
 from .._run import _checkpoint as ckpt
-from .._run._atomic import write_text_atomic
+from .._run._layout import BEST, META, STATE
+from .._run._runfolder import RunFolder
 
 if TYPE_CHECKING:
     from ._trainer import Trainer
@@ -29,7 +30,7 @@ def restore(trainer: Trainer, source: str | Path, steps_per_epoch: int, allow_pl
     :class:`~partwise.PlanDriver`)."""
     source = ckpt.resolve_checkpoint(source)
     state = ckpt.load_state(source)
-    ckpt.check_state_keys(state, str(source / ckpt.STATE))
+    ckpt.check_state_keys(state, str(source / STATE))
     errors: list[str] = []  # data and plan differences reported together
     data_changes: list[str] = []
     try:
@@ -69,12 +70,12 @@ def _restore_best_pointer(trainer: Trainer, source: Path, recorded: Any) -> str 
     the checkpoint ``best`` names then (``None``: none restored)."""
     if not isinstance(recorded, str) or trainer.run_dir is None or trainer.rank != 0:
         return None
-    root = trainer.run_dir / "checkpoints"
+    run = RunFolder(trainer.run_dir)
     name = source.name if recorded == SELF else recorded
-    if (source.parent.resolve() != root.resolve() or not ckpt.PLAIN_NAME.fullmatch(name)
-            or not (root / name / ckpt.META).is_file()):
+    if (source.parent.resolve() != run.checkpoints.resolve() or not ckpt.PLAIN_NAME.fullmatch(name)
+            or not (run.checkpoints / name / META).is_file()):
         return None
-    pointer = root / "best"
+    pointer = run.checkpoints / BEST
     if not pointer.is_file() or pointer.read_text(encoding="utf-8").strip() != name:
-        write_text_atomic(pointer, name)
+        run.point_best(name)
     return name

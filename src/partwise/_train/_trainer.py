@@ -18,6 +18,8 @@ from .._optim._optimizers import OptimizerSet, load_state_by_name
 from .._optim._plan import PhaseSpan, Plan
 from .._run import _checkpoint as ckpt
 from .._run import _failpoints
+from .._run._layout import AVERAGED, BEST, LATEST
+from .._run._runfolder import RunFolder
 from . import _distributed as dist
 from ._cache import EncoderCache, PhaseCache
 from ._callbacks import Callback, callback_states, load_callback_states, notify
@@ -121,7 +123,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         self.rank, self.world = dist.rank_and_world()
         self._phase_cache = PhaseCache(self.task, parts, cache, device=self.device, rank=self.rank, world=self.world,
-                                       spill_dir=self.run_dir / "cache" if self.run_dir else None)
+                                       spill_dir=self.run.cache if self.run else None)
         self.step, self.epoch = 0, 0
         self.history: list[dict[str, Any]] = []
         self.best: float | None = None  # best value of best_metric
@@ -235,8 +237,8 @@ class Trainer:
         given = train_data.batch_sampler if isinstance(train_data, torch.utils.data.DataLoader) else None
         self._data = data_fingerprint(loader.dataset, grad_accum=self.grad_accum, seed=self.seed,
                                       batch_size=getattr(given, "batch_size", None) if given else self.batch_size)
-        if self.run_dir is not None and self.rank == 0:
-            ckpt.remove_debris(self.run_dir / "checkpoints")  # what a killed save left
+        if self.run is not None and self.rank == 0:
+            ckpt.remove_debris(self.run.checkpoints)  # what a killed save left
         return EpochCursor(loader, steps_per_epoch, self.grad_accum, total, max_steps, max_minutes)
 
     def _finish(self, dev_data: Any, cursor: EpochCursor) -> list[dict[str, Any]]:
@@ -366,15 +368,15 @@ class Trainer:
         disk (a process killed before it decided) is reused, so calling this again decides again."""
         from .._run._average import average_checkpoints
 
-        if self.run_dir is None or self.rank != 0 or not self.best_metric or not self.average_last:
+        if self.run is None or self.rank != 0 or not self.best_metric or not self.average_last:
             return None
-        root = self.run_dir / "checkpoints"
+        root = self.run.checkpoints
         last = ckpt.epoch_end_checkpoints(root)[-self.average_last:]
         if len(last) < 2:
             warnings.warn(f"average_last={self.average_last}: only {len(last)} epoch-end checkpoint(s); "
                           "nothing averaged", RuntimeWarning, stacklevel=2)
             return None
-        out = ckpt.averaged_checkpoint(root, [p.name for p in last]) or average_checkpoints(last, root / "averaged")
+        out = ckpt.averaged_checkpoint(root, [p.name for p in last]) or average_checkpoints(last, root / AVERAGED)
         _failpoints.reached("average.written")
         own = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         try:
@@ -386,9 +388,9 @@ class Trainer:
         value = self._metric({f"dev_{k}": v for k, v in scores.items()}, name)
         chosen = _better(value, self.best, mode)
         if chosen:
-            ckpt.point(root, "best", out.name)
+            ckpt.point(root, BEST, out.name)
             self.best, self._best_name = value, out.name
-        ckpt.drop_versions(root, "averaged", keep=out.name)
+        ckpt.drop_versions(root, AVERAGED, keep=out.name)
         _failpoints.reached("average.decided")
         self.averaged = {"from": [p.name for p in last], "checkpoint": out.name, "chosen": chosen,
                          **{f"dev_{k}": v for k, v in scores.items()}}
@@ -440,6 +442,11 @@ class Trainer:
         """The training data's fingerprint (rows, settings), taken when ``fit`` starts."""
         return self._data
 
+    @property
+    def run(self) -> RunFolder | None:
+        """The run folder checkpoints go to (``None`` without ``run_dir``)."""
+        return RunFolder(self.run_dir) if self.run_dir is not None else None
+
     def state_dict(self) -> dict[str, Any]:
         """Everything a checkpoint needs to continue the run exactly (keys
         ``partwise._run._checkpoint.STATE_KEYS``; plain types and tensors: safe for
@@ -487,7 +494,8 @@ class Trainer:
         """Write a checkpoint (rank 0 only) atomically; returns its directory. Its state records the
         checkpoint ``best`` should name (``"."``: this one), which a resume restores. Kept: this one,
         ``best``, and the last ``average_last`` epoch-end checkpoints (mid-epoch saves don't count)."""
-        if self.run_dir is None or self.rank != 0:
+        run = self.run
+        if run is None or self.rank != 0:
             return None
         self._saved_at = self.step
         meta = {"step": self.step, "epoch": self.epoch, "phase": self.span.phase.name if self.span else None,
@@ -496,8 +504,8 @@ class Trainer:
         state = self.state_dict()
         if best:
             state["best_checkpoint"] = SELF
-        path = ckpt.save_checkpoint(self.run_dir / "checkpoints", f"step-{self.step:08d}", self.model, self.parts,
-                                    state, meta, pointers=("latest", "best") if best else ("latest",),
+        path = ckpt.save_checkpoint(run.checkpoints, f"step-{self.step:08d}", self.model, self.parts,
+                                    state, meta, pointers=(LATEST, BEST) if best else (LATEST,),
                                     keep=1, keep_epoch_ends=self.average_last or 0)
         if best:
             self._best_name = path.name

@@ -8,7 +8,6 @@ the model, before the logs are touched; ``eval`` and ``predict`` only read.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -22,24 +21,15 @@ from .. import _errors
 from .._errors import ConfigError, PartError
 from .._optim._plan import Plan
 from .._run import _checkpoint, _failpoints
-from .._run._atomic import write_text_atomic
-from .._run._checkpoint import best_or_latest
+from .._run._layout import META
 from .._run._runfolder import (
-    MARKER,
     BadFileError,
     Prior,
+    RunFolder,
     check_weight_files,
-    checkpoint_dir,
-    create_run_dir,
-    discard_attempt,
-    has_checkpoint,
-    plan_run_dir,
-    read_artifacts,
     read_meta,
     read_state,
     read_yaml,
-    run_folder,
-    write_artifacts,
 )
 from .._train._trainer import Trainer
 from ..data import DataFormatError
@@ -181,8 +171,9 @@ def _report(built: Built, run_dir: Path, title: str, steps: int, minutes: float,
     """Score the run's best checkpoint (else its latest) on dev, with the recipe's seed, then write
     the plots, report.md and the closing lines of log.txt."""
     recipe = built.recipe
-    which = best_or_latest(run_dir)
-    ckpt = checkpoint_dir(run_dir, which)
+    run = RunFolder(run_dir)
+    which = run.best_or_latest()
+    ckpt = run.checkpoint(which)
     _checkpoint.load_weights(built.model, built.parts, ckpt)
     meta = read_meta(ckpt)
     ckpt_step = meta.get("step", steps)
@@ -215,7 +206,7 @@ def _report(built: Built, run_dir: Path, title: str, steps: int, minutes: float,
     report = write_report(run_dir, title, summary, plots)
     _failpoints.reached("report.written")
     log_line(run_dir, f"dev: {format_metrics(dev)}  ({source}, {minutes:.1f} min)")
-    _say(f"run directory: {run_dir}  (report: {report}; log: {run_dir / 'log.txt'}; plots: "
+    _say(f"run directory: {run_dir}  (report: {report}; log: {run.log}; plots: "
          f"{', '.join(p.name for p in plots) or 'none'})")
     return {**summary, "dev": dev}
 
@@ -241,9 +232,10 @@ def _plots(run_dir: Path) -> list[Path]:
 
 
 def _start_run(built: Built, run_dir: Path, prior: Prior, source: str, title: str) -> None:
-    create_run_dir(run_dir, prior, source, title)
-    write_text_atomic(run_dir / "config.yaml", dump(built.recipe))
-    write_artifacts(run_dir, built.kind.artifacts(built.data))
+    run = RunFolder(run_dir)
+    run.create(prior, source, title)
+    run.write_config(dump(built.recipe))
+    run.write_artifacts(built.kind.artifacts(built.data))
     for line in built.init_log:
         log_line(run_dir, line, echo=False)
     if built.data.extra.get("subset"):
@@ -272,7 +264,7 @@ def _train_new(recipe: Recipe, run_dir: Path, *, max_steps: int | None, title: s
     try:
         return _fit_and_report(built, trainer, run_dir, resume=None, max_steps=max_steps, title=title)
     except BaseException:
-        if discard_attempt(run_dir, prior):
+        if RunFolder(run_dir).discard_attempt(prior):
             _say(f"({run_dir} removed: the run stopped before its first checkpoint, so there is nothing to resume)")
         raise
 
@@ -281,7 +273,7 @@ def train(recipe_path: str, overrides: list[str], overwrite: bool, max_steps: in
     recipe, _ = load_recipe(recipe_path, overrides)
     check_recipe(recipe, recipe_path)
     run_dir = Path(recipe.run_dir)
-    prior = plan_run_dir(run_dir, overwrite)  # read-only: refuses before the data is even read
+    prior = RunFolder(run_dir).plan(overwrite)  # read-only: refuses before the data is even read
     return _until_interrupted(run_dir, lambda: _train_new(
         recipe, run_dir, max_steps=max_steps, title=f"partwise train {recipe_path}", prior=prior, source=recipe_path))
 
@@ -297,7 +289,7 @@ def _until_interrupted(run_dir: Path, work: Callable[[], Any]) -> int:
 
 
 def _interrupted(run_dir: Path) -> None:
-    if run_dir.is_dir() and has_checkpoint(run_dir):
+    if run_dir.is_dir() and RunFolder(run_dir).has_checkpoint():
         print(f"partwise: interrupted; the last complete checkpoint is intact: `partwise resume {run_dir}`",
               file=sys.stderr)
     else:
@@ -306,7 +298,7 @@ def _interrupted(run_dir: Path) -> None:
 
 # -- reading a run ----------------------------------------------------------------------------
 def read_run_config(run_dir: Path) -> Recipe:
-    path = run_dir / "config.yaml"
+    path = RunFolder(run_dir).config
     raw = read_yaml(path, "restore the run's config.yaml (the resolved recipe it was trained with) or train again")
     return validate(raw, str(path))
 
@@ -315,7 +307,7 @@ def _load_weights(model: Any, parts: Any, ckpt: Path, run_dir: Path) -> None:
     try:
         _checkpoint.load_weights(model, parts, ckpt)
     except (PartError, _errors.CheckpointError) as e:
-        raise BadFileError(f"{_one_line(e)}; {run_dir / 'config.yaml'} does not describe the model this checkpoint "
+        raise BadFileError(f"{_one_line(e)}; {RunFolder(run_dir).config} does not describe the model this checkpoint "
                            "was trained with: restore the run's own config.yaml") from None
 
 
@@ -336,13 +328,14 @@ def _finished(built: Built, state: dict[str, Any]) -> str | None:
 
 def resume(run_dir: str, max_steps: int | None, allow_plan_change: bool = False,
            allow_data_change: bool = False) -> int:
-    path = run_folder(Path(run_dir), "resume")
+    run = RunFolder.existing(run_dir, "resume")
+    path = run.path
     recipe = read_run_config(path)
-    ckpt = checkpoint_dir(path, "latest")
+    ckpt = run.checkpoint("latest")
     check_weight_files(ckpt, read_meta(ckpt))
     state = read_state(ckpt)
-    built = build_run(recipe, read_artifacts(path), path / "artifacts.json")
-    check_recipe(recipe, str(path / "config.yaml"), model=built.model)
+    built = build_run(recipe, run.read_artifacts(), run.artifacts)
+    check_recipe(recipe, str(run.config), model=built.model)
     _load_weights(built.model, built.parts, ckpt, path)  # does the checkpoint fit this model?
     done = _finished(built, state)
     if done is not None and not _report_current(path, ckpt):
@@ -356,7 +349,7 @@ def resume(run_dir: str, max_steps: int | None, allow_plan_change: bool = False,
              "nothing to do, nothing changed")
         return 0
     trainer = make_trainer(built, path)
-    _checkpoint.remove_debris(path)  # half-written logs or reports of a killed process
+    run.remove_debris()  # half-written logs, reports or checkpoints of a killed process
     return _until_interrupted(path, lambda: _fit_and_report(
         built, trainer, path, resume=ckpt, max_steps=max_steps, title=_title(path),
         allow_plan_change=allow_plan_change, allow_data_change=allow_data_change))
@@ -364,17 +357,13 @@ def resume(run_dir: str, max_steps: int | None, allow_plan_change: bool = False,
 
 def _title(run_dir: Path) -> str:
     """The report title of the run: the one of the command that started it (kept in its marker)."""
-    try:
-        title = json.loads((run_dir / MARKER).read_text(encoding="utf-8")).get("title")
-    except (OSError, ValueError, AttributeError):
-        title = None
-    return title if isinstance(title, str) and title else f"partwise resume {run_dir}"
+    return RunFolder(run_dir).title() or f"partwise resume {run_dir}"
 
 
 def _report_current(run_dir: Path, ckpt: Path) -> bool:
     """Whether ``report.md`` was written after the latest checkpoint (a kill can come in between)."""
-    report = run_dir / "report.md"
-    return report.is_file() and report.stat().st_mtime_ns >= (ckpt / _checkpoint.META).stat().st_mtime_ns
+    report = RunFolder(run_dir).report
+    return report.is_file() and report.stat().st_mtime_ns >= (ckpt / META).stat().st_mtime_ns
 
 
 def _finish_report(built: Built, run_dir: Path, state: dict[str, Any], done: str) -> int:
@@ -384,9 +373,10 @@ def _finish_report(built: Built, run_dir: Path, state: dict[str, Any], done: str
     from ._runlog import RunLog
 
     _say(f"{run_dir}: the run is {done}, but its report was not written; writing it (nothing is trained)")
-    _checkpoint.remove_debris(run_dir)
+    run = RunFolder(run_dir)
+    run.remove_debris()
     # the epoch-end checkpoints training.average_last averages are kept, as training keeps them
-    _checkpoint.tidy(run_dir / "checkpoints", keep=1, keep_epoch_ends=built.recipe.training.average_last or 0)
+    _checkpoint.tidy(run.checkpoints, keep=1, keep_epoch_ends=built.recipe.training.average_last or 0)
     log = RunLog(run_dir)
     history = state["history"]
     log.truncate_after(state["step"], history if isinstance(history, list) and all(
@@ -407,14 +397,15 @@ def _finish_report(built: Built, run_dir: Path, state: dict[str, Any], done: str
 def load_run(run_dir: Path, which: str = "best", command: str = "eval") -> tuple[Recipe, Any, Any, KindData, Any]:
     """A trained run's recipe, kind, model (weights of its best or latest checkpoint, eval mode), data
     and parts; every file checked, nothing written."""
-    path = run_folder(run_dir, command)
+    run = RunFolder.existing(run_dir, command)
+    path = run.path
     recipe = read_run_config(path)
     if recipe.training.threads:
         torch.set_num_threads(recipe.training.threads)  # as in training: small models decode fastest on few threads
     kind = get_kind(recipe.task.name, recipe.task.path)
-    ckpt = checkpoint_dir(path, which)
+    ckpt = run.checkpoint(which)
     check_weight_files(ckpt, read_meta(ckpt))
-    data = _load_data(kind, recipe, read_artifacts(path), path / "artifacts.json")
+    data = _load_data(kind, recipe, run.read_artifacts(), run.artifacts)
     model = kind.build_model(recipe, data)
     parts = build.build_parts(recipe, model)
     _load_weights(model, parts, ckpt, path)
@@ -423,7 +414,7 @@ def load_run(run_dir: Path, which: str = "best", command: str = "eval") -> tuple
 
 def _checkpoint_label(run_dir: Path, which: str) -> str:
     try:
-        step = read_meta(checkpoint_dir(run_dir, which)).get("step")
+        step = read_meta(RunFolder(run_dir).checkpoint(which)).get("step")
     except (OSError, ValueError, _errors.PartwiseError):
         step = None
     return f"{which} checkpoint" + (f", step {step:,}" if isinstance(step, int) else "")
@@ -431,7 +422,7 @@ def _checkpoint_label(run_dir: Path, which: str) -> str:
 
 def evaluate(run_dir: str, split: str, beam_size: int | None, max_len: int | None = None) -> int:
     path = Path(run_dir)
-    which = best_or_latest(path)
+    which = RunFolder(path).best_or_latest()
     recipe, kind, model, data, _ = load_run(path, which, command="eval")
     dataset = getattr(data, split)
     if dataset is None:
@@ -483,7 +474,7 @@ def predict(run_dir: str, inputs: list[str], file: str | None, beam_size: int | 
     if not inputs:
         raise ConfigError(["no inputs given: pass them as arguments, --file FILE, or pipe them on stdin ('-')"])
     path = Path(run_dir)
-    recipe, kind, model, data, _ = load_run(path, best_or_latest(path), command="predict")
+    recipe, kind, model, data, _ = load_run(path, RunFolder(path).best_or_latest(), command="predict")
     if not kind.decodes:
         if max_len is not None or join is not None:
             raise ConfigError([f"--max-len/--join: runs of task {recipe.task.name!r} do not decode sequences"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .._errors import ConfigError
-from .._run._runfolder import read_artifacts
+from .._run._runfolder import RunFolder
 from ..tasks._hf_models import require_transformers
 from ._commands import load_run
 
@@ -22,7 +22,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, which: str = "best", ch
     if not callable(getattr(model, "save_pretrained", None)):
         raise TypeError(f"the model of run {str(run)!r} is {recipe.model.name!r}, not a Hugging Face model "
                         "(model: {name: hf})")
-    artifacts = read_artifacts(run)
+    artifacts = RunFolder(run).read_artifacts()
     return export(model, out_dir, check=check, extra={"run_dir": str(run), "checkpoint": which, **artifacts})
 
 

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .._run._layout import LOG
 from .._train._cache import cache_blockers, supports_cache
 
 __all__ = ["PhaseFacts", "log_line", "LOG"]
 
-LOG = "log.txt"
 
 
 def log_line(run_dir: str | Path, text: str, echo: bool = True) -> None:

@@ -31,8 +31,9 @@ from torch import nn
 
 from .._errors import CheckpointError, CheckpointNotFound, ConfigError
 from .._model._parts import Parts
-from .._run._checkpoint import META, part_tensors, read_meta, read_part, resolve_checkpoint
-from .._run._runfolder import BadFileError, read_artifacts
+from .._run._checkpoint import part_tensors, read_meta, read_part, resolve_checkpoint
+from .._run._layout import META
+from .._run._runfolder import BadFileError, RunFolder
 from .._run._surgery import load_part, transfer_state
 from ..recipe import InitConfig, Recipe
 
@@ -54,12 +55,12 @@ def _source(part: str, spec: InitConfig) -> _Source:
         if spec.checkpoint is not None:
             raise ConfigError([f"{where}.checkpoint: {spec.from_!r} is a checkpoint folder itself; leave checkpoint "
                                "out, or give the run directory with checkpoint: best or latest"])
-        run = p.parent.parent if (p.parent.parent / "artifacts.json").is_file() else None
+        run = p.parent.parent if RunFolder(p.parent.parent).holds_run_files() else None
         return _Source(p, run, f"{spec.from_} (step {_step(p)})")
     if not p.is_dir():
         raise ConfigError([f"{where}.from: {spec.from_!r} {'is not a folder' if p.exists() else 'not found'}; give a "
                            f"partwise run directory or a checkpoint folder ({DOCS})"])
-    if not (p / "checkpoints").is_dir():
+    if not RunFolder(p).checkpoints.is_dir():
         raise ConfigError([f"{where}.from: {spec.from_!r} is not a partwise run directory (no checkpoints/); give a "
                            f"run written by `partwise train` or a checkpoint folder ({DOCS})"])
     if spec.checkpoint is None:
@@ -214,6 +215,6 @@ def _read_artifacts(run_dir: Path | None) -> dict[str, Any] | None:
     if run_dir is None:
         return None
     try:
-        return read_artifacts(run_dir)
+        return RunFolder(run_dir).read_artifacts()
     except BadFileError:
         return None  # reported where the source run is checked

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from .._run._atomic import atomic_path
-from ._runlog import METRICS, PHASES, STEPS, read_rows
+from .._run._layout import METRICS, PHASES, PLOTS, STEPS
+from ._runlog import read_rows
 
 __all__ = ["make_plots"]
 
-_LOSS, _LR, _TF = "loss.png", "lr.png", "teacher_forcing.png"
+_LOSS, _LR, _TF = PLOTS
 
 
 def make_plots(run_dir: str | Path) -> list[Path]:

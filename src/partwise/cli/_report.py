@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from .._run._atomic import write_text_atomic
-from ._runlog import METRICS, read_rows
+from .._run._layout import METRICS, REPORT
+from ._runlog import read_rows
 
 __all__ = ["write_report"]
 
@@ -47,7 +48,7 @@ def write_report(run_dir: str | Path, title: str, summary: Mapping[str, Any], pl
         for plot in plots:
             link = Path(os.path.relpath(Path(plot).resolve(), run_dir.resolve())).as_posix()
             lines += [f"![{Path(plot).stem}]({link})", ""]
-    path = run_dir / "report.md"
+    path = run_dir / REPORT
     write_text_atomic(path, "\n".join(lines))
     return path
 

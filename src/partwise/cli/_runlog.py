@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from .._run._atomic import atomic_path
+from .._run._layout import METRICS, PHASES, PLAN_CHANGES, STEPS, TENSORBOARD
 from ..seq2seq import phase_teacher_forcing
 
 __all__ = ["RunLog", "read_rows", "teacher_forcing_ratio", "span_steps_per_epoch"]
 
-METRICS, STEPS, PHASES = "metrics.csv", "steps.csv", "phases.csv"
-PLAN_CHANGES = "plan_changes.txt"  # one line per plan change accepted on resume
 PHASE_COLUMNS = ("index", "name", "start_step", "end_step", "start_epoch")
 
 
@@ -309,7 +308,7 @@ class RunLog:
             ) from exc
         if check_only:
             return None
-        return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge_step)
+        return SummaryWriter(log_dir=str(self.run_dir / TENSORBOARD), purge_step=purge_step)
 
 
 def _is_number(value: Any) -> bool:

@@ -23,7 +23,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
 from .._errors import CheckpointError, ConfigError, PartError
-from .._run._runfolder import ARTIFACTS, CONFIG, BadFileError, read_artifacts, read_yaml
+from .._run._runfolder import BadFileError, RunFolder, read_yaml
 from .._run._surgery import load_part
 from ..data import BucketBatchSampler, G2PSplit, Vocab, load_cmudict_splits, stress_labels
 from ..pretrained import G2P_EN_GRAPHEMES
@@ -272,7 +272,7 @@ def _options(recipe: Recipe, check_run: bool = True) -> _Options:
     spec, run = args.get("encoder", "g2p_en"), None
     if isinstance(spec, str) and spec.startswith("run:") and len(spec) > 4:
         run = Path(spec[4:])
-        if check_run and not (run / ARTIFACTS).is_file():
+        if check_run and not RunFolder(run).holds_run_files():
             errors.append(f"task.args.encoder: {spec!r}: {str(run)!r} is not a partwise run directory "
                           "(no artifacts.json); give run:PATH of a `partwise train` G2P run")
     elif spec not in ("g2p_en", "scratch"):
@@ -284,7 +284,7 @@ def _options(recipe: Recipe, check_run: bool = True) -> _Options:
 
 def _run_vocab(run: Path) -> Vocab:
     try:
-        saved = read_artifacts(run)
+        saved = RunFolder(run).read_artifacts()
     except BadFileError as e:
         raise ConfigError([f"task.args.encoder: {e}"]) from None
     if "src" not in saved:
@@ -296,7 +296,7 @@ def _run_vocab(run: Path) -> Vocab:
 def _run_encoder_shape(run: Path) -> dict[str, Any]:
     """The GRU encoder shape of G2P run ``run`` (from its config.yaml; defaults as the recipe schema's)."""
     try:
-        model = (read_yaml(run / CONFIG, "give run:PATH of a G2P run") or {}).get("model", {})
+        model = (read_yaml(RunFolder(run).config, "give run:PATH of a G2P run") or {}).get("model", {})
         args: Any = GRUArgs(**(model.get("args") or {}))
     except (BadFileError, AttributeError, TypeError, ValueError) as e:
         raise ConfigError([f"task.args.encoder: run {str(run)!r}: its config.yaml does not describe a GRU "
