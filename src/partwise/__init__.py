@@ -52,7 +52,7 @@ from ._train._driver import PlanDriver
 from ._train._task import LossTask, StepContext, Task
 from ._train._trainer import EarlyStopping, NonFiniteLoss, Trainer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
 
 
 __all__ = [

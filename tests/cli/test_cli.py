@@ -234,3 +234,30 @@ def test_hf_model_args_are_checked_once_when_the_recipe_is_read(args, needle):
     plan = [{"name": "a", "epochs": 1, "train": {"decoder": 1e-3}}]
     with pytest.raises(pw.ConfigError, match=needle):
         validate({"model": {"name": "hf", "args": args}, "plan": plan}, "r.yaml")
+
+
+def test_the_packaged_recipes_are_the_repository_recipes_and_the_cli_lists_them(capsys):
+    from partwise.cli._recipes import packaged_recipe, recipe_names
+
+    repo = Path(__file__).resolve().parents[2] / "recipes"
+    assert recipe_names() == sorted(p.stem for p in repo.glob("*.yaml"))
+    assert all(packaged_recipe(n).read_bytes() == (repo / f"{n}.yaml").read_bytes() for n in recipe_names())
+    code, out, _ = run_cli(capsys, "recipes")
+    assert code == 0 and all(f"  {n} " in out for n in recipe_names())
+    code, out, _ = run_cli(capsys, "recipes", "path", "g2p")
+    assert code == 0 and out.strip() == str(packaged_recipe("g2p"))
+
+
+def test_a_packaged_recipe_runs_by_name_and_a_copy_never_overwrites(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "inspect", "g2p", "data.limit=30")
+    assert code == 0 and "phase 0" in out, err
+    code, out, _ = run_cli(capsys, "recipes", "copy", "inflection", "mine")
+    assert code == 0 and sorted(p.name for p in (tmp_path / "mine").iterdir()) == [
+        "inflection.yaml", "prepare_inflection.py"]
+    (tmp_path / "mine" / "inflection.yaml").write_text("# edited\n")
+    code, _, err = run_cli(capsys, "recipes", "copy", "inflection", "mine")
+    assert code == 2 and "already exists; nothing was overwritten" in err
+    assert (tmp_path / "mine" / "inflection.yaml").read_text() == "# edited\n"
+    code, _, err = run_cli(capsys, "train", "g2q")
+    assert code == 2 and "recipe file not found: 'g2q'" in err and "g2p_transformer" in err

@@ -113,7 +113,7 @@ def test_resume_from_a_lightning_checkpoint_in_a_new_process_ends_bit_identical(
     # epoch 1 ends inside the frozen phase; epoch 2's end is the phase boundary (the encoder joins at step 8)
     for name in ("epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt", "epoch=2-step=12.ckpt"):
         out = tmp_path / f"{name}.pt"
-        code = RESUME.format(helpers=str(Path(__file__).parent), tests=str(Path(__file__).parent),
+        code = RESUME.format(helpers=str(Path(__file__).parents[1]), tests=str(Path(__file__).parent),
                              ckpt=str(tmp_path / "ckpts" / name), out=str(out))
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -1,4 +1,4 @@
-"""The ``partwise`` command line: train, resume, eval, predict, inspect, export, demo.
+"""The ``partwise`` command line: train, resume, eval, predict, inspect, export, recipes, demo.
 
 Bad input (a bad option, a missing file, malformed YAML, invalid recipe keys or values, an unavailable
 device, a data file with bad lines, an existing run directory, damaged run files, a checkpoint from
@@ -15,10 +15,13 @@ import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
+from .. import __version__
+
 __all__ = ["main"]
 
 EXAMPLES = {
     "train": "partwise train recipes/g2p.yaml training.batch_size=32 plan.0.epochs=2 run_dir=runs/try",
+    "train_packaged": "partwise train g2p   # a packaged recipe by name (partwise recipes lists them)",
     "resume": "partwise resume runs/g2p",
     "eval": "partwise eval runs/g2p --split test --beam 5",
     "predict": "partwise predict runs/g2p partwise pytorch   |   echo tokenizer | partwise predict runs/g2p -",
@@ -27,12 +30,13 @@ EXAMPLES = {
     "inspect": "partwise inspect recipes/g2p.yaml plan.1.train.encoder=1e-5",
     "export": "partwise export runs/g2p_t5 models/g2p_t5   "
               "# then AutoModelForSeq2SeqLM.from_pretrained('models/g2p_t5')",
+    "recipes": "partwise recipes   |   partwise recipes copy g2p my_recipes/   |   partwise recipes path g2p",
     "demo": "partwise demo",
 }
 
 
 DATA_HELP = """\
-your own data (a recipe's data section; README, 'Pair files'):
+your own data (a recipe's data section; docs: guides/own-data.md, 'Pair files'):
   data: {name: pairs, train: train.tsv, dev: dev.tsv, test: test.tsv,
          source: {tokenize: char}, target: {tokenize: space}}
   files: TSV (source<TAB>target), CSV (two columns) or JSON lines ({"source": .., "target": ..}),
@@ -80,6 +84,7 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
     parser = _Parser(prog="partwise", description="Train encoder-decoder models part by part.",
                      epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()),
                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"partwise {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     subs: dict[str, argparse.ArgumentParser] = {}
 
@@ -92,10 +97,10 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
 
     max_steps = _count("--max-steps", "100")
     p = add("train", "train a recipe into its run directory", data_help=True)
-    p.add_argument("recipe", help="recipe YAML file, e.g. recipes/g2p.yaml")
+    p.add_argument("recipe", help="recipe YAML file, e.g. recipes/g2p.yaml, or a packaged recipe's name, e.g. g2p")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override recipe values (dotted keys)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing run directory (only ever a partwise run; see README)")
+                   help="replace an existing run directory (only ever a partwise run; see the docs, 'Concepts')")
     p.add_argument("--max-steps", type=max_steps, default=None, help="stop after N optimizer steps (resumable)")
 
     p = add("resume", "continue an interrupted run exactly where its last checkpoint left it")
@@ -137,6 +142,11 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
     p.add_argument("run_dir")
     p.add_argument("out_dir", help="a new directory for config.json and model.safetensors")
     p.add_argument("--latest", action="store_true", help="export the latest checkpoint instead of the best")
+
+    p = add("recipes", "list the recipes shipped with partwise, copy one out to edit, or print its path")
+    p.add_argument("action", nargs="?", choices=["list", "copy", "path"], default="list")
+    p.add_argument("name", nargs="?", default=None, help="a packaged recipe's name, e.g. g2p")
+    p.add_argument("dest", nargs="?", default=None, help="copy: the folder to write into (default: .)")
 
     p = add("demo", "train G2P on CMUdict for a few minutes and show the results")
     p.add_argument("--run-dir", default="runs/demo", help="where the demo writes (a previous demo there is replaced)")
@@ -199,6 +209,10 @@ def _run(args: argparse.Namespace) -> int:
         from ._export import export_command
 
         return export_command(args.run_dir, args.out_dir, "latest" if args.latest else "best")
+    if args.command == "recipes":
+        from ._recipes import recipes_command
+
+        return recipes_command(args.action, args.name, args.dest)
     from ._demo import demo
 
     return demo(args.run_dir, args.minutes)

@@ -25,10 +25,14 @@ def validate(raw: Any, source: str) -> Recipe:
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Recipe, dict[str, Any]]:
     """Read, override and validate a recipe; returns it and the raw (overridden) mapping."""
     from .._run._runfolder import read_yaml
+    from ._recipes import packaged_recipe, recipe_names
 
     p = Path(path)
+    if not p.exists() and (packaged := packaged_recipe(str(path))) is not None:
+        p = packaged  # a packaged recipe by name: `partwise train g2p`
     if not p.exists():
-        raise ConfigError([f"recipe file not found: {str(p)!r} (give a path such as recipes/g2p.yaml)"])
+        raise ConfigError([f"recipe file not found: {str(p)!r} (give a path such as recipes/g2p.yaml, or the name "
+                           f"of a packaged recipe: {', '.join(recipe_names())})"])
     if not p.is_file():
         raise ConfigError([f"recipe {str(p)!r} is a folder, not a file (give a path such as recipes/g2p.yaml)"])
     raw = read_yaml(p, "fix the recipe (see recipes/g2p.yaml for a commented example)")

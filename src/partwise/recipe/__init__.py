@@ -36,6 +36,7 @@ from partwise.recipe._kinds import (
     register_kind,
     training_subset,
 )
+from partwise.recipe._reference import field_comments, recipe_keys_markdown
 from partwise.recipe._resolve import import_object
 from partwise.recipe._schema import (
     CharSide,
@@ -63,6 +64,8 @@ from partwise.recipe._schema import (
 )
 
 __all__ = [
+    "recipe_keys_markdown",
+    "field_comments",
     "training_subset",
     "TaskConfig",
     "CmudictData",

@@ -47,38 +47,39 @@ class Seq2SeqTaskArgs(NoArgs):
 
 class StressTaskArgs(_Args):
     encoder: str = "g2p_en"  # g2p_en | scratch | run:PATH (a partwise G2P run)
-    max_syllables: int = Field(8, ge=2)
+    max_syllables: int = Field(8, ge=2)  # classes of the syllable-count head (words with more are clipped)
 
 
 class DigitsTaskArgs(_Args):
-    autoencoder_phases: list[str] = Field(default_factory=lambda: ["autoencoder"])
+    autoencoder_phases: list[str] = Field(default_factory=lambda: ["autoencoder"])  # phases that train
+    # E and D as an autoencoder; the others train the generator through the frozen encoder
 
 
 class GRUArgs(_Args):
-    emb: int = Field(128, ge=1)
-    hidden: int = Field(256, ge=1)
-    layers: int = Field(1, ge=1)
-    bidirectional: bool = True
-    attention: Literal["additive", "dot"] | None = "additive"
+    emb: int = Field(128, ge=1)  # embedding size (both sides)
+    hidden: int = Field(256, ge=1)  # GRU hidden size (the decoder's; a bidirectional encoder's halves)
+    layers: int = Field(1, ge=1)  # decoder layers
+    bidirectional: bool = True  # bidirectional encoder
+    attention: Literal["additive", "dot"] | None = "additive"  # Bahdanau (additive) or Luong (dot); null: none
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     enc_layers: int | None = Field(None, ge=1)  # encoder layers (default: layers); at least the decoder's
     input_feeding: bool = False  # the decoder's RNN reads its previous attentional vector (needs attention)
 
 
 class TransformerArgs(_Args):
-    d_model: int = Field(256, ge=1)
-    heads: int = Field(4, ge=1)
+    d_model: int = Field(256, ge=1)  # model width
+    heads: int = Field(4, ge=1)  # attention heads (d_model divisible by heads)
     enc_layers: int = Field(3, ge=1)
     dec_layers: int = Field(3, ge=1)
-    ff: int = Field(1024, ge=1)
+    ff: int = Field(1024, ge=1)  # feed-forward width
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    max_len: int = Field(256, ge=1)
+    max_len: int = Field(256, ge=1)  # longest sequence of the sinusoidal position table
 
 
 class HFArgs(_Args):
     path: str | None = None  # a local from_pretrained folder
     config: dict[str, Any] | None = None  # or a config with model_type, for a random initialisation
-    untie: bool | list[str] = False
+    untie: bool | list[str] = False  # parts that get their own copy of a shared tensor (true: encoder, head)
 
     @model_validator(mode="after")
     def _one_source(self) -> HFArgs:
@@ -93,13 +94,13 @@ class HFArgs(_Args):
 
 
 class StressModelArgs(_Args):
-    hidden: int = Field(256, ge=1)
+    hidden: int = Field(256, ge=1)  # GRU hidden size (g2p_en's encoder: 256)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
 
 class DigitsModelArgs(_Args):
-    latent: int = Field(16, ge=1)
-    hidden: int = Field(64, ge=1)
+    latent: int = Field(16, ge=1)  # size of the code E produces
+    hidden: int = Field(64, ge=1)  # MLP hidden width
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
 

@@ -86,18 +86,18 @@ class DigitsData(_Strict):
 
 class CharSide(_Strict):
     tokenize: Literal["char"]  # every character is a token (spaces included)
-    lowercase: bool = False
+    lowercase: bool = False  # lowercase before splitting
 
 
 class SpaceSide(_Strict):
     tokenize: Literal["space"]  # tokens are separated by whitespace
-    lowercase: bool = False
+    lowercase: bool = False  # lowercase before splitting
 
 
 class RegexSide(_Strict):
     tokenize: Literal["regex"]  # every match of pattern is a token (re.findall)
-    pattern: str
-    lowercase: bool = False
+    pattern: str  # a regular expression without capturing groups, e.g. "<[A-Z]+>|\\S"
+    lowercase: bool = False  # lowercase before splitting
 
     @field_validator("pattern")
     @classmethod
@@ -110,7 +110,7 @@ class RegexSide(_Strict):
 
 class HFSide(_Strict):
     tokenize: Literal["hf"]  # a Hugging Face tokenizer from a local folder (partwise[hf])
-    path: str
+    path: str  # the folder of tokenizer.save_pretrained (never a download)
 
 
 Side = Annotated[CharSide | SpaceSide | RegexSide | HFSide, Field(discriminator="tokenize")]
@@ -126,12 +126,12 @@ class PairsData(_Strict):
     name: Literal["pairs"]
     train: str  # paths of the splits
     dev: str
-    test: str | None = None
+    test: str | None = None  # optional
     format: Literal["auto", "tsv", "csv", "jsonl"] = "auto"  # auto: by extension (.tsv/.txt, .csv, .jsonl/.json)
-    encoding: str = "utf-8"
+    encoding: str = "utf-8"  # the files' text encoding (any name Python knows)
     fields: tuple[str, str] = ("source", "target")  # jsonl keys (and a csv header row)
     source: Side = _side("char")  # how each side is split into tokens
-    target: Side = _side("space")
+    target: Side = _side("space")  # (source default: char; target default: space)
     limit: Int | None = Field(None, ge=1)  # smoke tests: the first N pairs of each split (in file order)
     subset: SubsetConfig | None = None  # a seeded random subset of the training pairs
 
@@ -168,7 +168,7 @@ Data = Annotated[Annotated[CmudictData, Tag("cmudict")] | Annotated[PairsData, T
 
 
 class ModelConfig(_Strict):
-    name: str = "gru"  # gru | transformer | hf | "package.module:factory" (see the README's custom models)
+    name: str = "gru"  # gru | transformer | hf | "package.module:factory" (see the docs, "Custom models")
     args: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the factory (typed per model)
     path: str | None = None  # custom factories: the folder their module is imported from (default: the
     # recipe's folder, written here when the recipe is read)
@@ -186,29 +186,31 @@ class InitConfig(_Strict):
 
 class ScheduleConfig(_Strict):
     warmup: Int = Field(0, ge=0)  # steps of linear warmup for parts that join in this phase
-    decay: Literal["cosine", "linear", "constant"] = "constant"
-    min_ratio: Float = Field(0.0, ge=0.0, le=1.0)
+    decay: Literal["cosine", "linear", "constant"] = "constant"  # after warmup, to min_ratio x the LR at the end
+    min_ratio: Float = Field(0.0, ge=0.0, le=1.0)  # the LR at the phase's end, as a share of its LR
 
 
 class TeacherForcingConfig(_Strict):
-    schedule: dict[str, Any] = Field(default_factory=lambda: {"name": "constant", "p": 1.0})
-    per: Literal["sequence", "token"] = "token"
-    mode: Literal["exact", "two_pass"] = "exact"
-    sample: bool = False
+    schedule: dict[str, Any] = Field(default_factory=lambda: {"name": "constant", "p": 1.0})  # the ratio's decay:
+    # constant (p), linear (c, k, eps), exponential (k) or inverse_sigmoid (k) (Bengio et al. 2015)
+    per: Literal["sequence", "token"] = "token"  # one coin per target sequence, or per token
+    mode: Literal["exact", "two_pass"] = "exact"  # token by token, or two parallel passes (Mihaylova &
+    # Martins 2019)
+    sample: bool = False  # feed a sampled token instead of the argmax when not teacher-forced
     count_from: Literal["run", "phase"] = "run"  # step 0 of the schedule: the run's first step, or the
     # first step of the phase in force (a schedule given to a later phase then starts at its top)
 
 
 class PhaseConfig(_Strict):
-    name: str
-    epochs: Int | None = Field(None, ge=1)
+    name: str  # shown in logs, plots and the report
+    epochs: Int | None = Field(None, ge=1)  # the phase's length: epochs or steps, exactly one
     steps: Int | None = Field(None, ge=1)
     train: dict[str, Float | dict[str, Any]]  # part -> lr, or part -> optimizer options
     optimizer: dict[str, Any] = Field(default_factory=dict)  # options for this phase's parts
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)  # the learning rate within the phase
     teacher_forcing: TeacherForcingConfig | None = None  # overrides the recipe's
     norm: Literal["eval", "train"] = "eval"  # frozen parts' BatchNorm statistics
-    dropout: Literal["eval", "train"] = "eval"
+    dropout: Literal["eval", "train"] = "eval"  # frozen parts' dropout
 
     @model_validator(mode="after")
     def _one_length(self) -> PhaseConfig:
@@ -233,25 +235,25 @@ class PhaseConfig(_Strict):
 
 
 class EarlyStoppingConfig(_Strict):
-    metric: str = "wer"
-    mode: Literal["min", "max"] = "min"
-    patience: Int = Field(3, ge=1)
+    metric: str = "wer"  # a dev metric of the task
+    mode: Literal["min", "max"] = "min"  # whether lower or higher is better
+    patience: Int = Field(3, ge=1)  # evaluations without improvement before the run stops
 
 
 class TrainingConfig(_Strict):
     batch_size: Int = Field(64, ge=1)  # the global batch
     grad_clip: Float | dict[str, Float] | None = 1.0  # global max norm, or per part
-    grad_accum: Int = Field(1, ge=1)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    device: str = "auto"
-    on_nonfinite: Literal["skip", "stop"] = "skip"
+    grad_accum: Int = Field(1, ge=1)  # micro-batches per optimizer step
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 needs CUDA (loss scaling)
+    device: str = "auto"  # auto: CUDA when there is one, else CPU; or cpu, cuda, cuda:1, ...
+    on_nonfinite: Literal["skip", "stop"] = "skip"  # a NaN/inf loss or gradient: skip that step, or stop
     save_every: Int | None = Field(None, ge=1)  # extra checkpoints every N steps
     best_metric: str | None = "auto"  # keep the checkpoint with the best value of this val metric; auto:
     # the task's own (seq2seq: the sequence error rate, wer for cmudict), null: keep the latest only
-    best_mode: Literal["min", "max"] = "min"
-    early_stopping: EarlyStoppingConfig | None = None
-    label_smoothing: Float = Field(0.0, ge=0.0, lt=1.0)
-    tensorboard: bool = False
+    best_mode: Literal["min", "max"] = "min"  # whether lower or higher best_metric is better
+    early_stopping: EarlyStoppingConfig | None = None  # stop when a dev metric stops improving
+    label_smoothing: Float = Field(0.0, ge=0.0, lt=1.0)  # seq2seq: of the cross-entropy (Szegedy et al. 2016)
+    tensorboard: bool = False  # also write tensorboard/ event files (partwise[tensorboard])
     cache: Literal["auto", "on", "off"] = "auto"  # frozen-encoder output cache (see partwise.Trainer)
     threads: Int | None = Field(None, ge=1)  # torch CPU threads (None: torch's default); 1 avoids
     # oversubscription when other jobs share a small machine
@@ -283,19 +285,20 @@ class EvalConfig(_Strict):
 class Recipe(_Strict):
     """A whole training recipe (see ``recipes/*.yaml`` for commented examples)."""
 
-    run_dir: str = "runs/run"
-    seed: Int = 0
-    task: TaskConfig = Field(default_factory=TaskConfig)
-    data: Data = Field(default_factory=CmudictData)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    run_dir: str = "runs/run"  # the run folder (config, vocabularies, checkpoints, logs, report)
+    seed: Int = 0  # seeds the model, data order and sampling; one seed, one run
+    task: TaskConfig = Field(default_factory=TaskConfig)  # what is trained (the task kind)
+    data: Data = Field(default_factory=CmudictData)  # the data, by data.name: cmudict, pairs or digits
+    model: ModelConfig = Field(default_factory=ModelConfig)  # the model, by model.name, with its args
     init: dict[str, InitConfig] | None = None  # part -> where its starting weights come from
     parts: dict[str, str | list[str]] | None = None  # part -> selectors; default: top-level children
-    optimizer: dict[str, Any] = Field(default_factory=lambda: {"name": "adamw", "weight_decay": 0.01})
+    optimizer: dict[str, Any] = Field(default_factory=lambda: {"name": "adamw", "weight_decay": 0.01})  # defaults
+    # for every part: a torch.optim class name and its options
     separate: bool = False  # one optimizer per part instead of one with groups
-    teacher_forcing: TeacherForcingConfig | None = None
-    plan: list[PhaseConfig] = Field(min_length=1)
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    teacher_forcing: TeacherForcingConfig | None = None  # seq2seq: teacher forcing / scheduled sampling
+    plan: list[PhaseConfig] = Field(min_length=1)  # the phases, in order: which parts train, how fast
+    training: TrainingConfig = Field(default_factory=TrainingConfig)  # how the Trainer runs the plan
+    eval: EvalConfig = Field(default_factory=EvalConfig)  # seq2seq: decoding for evaluation and predict
 
 
 DOCS = {  # where the README documents each section's keys

@@ -87,7 +87,8 @@ def baselines(splits: dict[str, list[tuple[str, str, str]]]) -> dict[str, dict[s
     for split in ("dev", "test"):
         rows = splits[split]
         out[split] = {"copy": sum(lemma != form for lemma, _, form in rows) / len(rows),
-                      "majority rule": sum(apply(lemma, majority[tag]) != form for lemma, tag, form in rows) / len(rows)}
+                      "majority rule": sum(apply(lemma, majority[tag]) != form
+                                           for lemma, tag, form in rows) / len(rows)}
     return out
 
 
