@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.partwise-installed
 TORCH  := torch==2.13.0
 
-.PHONY: setup test test-fast demo bench lint clean
+.PHONY: setup test test-fast demo bench lint docs clean
 
 setup: $(STAMP)
 
@@ -31,9 +31,13 @@ bench: setup
 
 # Style (ruff), then the layer and no-cycle contracts in pyproject.toml (import-linter).
 lint: setup
-	$(VENV)/bin/ruff check src tests bench experiments
+	$(VENV)/bin/ruff check src tests bench experiments docs
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 
+# The documentation site (MkDocs) into site/; warnings are errors.
+docs: setup
+	$(VENV)/bin/mkdocs build --strict --quiet
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist site *.egg-info src/*.egg-info .pytest_cache

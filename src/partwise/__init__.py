@@ -1,14 +1,15 @@
 """partwise: train PyTorch encoder–decoder models part by part.
 
->>> import partwise as pw
->>> from torch import nn
->>> model = nn.Sequential()
->>> model.add_module("encoder", nn.Linear(8, 4)); model.add_module("decoder", nn.Linear(4, 8))
->>> parts = pw.Parts(model)
->>> parts.freeze("encoder")
->>> opt = pw.build_optimizer(parts, default={"name": "adamw", "lr": 1e-3})
->>> sorted({g["part"] for g in opt.param_groups if g["params"]})
-['decoder']
+Examples:
+    >>> import partwise as pw
+    >>> from torch import nn
+    >>> model = nn.Sequential()
+    >>> model.add_module("encoder", nn.Linear(8, 4)); model.add_module("decoder", nn.Linear(4, 8))
+    >>> parts = pw.Parts(model)
+    >>> parts.freeze("encoder")
+    >>> opt = pw.build_optimizer(parts, default={"name": "adamw", "lr": 1e-3})
+    >>> sorted({g["part"] for g in opt.param_groups if g["params"]})
+    ['decoder']
 """
 
 from ._errors import (

@@ -23,8 +23,9 @@ Tokens = Sequence[str]
 def edit_distance(a: Tokens, b: Tokens) -> int:
     """Levenshtein distance between two token sequences (insert, delete, substitute: cost 1).
 
-    >>> edit_distance(["K", "AE", "T"], ["K", "AA", "T", "S"])
-    2
+    Examples:
+        >>> edit_distance(["K", "AE", "T"], ["K", "AA", "T", "S"])
+        2
     """
     for name, seq in (("a", a), ("b", b)):
         if isinstance(seq, str):
@@ -68,8 +69,9 @@ def _closest(pred: Tokens, refs: Sequence[Tokens]) -> tuple[int, int]:
 def sequence_error_rate(predictions: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> float:
     """Share of inputs whose prediction equals none of its references (G2P: WER).
 
-    >>> sequence_error_rate([["K", "AE", "T"], ["D", "AO", "G"]], [[["K", "AE", "T"]], [["D", "AA", "G"]]])
-    0.5
+    Examples:
+        >>> sequence_error_rate([["K", "AE", "T"], ["D", "AO", "G"]], [[["K", "AE", "T"]], [["D", "AA", "G"]]])
+        0.5
     """
     _check(predictions, references)
     wrong = sum(
@@ -83,8 +85,9 @@ def token_error_rate(predictions: Sequence[Tokens], references: Sequence[Sequenc
     """Edit distances to each input's closest reference, summed, over the summed lengths of those
     references (G2P: PER).
 
-    >>> token_error_rate([["K", "AA", "T"]], [[["K", "AE", "T", "S"], ["K", "AE", "T"]]])
-    0.3333333333333333
+    Examples:
+        >>> token_error_rate([["K", "AA", "T"]], [[["K", "AE", "T", "S"], ["K", "AE", "T"]]])
+        0.3333333333333333
     """
     _check(predictions, references)
     errors = length = 0
@@ -106,8 +109,9 @@ def score_sequences(
 ) -> dict[str, float | int]:
     """Both error rates: ``{"seq_error": ..., "token_error": ..., "inputs": n}``.
 
-    >>> score_sequences([list("walked")], [[list("walked")]])
-    {'seq_error': 0.0, 'token_error': 0.0, 'inputs': 1}
+    Examples:
+        >>> score_sequences([list("walked")], [[list("walked")]])
+        {'seq_error': 0.0, 'token_error': 0.0, 'inputs': 1}
     """
     return {
         "seq_error": sequence_error_rate(predictions, references),
@@ -121,8 +125,9 @@ def score_g2p(
 ) -> dict[str, float | int]:
     """WER and PER (the G2P names of the two error rates): ``{"wer": ..., "per": ..., "words": n}``.
 
-    >>> score_g2p([["HH", "AY"]], [[["HH", "AY"]]])
-    {'wer': 0.0, 'per': 0.0, 'words': 1}
+    Examples:
+        >>> score_g2p([["HH", "AY"]], [[["HH", "AY"]]])
+        {'wer': 0.0, 'per': 0.0, 'words': 1}
     """
     return {
         "wer": wer(predictions, references),

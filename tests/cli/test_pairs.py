@@ -222,7 +222,7 @@ def test_every_args_schema_rejects_an_unknown_key(tmp_path, capsys):
                                     "data": {"name": "pairs", "train": "a.tsv", "dev": "b.tsv", "c": 3}}))
     code, _, err = run_cli(capsys, "inspect", str(path))
     assert "3 problem(s)" in err and "task.args.a" in err and "model.args.b" in err and "data.c" in err
-    assert "README, 'Pair files'" in err
+    assert "docs/guides/own-data.md, 'Pair files'" in err
 
 
 @pytest.mark.parametrize("argv", [

@@ -1,4 +1,5 @@
-"""A task kind of one's own, as the README writes it: one new file, nothing in partwise edited."""
+"""A task kind of one's own, as the guide writes it (docs/guides/own-data.md): one new file, nothing in
+partwise edited."""
 
 from __future__ import annotations
 
@@ -12,19 +13,19 @@ from partwise.recipe import Kind, get_kind, register_kind
 
 from .cli_helpers import run_cli
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "guides" / "own-data.md"
 
 
 def _files(tmp_path: Path) -> Path:
-    section = README.read_text(encoding="utf-8").split("### Your own task kind", 1)[1].split("\n## ", 1)[0]
-    kind_py = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
-    recipe = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)[0]
+    section = GUIDE.read_text(encoding="utf-8").split("## Your own task kind", 1)[1].split("\n## ", 1)[0]
+    kind_py = re.findall(r"```python[^\n]*\n(.*?)```", section, flags=re.S)[0]
+    recipe = re.findall(r"```yaml[^\n]*\n(.*?)```", section, flags=re.S)[0]
     (tmp_path / "sumkind.py").write_text(kind_py, encoding="utf-8")
     (tmp_path / "sum.yaml").write_text(recipe, encoding="utf-8")
     return tmp_path / "sum.yaml"
 
 
-def test_the_readme_kind_trains_evaluates_and_has_its_args_checked(tmp_path, capsys, monkeypatch):
+def test_the_guide_kind_trains_evaluates_and_has_its_args_checked(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     recipe = _files(tmp_path)
     code, _, err = run_cli(capsys, "inspect", str(recipe), "task.args.rowz=3")

@@ -28,7 +28,7 @@ def test_csv_quotes_and_jsonl_custom_fields(tmp_path: Path) -> None:
 
 def test_every_bad_line_is_reported_at_once_in_each_format(tmp_path: Path) -> None:
     (tmp_path / "b.csv").write_text("a,b\nonly one\na,b,c\n,x\n", encoding="utf-8")
-    with pytest.raises(DataFormatError, match=r"3 malformed line\(s\): 2, 3, 4.*README"):
+    with pytest.raises(DataFormatError, match=r"3 malformed line\(s\): 2, 3, 4.*own-data.md"):
         read_pair_texts(tmp_path / "b.csv")
     (tmp_path / "b.jsonl").write_text('{"source": "a", "target": "b"}\n[1]\n{"source": "a"}\nnot json\n',
                                       encoding="utf-8")

@@ -281,12 +281,13 @@ def freeze(module: nn.Module, *, norm: Mode = "eval", dropout: Mode = "eval") ->
     skips them and drops their state at its next ``step()``. Composes with :class:`~partwise.Parts`:
     a parameter or module frozen by both stays frozen until both let go.
 
-    >>> enc = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout(0.5))
-    >>> _ = freeze(enc)
-    >>> _ = enc.train()
-    >>> _ = enc(torch.randn(3, 4))
-    >>> enc[1].training, enc[0].weight.requires_grad
-    (False, False)
+    Examples:
+        >>> enc = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout(0.5))
+        >>> _ = freeze(enc)
+        >>> _ = enc.train()
+        >>> _ = enc(torch.randn(3, 4))
+        >>> enc[1].training, enc[0].weight.requires_grad
+        (False, False)
     """
     adopt_copies(module)
     previous = _FROZEN_PLAIN.get(module)
@@ -303,9 +304,10 @@ def unfreeze(module: nn.Module) -> nn.Module:
     with ``requires_grad=False`` stays so), pinned modules back to the mode the module had when it was
     frozen — unless a :class:`~partwise.Parts` registry still holds them frozen.
 
-    >>> enc = freeze(nn.Linear(2, 2))
-    >>> unfreeze(enc).weight.requires_grad
-    True
+    Examples:
+        >>> enc = freeze(nn.Linear(2, 2))
+        >>> unfreeze(enc).weight.requires_grad
+        True
     """
     previous = _FROZEN_PLAIN.pop(module, None)
     if previous is not None:

@@ -38,12 +38,13 @@ class FrozenGuard:
     unfrozen inside the block are not checked. The cost is one pass over the frozen bytes at entry and
     at exit, so it can wrap a whole training run.
 
-    >>> from torch import nn
-    >>> m = nn.Sequential(); m.add_module("enc", nn.Linear(2, 2)); m.add_module("dec", nn.Linear(2, 2))
-    >>> from partwise import Parts
-    >>> parts = Parts(m); parts.freeze("enc")
-    >>> with FrozenGuard(parts):
-    ...     _ = m(torch.randn(3, 2)).sum().backward()
+    Examples:
+        >>> from torch import nn
+        >>> m = nn.Sequential(); m.add_module("enc", nn.Linear(2, 2)); m.add_module("dec", nn.Linear(2, 2))
+        >>> from partwise import Parts
+        >>> parts = Parts(m); parts.freeze("enc")
+        >>> with FrozenGuard(parts):
+        ...     _ = m(torch.randn(3, 2)).sum().backward()
     """
 
     def __init__(self, parts: Parts, include_buffers: bool = True):
@@ -152,14 +153,15 @@ class GradReport:
 def grad_report(parts: Parts) -> GradReport:
     """After ``backward()``: per part, how many parameters hold a gradient and the gradient's L2 norm.
 
-    >>> from torch import nn
-    >>> from partwise import Parts
-    >>> m = nn.Sequential(); m.add_module("enc", nn.Linear(2, 2)); m.add_module("gen", nn.Linear(2, 2))
-    >>> parts = Parts(m); parts.freeze("enc")
-    >>> m(torch.randn(4, 2)).sum().backward()
-    >>> report = grad_report(parts)
-    >>> report.received("gen"), report.received("enc")
-    (True, False)
+    Examples:
+        >>> from torch import nn
+        >>> from partwise import Parts
+        >>> m = nn.Sequential(); m.add_module("enc", nn.Linear(2, 2)); m.add_module("gen", nn.Linear(2, 2))
+        >>> parts = Parts(m); parts.freeze("enc")
+        >>> m(torch.randn(4, 2)).sum().backward()
+        >>> report = grad_report(parts)
+        >>> report.received("gen"), report.received("enc")
+        (True, False)
     """
     rows = []
     for part in parts:

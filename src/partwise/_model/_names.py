@@ -11,8 +11,9 @@ __all__ = ["closest"]
 def closest(word: str, candidates: Iterable[str], n: int = 3) -> str:
     """The ``n`` candidates most like ``word`` (else the shortest ones), quoted, for a "did you mean".
 
-    >>> closest("encodr", ["encoder", "decoder", "head"])
-    "'encoder', 'decoder'"
+    Examples:
+        >>> closest("encodr", ["encoder", "decoder", "head"])
+        "'encoder', 'decoder'"
     """
     names = [c for c in candidates if c]
     close = difflib.get_close_matches(word, names, n=n, cutoff=0.5) or sorted(names, key=len)[:n]

@@ -53,10 +53,11 @@ class Part:
     ``partial`` lists modules a selector named whose parameters are only partly this part's: they are
     pinned to eval only while every part owning them is frozen.
 
-    >>> model = nn.Sequential(nn.Linear(2, 3), nn.Dropout(0.1))
-    >>> part = Parts(model)["0"]
-    >>> [n for n, _ in part.named_parameters()], part.numel
-    (['0.weight', '0.bias'], 9)
+    Examples:
+        >>> model = nn.Sequential(nn.Linear(2, 3), nn.Dropout(0.1))
+        >>> part = Parts(model)["0"]
+        >>> [n for n, _ in part.named_parameters()], part.numel
+        (['0.weight', '0.bias'], 9)
     """
 
     def __init__(self, name: str, selectors: tuple[str, ...]):
@@ -132,14 +133,15 @@ class Parts:
     Parameters created with ``requires_grad=False`` are *fixed*: they belong to their part, are
     guarded when it is frozen, but never become trainable and never enter an optimizer.
 
-    >>> model = nn.Sequential()
-    >>> model.add_module("encoder", nn.Linear(4, 8)); model.add_module("decoder", nn.Linear(8, 2))
-    >>> parts = Parts(model)
-    >>> parts.names
-    ['encoder', 'decoder']
-    >>> parts.freeze("encoder")
-    >>> model.encoder.weight.requires_grad
-    False
+    Examples:
+        >>> model = nn.Sequential()
+        >>> model.add_module("encoder", nn.Linear(4, 8)); model.add_module("decoder", nn.Linear(8, 2))
+        >>> parts = Parts(model)
+        >>> parts.names
+        ['encoder', 'decoder']
+        >>> parts.freeze("encoder")
+        >>> model.encoder.weight.requires_grad
+        False
     """
 
     def __init__(self, model: nn.Module, spec: Spec | None = None):
@@ -492,13 +494,14 @@ class Parts:
         ``requires_grad`` flags, module modes, optimizer groups and their state. Parts already frozen
         stay as they are.
 
-        >>> m = nn.Sequential(); m.add_module("enc", nn.Linear(2, 2)); m.add_module("dec", nn.Linear(2, 2))
-        >>> parts = Parts(m)
-        >>> with parts.frozen("enc"):
-        ...     m.enc.weight.requires_grad
-        False
-        >>> m.enc.weight.requires_grad
-        True
+        Examples:
+            >>> m = nn.Sequential(); m.add_module("enc", nn.Linear(2, 2)); m.add_module("dec", nn.Linear(2, 2))
+            >>> parts = Parts(m)
+            >>> with parts.frozen("enc"):
+            ...     m.enc.weight.requires_grad
+            False
+            >>> m.enc.weight.requires_grad
+            True
         """
         self._check_request(names, "frozen")
         newly = [n for n in names if n not in self._frozen]

@@ -90,14 +90,15 @@ def untie(model: nn.Module, *module_paths: str) -> UntieReport:
     original's values and its own ``requires_grad`` (a frozen original's copy is not frozen: the model
     changed, so registries over it are built again and freeze it there). Returns an :class:`UntieReport`.
 
-    >>> from torch import nn
-    >>> model = nn.Module()
-    >>> model.embed, model.head = nn.Embedding(5, 3), nn.Linear(3, 5, bias=False)
-    >>> model.head.weight = model.embed.weight                  # tied
-    >>> print(untie(model, "head"))
-    untied head.weight from embed.weight
-    >>> model.head.weight is model.embed.weight
-    False
+    Examples:
+        >>> from torch import nn
+        >>> model = nn.Module()
+        >>> model.embed, model.head = nn.Embedding(5, 3), nn.Linear(3, 5, bias=False)
+        >>> model.head.weight = model.embed.weight                  # tied
+        >>> print(untie(model, "head"))
+        untied head.weight from embed.weight
+        >>> model.head.weight is model.embed.weight
+        False
     """
     if not module_paths:
         raise PartError("untie(model, ...) needs at least one module path, e.g. untie(model, 'lm_head')")

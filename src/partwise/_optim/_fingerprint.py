@@ -36,8 +36,9 @@ def canonical(value: Any) -> str:
     """A value as text that is the same in every process: mappings and sets sorted, dataclasses
     field by field, sequences element by element, anything else its ``repr`` without addresses.
 
-    >>> canonical({"b": {3, 1, 2}, "a": (1.0, "x")})
-    "{'a': (1.0, 'x'), 'b': {1, 2, 3}}"
+    Examples:
+        >>> canonical({"b": {3, 1, 2}, "a": (1.0, "x")})
+        "{'a': (1.0, 'x'), 'b': {1, 2, 3}}"
     """
     if isinstance(value, Mapping):
         return "{" + ", ".join(f"{k!r}: {canonical(value[k])}" for k in sorted(value, key=canonical)) + "}"
@@ -66,9 +67,10 @@ def _phase(ph: Phase) -> dict[str, str]:
 def plan_fingerprint(plan: Plan, steps_per_epoch: int) -> dict[str, Any]:
     """The plan as stored in a checkpoint.
 
-    >>> fp = plan_fingerprint(Plan([Phase("a", epochs=1, train={"dec": 1e-3})]), steps_per_epoch=5)
-    >>> fp["phases"][0]["train"]
-    "{'dec': {'lr': 0.001}}"
+    Examples:
+        >>> fp = plan_fingerprint(Plan([Phase("a", epochs=1, train={"dec": 1e-3})]), steps_per_epoch=5)
+        >>> fp["phases"][0]["train"]
+        "{'dec': {'lr': 0.001}}"
     """
     return {"steps_per_epoch": int(steps_per_epoch), "phases": [_phase(ph) for ph in plan.phases]}
 
@@ -76,10 +78,11 @@ def plan_fingerprint(plan: Plan, steps_per_epoch: int) -> dict[str, Any]:
 def plan_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Every difference between a stored fingerprint and the current plan's, one line each.
 
-    >>> a = plan_fingerprint(Plan([Phase("a", epochs=1, train={"dec": 1e-3})]), 5)
-    >>> b = plan_fingerprint(Plan([Phase("a", epochs=2, train={"dec": 1e-3})]), 5)
-    >>> plan_differences(a, b)
-    ["phase 0 ('a').epochs: checkpoint 1, now 2"]
+    Examples:
+        >>> a = plan_fingerprint(Plan([Phase("a", epochs=1, train={"dec": 1e-3})]), 5)
+        >>> b = plan_fingerprint(Plan([Phase("a", epochs=2, train={"dec": 1e-3})]), 5)
+        >>> plan_differences(a, b)
+        ["phase 0 ('a').epochs: checkpoint 1, now 2"]
     """
     out = []
     if saved.get("steps_per_epoch") != current["steps_per_epoch"]:
@@ -124,8 +127,9 @@ def data_fingerprint(dataset: Any, **settings: Any) -> dict[str, Any]:
     ``batch_size``, ``grad_accum``, ``seed``). A dataset's own ``fingerprint()`` (a string over every
     row) is used when it has one; otherwise up to 256 rows spread over the dataset are digested.
 
-    >>> data_fingerprint([(1, "a"), (2, "b")], batch_size=2)["rows"]
-    2
+    Examples:
+        >>> data_fingerprint([(1, "a"), (2, "b")], batch_size=2)["rows"]
+        2
     """
     n = len(dataset)
     own = getattr(dataset, "fingerprint", None)
@@ -161,8 +165,9 @@ def _sampled_digest(dataset: Any, n: int) -> tuple[str | None, str]:
 def data_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Every difference between the data a checkpoint was trained on and today's, one line each.
 
-    >>> data_differences(data_fingerprint([1, 2], seed=0), data_fingerprint([1, 3], seed=5))
-    ['training data: 2 rows as before, but other contents (2 of 2 rows compared)', 'seed: checkpoint 0, now 5']
+    Examples:
+        >>> data_differences(data_fingerprint([1, 2], seed=0), data_fingerprint([1, 3], seed=5))
+        ['training data: 2 rows as before, but other contents (2 of 2 rows compared)', 'seed: checkpoint 0, now 5']
     """
     out = []
     if saved.get("rows") != current["rows"]:

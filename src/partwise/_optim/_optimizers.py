@@ -124,8 +124,9 @@ def _optimizer_classes() -> dict[str, type[Optimizer]]:
 def optimizer_class(name: str | type[Optimizer]) -> type[Optimizer]:
     """A ``torch.optim`` optimizer class from its name (any case: ``"adamw"``, ``"SGD"``) or itself.
 
-    >>> optimizer_class("adamw").__name__
-    'AdamW'
+    Examples:
+        >>> optimizer_class("adamw").__name__
+        'AdamW'
     """
     if isinstance(name, type) and issubclass(name, Optimizer):
         return name
@@ -292,12 +293,13 @@ class OptimizerSet:
     """One optimizer per part, driven as one: ``zero_grad``, ``step``, ``param_groups``, state dicts
     keyed by part and parameter name.
 
-    >>> from torch import nn
-    >>> from partwise import Parts, build_optimizer
-    >>> m = nn.Sequential(); m.add_module("enc", nn.Linear(2, 2)); m.add_module("dec", nn.Linear(2, 2))
-    >>> opts = build_optimizer(Parts(m), per_part={"enc": {"name": "sgd", "lr": 0.1}}, separate=True)
-    >>> sorted(opts.optimizers), type(opts["enc"]).__name__
-    (['dec', 'enc'], 'SGD')
+    Examples:
+        >>> from torch import nn
+        >>> from partwise import Parts, build_optimizer
+        >>> m = nn.Sequential(); m.add_module("enc", nn.Linear(2, 2)); m.add_module("dec", nn.Linear(2, 2))
+        >>> opts = build_optimizer(Parts(m), per_part={"enc": {"name": "sgd", "lr": 0.1}}, separate=True)
+        >>> sorted(opts.optimizers), type(opts["enc"]).__name__
+        (['dec', 'enc'], 'SGD')
     """
 
     def __init__(self, optimizers: Mapping[str, Optimizer]):
@@ -413,12 +415,13 @@ def build_optimizer(
         no_decay: which parameters get no weight decay: ``"auto"`` (1-d tensors: biases and norm
             weights), a list of regexes over parameter names, or ``None`` (decay everything).
 
-    >>> from torch import nn
-    >>> from partwise import Parts
-    >>> m = nn.Sequential(); m.add_module("encoder", nn.Linear(2, 2)); m.add_module("decoder", nn.Linear(2, 2))
-    >>> opt = build_optimizer(Parts(m), per_part={"encoder": {"lr": 1e-5}})
-    >>> [(g["part"], g["lr"], g["weight_decay"]) for g in opt.param_groups]
-    [('encoder', 1e-05, 0.01), ('encoder', 1e-05, 0.0), ('decoder', 0.001, 0.01), ('decoder', 0.001, 0.0)]
+    Examples:
+        >>> from torch import nn
+        >>> from partwise import Parts
+        >>> m = nn.Sequential(); m.add_module("encoder", nn.Linear(2, 2)); m.add_module("decoder", nn.Linear(2, 2))
+        >>> opt = build_optimizer(Parts(m), per_part={"encoder": {"lr": 1e-5}})
+        >>> [(g["part"], g["lr"], g["weight_decay"]) for g in opt.param_groups]
+        [('encoder', 1e-05, 0.01), ('encoder', 1e-05, 0.0), ('decoder', 0.001, 0.01), ('decoder', 0.001, 0.0)]
     """
     parts.check_current()
     config = PartConfig(parts, per_part, default, no_decay)

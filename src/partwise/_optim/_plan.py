@@ -56,8 +56,9 @@ class Phase:
         norm / dropout: how parts frozen in this phase keep their norm and dropout layers.
         separate: one optimizer per part (:class:`~partwise.OptimizerSet`) instead of groups.
 
-    >>> Phase("head", epochs=1, train={"decoder": 1e-3}).train_options()["decoder"]["lr"]
-    0.001
+    Examples:
+        >>> Phase("head", epochs=1, train={"decoder": 1e-3}).train_options()["decoder"]["lr"]
+        0.001
     """
 
     name: str
@@ -128,10 +129,11 @@ class PhaseSpan:
 class Plan:
     """An ordered list of phases; parts not listed in a phase are frozen during it.
 
-    >>> plan = Plan([Phase("decoder only", epochs=2, train={"decoder": 1e-3}),
-    ...              Phase("all", epochs=3, train={"decoder": 1e-3, "encoder": 1e-5})])
-    >>> [(s.phase.name, s.start, s.end) for s in plan.spans(steps_per_epoch=10)]
-    [('decoder only', 0, 20), ('all', 20, 50)]
+    Examples:
+        >>> plan = Plan([Phase("decoder only", epochs=2, train={"decoder": 1e-3}),
+        ...              Phase("all", epochs=3, train={"decoder": 1e-3, "encoder": 1e-5})])
+        >>> [(s.phase.name, s.start, s.end) for s in plan.spans(steps_per_epoch=10)]
+        [('decoder only', 0, 20), ('all', 20, 50)]
     """
 
     def __init__(self, phases: Sequence[Phase]):

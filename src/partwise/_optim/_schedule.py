@@ -26,9 +26,10 @@ class LRSchedule:
             phase), ``"linear"`` (straight line to the same floor) or ``"constant"``.
         min_ratio: the floor, as a fraction of ``base_lr``.
 
-    >>> s = LRSchedule(warmup=10, decay="linear", min_ratio=0.0)
-    >>> [round(s.factor(t, total=110), 3) for t in (0, 9, 10, 60, 110)]
-    [0.1, 1.0, 1.0, 0.5, 0.0]
+    Examples:
+        >>> s = LRSchedule(warmup=10, decay="linear", min_ratio=0.0)
+        >>> [round(s.factor(t, total=110), 3) for t in (0, 9, 10, 60, 110)]
+        [0.1, 1.0, 1.0, 0.5, 0.0]
     """
 
     warmup: int = 0

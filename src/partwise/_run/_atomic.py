@@ -21,12 +21,13 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
     """A temporary path beside ``path`` to write the whole file to: renamed over ``path`` when the
     block ends without an error, removed otherwise.
 
-    >>> import tempfile
-    >>> target = Path(tempfile.mkdtemp()) / "notes.txt"
-    >>> with atomic_path(target) as tmp:
-    ...     _ = tmp.write_text("done")
-    >>> target.read_text(), sorted(p.name for p in target.parent.iterdir())
-    ('done', ['notes.txt'])
+    Examples:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "notes.txt"
+        >>> with atomic_path(target) as tmp:
+        ...     _ = tmp.write_text("done")
+        >>> target.read_text(), sorted(p.name for p in target.parent.iterdir())
+        ('done', ['notes.txt'])
     """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
     try:

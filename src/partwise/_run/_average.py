@@ -30,7 +30,7 @@ def average_checkpoints(checkpoints: Sequence[str | Path], out: str | Path) -> P
     differ in parts, tensor names, shapes or dtypes raise :class:`~partwise.CheckpointError` listing
     every difference, before anything is written.
 
-    Example:
+    Examples:
         >>> import partwise as pw  # doctest: +SKIP
         >>> last = pw.epoch_end_checkpoints("runs/g2p/checkpoints")[-5:]  # doctest: +SKIP
         >>> pw.average_checkpoints(last, "runs/g2p/checkpoints/averaged")  # doctest: +SKIP

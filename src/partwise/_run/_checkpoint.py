@@ -366,9 +366,10 @@ def resolve_checkpoint(checkpoint: str | Path, which: str = "latest") -> Path:
     :class:`~partwise.CheckpointNotFound` (a ``FileNotFoundError``) with what was looked for when there
     is none, and :class:`~partwise.CheckpointError` when the pointer is damaged.
 
-    >>> import partwise as pw  # doctest: +SKIP
-    >>> pw.resolve_checkpoint("runs/g2p", "best")  # doctest: +SKIP
-    PosixPath('runs/g2p/checkpoints/step-00004000')
+    Examples:
+        >>> import partwise as pw  # doctest: +SKIP
+        >>> pw.resolve_checkpoint("runs/g2p", "best")  # doctest: +SKIP
+        PosixPath('runs/g2p/checkpoints/step-00004000')
     """
     p = Path(checkpoint)
     if (p / META).exists():
@@ -461,12 +462,13 @@ def load_weights(model: nn.Module, parts: Parts, checkpoint: str | Path, only: l
     untouched. With ``strict=False`` what fits is loaded and the rest reported in a warning.
     Returns the part names loaded.
 
-    >>> import tempfile
-    >>> a, b = nn.Sequential(nn.Linear(2, 2)), nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-    >>> ckpt = save_checkpoint(tempfile.mkdtemp(), "step-1", a, Parts(a), {}, {})
-    >>> load_weights(b, Parts(b), ckpt)  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    partwise._errors.CheckpointError: checkpoint ... 1.weight (part '1') is missing from the checkpoint; ...
+    Examples:
+        >>> import tempfile
+        >>> a, b = nn.Sequential(nn.Linear(2, 2)), nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+        >>> ckpt = save_checkpoint(tempfile.mkdtemp(), "step-1", a, Parts(a), {}, {})
+        >>> load_weights(b, Parts(b), ckpt)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        partwise._errors.CheckpointError: checkpoint ... 1.weight (part '1') is missing from the checkpoint; ...
     """
     ckpt = resolve_checkpoint(checkpoint)
     files: dict[str, str] = read_meta(ckpt)["parts"]

@@ -175,9 +175,10 @@ class Prior(Enum):
 class RunFolder:
     """One run folder: the paths of its files, its checkpoints, and creating, replacing or discarding it.
 
-    >>> run = RunFolder("runs/g2p")
-    >>> run.config, run.checkpoints
-    (PosixPath('runs/g2p/config.yaml'), PosixPath('runs/g2p/checkpoints'))
+    Examples:
+        >>> run = RunFolder("runs/g2p")
+        >>> run.config, run.checkpoints
+        (PosixPath('runs/g2p/config.yaml'), PosixPath('runs/g2p/checkpoints'))
     """
 
     def __init__(self, path: str | Path) -> None:

@@ -63,10 +63,11 @@ def replace_module(model: nn.Module, path: str, new: nn.Module, match_device: bo
         PartError: ``path`` names no submodule (the message lists the closest paths), or ``new``
             contains the slot's parent (a cycle).
 
-    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-    >>> old = replace_module(model, "2", nn.Linear(8, 5))
-    >>> old.out_features, model[2].out_features
-    (3, 5)
+    Examples:
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> old = replace_module(model, "2", nn.Linear(8, 5))
+        >>> old.out_features, model[2].out_features
+        (3, 5)
     """
     if not isinstance(model, nn.Module) or not isinstance(new, nn.Module):
         bad = model if not isinstance(model, nn.Module) else new
@@ -299,13 +300,14 @@ def transfer_state(
     Raises:
         PartError: ``vocab_map`` names a tensor missing on either side, two source names rename
             to one target name, or (``strict_shapes``) a shape differs.
-        ValueError: a vocabulary's size differs from its tensor's dim 0.
-        Nothing in ``target`` changes when an error is raised.
+        ValueError: a vocabulary's size differs from its tensor's dim 0. Nothing in ``target``
+            changes when an error is raised.
 
-    >>> old, new = nn.Embedding(3, 2), nn.Embedding(4, 2)
-    >>> report = transfer_state(old, new, vocab_map={"weight": (["a", "b", "c"], ["c", "a", "d", "b"])})
-    >>> bool((new.weight[0] == old.weight[2]).all()), report.vocab[0].new_tokens
-    (True, ('d',))
+    Examples:
+        >>> old, new = nn.Embedding(3, 2), nn.Embedding(4, 2)
+        >>> report = transfer_state(old, new, vocab_map={"weight": (["a", "b", "c"], ["c", "a", "d", "b"])})
+        >>> bool((new.weight[0] == old.weight[2]).all()), report.vocab[0].new_tokens
+        (True, ('d',))
     """
     if not isinstance(target, nn.Module):
         raise TypeError(f"transfer_state(): target must be an nn.Module, got {type(target).__name__}")
@@ -380,17 +382,18 @@ def load_part(model: nn.Module, part: str, checkpoint: str | os.PathLike[str], p
     Returns:
         The tensor names loaded.
 
-    >>> import tempfile
-    >>> from partwise._run._checkpoint import save_checkpoint
-    >>> def net():
-    ...     m = nn.Sequential(); m.add_module("enc", nn.Linear(2, 2)); m.add_module("dec", nn.Linear(2, 2))
-    ...     return m
-    >>> a, b = net(), net()
-    >>> ckpt = save_checkpoint(tempfile.mkdtemp(), "step-1", a, Parts(a), {}, {})
-    >>> load_part(b, "enc", ckpt)
-    ['enc.weight', 'enc.bias']
-    >>> bool((a.enc.weight == b.enc.weight).all()), bool((a.dec.weight == b.dec.weight).all())
-    (True, False)
+    Examples:
+        >>> import tempfile
+        >>> from partwise._run._checkpoint import save_checkpoint
+        >>> def net():
+        ...     m = nn.Sequential(); m.add_module("enc", nn.Linear(2, 2)); m.add_module("dec", nn.Linear(2, 2))
+        ...     return m
+        >>> a, b = net(), net()
+        >>> ckpt = save_checkpoint(tempfile.mkdtemp(), "step-1", a, Parts(a), {}, {})
+        >>> load_part(b, "enc", ckpt)
+        ['enc.weight', 'enc.bias']
+        >>> bool((a.enc.weight == b.enc.weight).all()), bool((a.dec.weight == b.dec.weight).all())
+        (True, False)
     """
     parts = Parts(model) if parts is None else parts
     if parts.model is not model:

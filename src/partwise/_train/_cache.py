@@ -84,11 +84,12 @@ def cache_blockers(task: Any, model: nn.Module, world: int = 1) -> list[str]:
 def source_lengths(dataset: Any) -> Tensor | None:
     """Each row's source length, if the dataset tells it (``src_lengths``; through ``Subset`` too).
 
-    >>> from torch.utils.data import Subset
-    >>> class D(list):
-    ...     src_lengths = torch.tensor([3, 1, 2])
-    >>> source_lengths(Subset(D([0, 1, 2]), [2, 0])).tolist()
-    [2, 3]
+    Examples:
+        >>> from torch.utils.data import Subset
+        >>> class D(list):
+        ...     src_lengths = torch.tensor([3, 1, 2])
+        >>> source_lengths(Subset(D([0, 1, 2]), [2, 0])).tolist()
+        [2, 3]
     """
     if isinstance(dataset, Subset):
         inner = source_lengths(dataset.dataset)
@@ -259,10 +260,11 @@ class PhaseCache:
     says why not); ``"off"`` never caches. Under DDP every rank encodes its share of the rows, the
     shares are gathered, and every decision is taken by all ranks alike.
 
-    >>> PhaseCache(task=None, parts=None, mode="sometimes")
-    Traceback (most recent call last):
-    ...
-    partwise._errors.ConfigError: 1 problem(s): cache: 'sometimes' must be 'auto', 'on' or 'off'
+    Examples:
+        >>> PhaseCache(task=None, parts=None, mode="sometimes")
+        Traceback (most recent call last):
+        ...
+        partwise._errors.ConfigError: 1 problem(s): cache: 'sometimes' must be 'auto', 'on' or 'off'
     """
 
     def __init__(self, task: Any, parts: Any, mode: str = "auto", *, device: torch.device | str = "cpu",

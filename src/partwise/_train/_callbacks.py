@@ -31,10 +31,11 @@ class Callback(Protocol):
     - ``state_dict()`` / ``load_state_dict(state)``: saved with every checkpoint (by class name) and
       restored on resume before the resumed phase is entered.
 
-    >>> class Losses:
-    ...     def __init__(self): self.seen = []
-    ...     def on_step_end(self, trainer, logs): self.seen.append(logs["loss"])
-    >>> notify([Losses()], "on_epoch_end", None, {})  # a hook it lacks is skipped
+    Examples:
+        >>> class Losses:
+        ...     def __init__(self): self.seen = []
+        ...     def on_step_end(self, trainer, logs): self.seen.append(logs["loss"])
+        >>> notify([Losses()], "on_epoch_end", None, {})  # a hook it lacks is skipped
     """
 
     def on_phase_start(self, trainer: Trainer, span: PhaseSpan) -> None: ...

@@ -69,23 +69,24 @@ class PlanDriver:
         guard: fingerprint frozen tensors at each phase start and check them at its end and at :meth:`finish`.
         rebuild: allow phases that need a new optimizer (see above).
 
-    >>> from torch import nn
-    >>> import partwise as pw
-    >>> model = nn.Sequential()
-    >>> model.add_module("encoder", nn.Linear(4, 4)); model.add_module("decoder", nn.Linear(4, 2))
-    >>> plan = pw.Plan([pw.Phase("decoder", steps=2, train={"decoder": 1e-3}),
-    ...                 pw.Phase("all", steps=2, train={"decoder": 1e-3, "encoder": 1e-5})])
-    >>> driver = pw.PlanDriver(pw.Parts(model), plan)
-    >>> optimizer = driver.build_optimizer()
-    >>> for step in range(4):
-    ...     _ = driver.before_step(step)          # phase, freeze set, per-part learning rates
-    ...     loss = model(torch.randn(8, 4)).pow(2).mean()
-    ...     loss.backward(); optimizer.step(); optimizer.zero_grad()
-    ...     print(step, driver.span.phase.name, model.encoder.weight.requires_grad)
-    0 decoder False
-    1 decoder False
-    2 all True
-    3 all True
+    Examples:
+        >>> from torch import nn
+        >>> import partwise as pw
+        >>> model = nn.Sequential()
+        >>> model.add_module("encoder", nn.Linear(4, 4)); model.add_module("decoder", nn.Linear(4, 2))
+        >>> plan = pw.Plan([pw.Phase("decoder", steps=2, train={"decoder": 1e-3}),
+        ...                 pw.Phase("all", steps=2, train={"decoder": 1e-3, "encoder": 1e-5})])
+        >>> driver = pw.PlanDriver(pw.Parts(model), plan)
+        >>> optimizer = driver.build_optimizer()
+        >>> for step in range(4):
+        ...     _ = driver.before_step(step)          # phase, freeze set, per-part learning rates
+        ...     loss = model(torch.randn(8, 4)).pow(2).mean()
+        ...     loss.backward(); optimizer.step(); optimizer.zero_grad()
+        ...     print(step, driver.span.phase.name, model.encoder.weight.requires_grad)
+        0 decoder False
+        1 decoder False
+        2 all True
+        3 all True
     """
 
     def __init__(self, parts: Parts, plan: Plan, *, steps_per_epoch: int | None = None, task: Any = None,

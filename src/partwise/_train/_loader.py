@@ -18,10 +18,11 @@ __all__ = ["ShuffledBatches", "TrainerBatches", "make_loader", "start_epoch", "m
 class ShuffledBatches:
     """Batches of indices in an order fixed by ``(seed, epoch)``, without touching global RNG.
 
-    >>> b = ShuffledBatches(10, batch_size=4, seed=0)
-    >>> b.set_epoch(0); first = list(b); b.set_epoch(0)
-    >>> list(b) == first and len(b) == 3
-    True
+    Examples:
+        >>> b = ShuffledBatches(10, batch_size=4, seed=0)
+        >>> b.set_epoch(0); first = list(b); b.set_epoch(0)
+        >>> list(b) == first and len(b) == 3
+        True
     """
 
     def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True, drop_last: bool = False):

@@ -52,9 +52,10 @@ class Task(Protocol):
 class LossTask:
     """A task from a plain ``loss_fn(model, batch) -> loss``; its metric is the mean held-out loss.
 
-    >>> task = LossTask(lambda model, batch: model(batch[0]).pow(2).mean())
-    >>> task.evaluate(nn.Linear(2, 1), [(torch.zeros(3, 2),)])["loss"] >= 0
-    True
+    Examples:
+        >>> task = LossTask(lambda model, batch: model(batch[0]).pow(2).mean())
+        >>> task.evaluate(nn.Linear(2, 1), [(torch.zeros(3, 2),)])["loss"] >= 0
+        True
     """
 
     metrics: tuple[str, ...] = ("loss",)
@@ -88,10 +89,11 @@ def enter_phase(task: Any, task_options: Mapping[str, Any], start: int) -> None:
     that has an ``enter_phase(start)`` method gets it called once (a schedule that counts from the
     phase restarts there).
 
-    >>> class Counting:
-    ...     def enter_phase(self, start): print("phase starts at", start)
-    >>> enter_phase(LossTask(lambda model, batch: batch), {"option": Counting()}, 20)
-    phase starts at 20
+    Examples:
+        >>> class Counting:
+        ...     def enter_phase(self, start): print("phase starts at", start)
+        >>> enter_phase(LossTask(lambda model, batch: batch), {"option": Counting()}, 20)
+        phase starts at 20
     """
     seen = {id(o): o for o in (task, *task_options.values()) if o is not None}
     for obj in seen.values():
@@ -103,8 +105,9 @@ def enter_phase(task: Any, task_options: Mapping[str, Any], start: int) -> None:
 def declared_metrics(task: Any) -> tuple[str, ...] | None:
     """The metric names ``task`` declares (its ``metrics`` attribute), or ``None`` if it declares none.
 
-    >>> declared_metrics(LossTask(lambda model, batch: batch))
-    ('loss',)
+    Examples:
+        >>> declared_metrics(LossTask(lambda model, batch: batch))
+        ('loss',)
     """
     names = getattr(task, "metrics", None)
     if names is None:

@@ -22,10 +22,11 @@ __all__ = ["PhaseFacts", "log_line", "LOG"]
 def log_line(run_dir: str | Path, text: str, echo: bool = True) -> None:
     """Append ``text`` (one line, time-stamped) to ``run_dir/log.txt``; also print it when ``echo``.
 
-    >>> import tempfile, pathlib
-    >>> d = tempfile.mkdtemp(); log_line(d, "hello", echo=False)
-    >>> pathlib.Path(d, "log.txt").read_text().endswith("hello\\n")
-    True
+    Examples:
+        >>> import tempfile, pathlib
+        >>> d = tempfile.mkdtemp(); log_line(d, "hello", echo=False)
+        >>> pathlib.Path(d, "log.txt").read_text().endswith("hello\\n")
+        True
     """
     line = " ".join(str(text).split())
     with open(Path(run_dir) / LOG, "a", encoding="utf-8") as f:

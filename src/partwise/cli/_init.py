@@ -39,7 +39,7 @@ from ..recipe import InitConfig, Recipe
 
 __all__ = ["init_problems", "init_part_problems", "apply_init"]
 
-DOCS = "README, 'Starting from another run'"
+DOCS = "docs/guides/retargeting.md, 'Starting from another run'"
 
 
 @dataclass(frozen=True)

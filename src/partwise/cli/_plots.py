@@ -30,8 +30,9 @@ def make_plots(run_dir: str | Path) -> list[Path]:
     ``phases.csv``, so it also works on a finished run; a plot without data (a run stopped before
     its first epoch ended) is left out. Needs ``pip install 'partwise[plots]'``.
 
-    >>> make_plots(run_dir)  # doctest: +SKIP
-    [PosixPath('runs/g2p/loss.png'), PosixPath('runs/g2p/lr.png')]
+    Examples:
+        >>> make_plots(run_dir)  # doctest: +SKIP
+        [PosixPath('runs/g2p/loss.png'), PosixPath('runs/g2p/lr.png')]
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -20,9 +20,10 @@ _SMOOTHING = 0.9  # weight of the past in the displayed loss (exponential moving
 def epoch_line(metrics: Mapping[str, Any]) -> str:
     """One readable line for an epoch's metrics: epoch, phase, step, train loss, val metrics, seconds.
 
-    >>> epoch_line({"epoch": 2, "step": 10, "phase": "head", "train_loss": 0.51234, "seconds": 1.25,
-    ...             "lr/head": 0.001, "dev_wer": 0.25})
-    'epoch 2 · head · step 10 · train_loss 0.5123 · dev_wer 0.25 · 1.2s'
+    Examples:
+        >>> epoch_line({"epoch": 2, "step": 10, "phase": "head", "train_loss": 0.51234, "seconds": 1.25,
+        ...             "lr/head": 0.001, "dev_wer": 0.25})
+        'epoch 2 · head · step 10 · train_loss 0.5123 · dev_wer 0.25 · 1.2s'
     """
     parts = [f"epoch {metrics.get('epoch', '?')}"]
     if "phase" in metrics:
@@ -58,12 +59,13 @@ class ProgressBar:
         items_per_step: examples per optimizer step (batch size x accumulation x ranks) for items/s.
         refresh_s: least seconds between updates of the bar's text.
 
-    >>> import io
-    >>> out = io.StringIO()
-    >>> bar = ProgressBar(stream=out)  # a StringIO is no terminal: plain lines
-    >>> bar.on_epoch_end(None, {"epoch": 1, "phase": "all", "train_loss": 0.5, "seconds": 2.0})
-    >>> out.getvalue()
-    'epoch 1 · all · train_loss 0.5 · 2.0s\\n'
+    Examples:
+        >>> import io
+        >>> out = io.StringIO()
+        >>> bar = ProgressBar(stream=out)  # a StringIO is no terminal: plain lines
+        >>> bar.on_epoch_end(None, {"epoch": 1, "phase": "all", "train_loss": 0.5, "seconds": 2.0})
+        >>> out.getvalue()
+        'epoch 1 · all · train_loss 0.5 · 2.0s\\n'
     """
 
     def __init__(self, total_steps: int | None = None, enabled: bool | None = None, stream: TextIO | None = None,

@@ -25,10 +25,11 @@ def write_report(run_dir: str | Path, title: str, summary: Mapping[str, Any], pl
     (epoch, phase, step, train loss, dev-set metrics, seconds). Plots are linked relative to
     ``run_dir``, so the folder can be moved or published as it is.
 
-    >>> import tempfile
-    >>> path = write_report(tempfile.mkdtemp(), "G2P", {"test WER": 0.2412}, [])
-    >>> "| test WER | 0.2412 |" in path.read_text()
-    True
+    Examples:
+        >>> import tempfile
+        >>> path = write_report(tempfile.mkdtemp(), "G2P", {"test WER": 0.2412}, [])
+        >>> "| test WER | 0.2412 |" in path.read_text()
+        True
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

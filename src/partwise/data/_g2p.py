@@ -54,9 +54,10 @@ def make_g2p_datasets(
 
     Graphemes of dev/test words that never occur in training map to UNK.
 
-    >>> data = make_g2p_datasets(limit=100)
-    >>> len(data.dev), len(data.test), data.test.references[0]
-    (100, 100, [['EY']])
+    Examples:
+        >>> data = make_g2p_datasets(limit=100)
+        >>> len(data.dev), len(data.test), data.test.references[0]
+        (100, 100, [['EY']])
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"make_g2p_datasets limit={limit!r} must be None or an int >= 1")

@@ -33,14 +33,15 @@ Tokenize = Literal["char", "space", "regex", "hf"]
 FORMATS = ("tsv", "csv", "jsonl")
 _EXTENSIONS = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
 _SHOWN = 5
-DOCS = "see the README's 'Pair files' section"
+DOCS = "see docs/guides/own-data.md, 'Pair files'"
 
 
 def pair_format(path: str | Path, format: str = "auto") -> str:
     """The format of ``path``: ``format`` itself, or (``"auto"``) the one its extension names.
 
-    >>> pair_format("data/train.jsonl"), pair_format("x.dat", "csv")
-    ('jsonl', 'csv')
+    Examples:
+        >>> pair_format("data/train.jsonl"), pair_format("x.dat", "csv")
+        ('jsonl', 'csv')
     """
     if format != "auto":
         if format not in FORMATS:
@@ -93,11 +94,12 @@ def read_pair_texts(path: str | Path, format: str = "auto", encoding: str = "utf
         DataFormatError: lines that cannot be decoded or parsed, or with an empty side; every bad
             line number is listed, the first few shown with the reason.
 
-    >>> import tempfile, pathlib
-    >>> f = pathlib.Path(tempfile.mkdtemp()) / "p.jsonl"
-    >>> _ = f.write_text('{"source": "walk <VBD>", "target": "walked"}\\n', encoding="utf-8")
-    >>> read_pair_texts(f)
-    [('walk <VBD>', 'walked')]
+    Examples:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "p.jsonl"
+        >>> _ = f.write_text('{"source": "walk <VBD>", "target": "walked"}\\n', encoding="utf-8")
+        >>> read_pair_texts(f)
+        [('walk <VBD>', 'walked')]
     """
     file = Path(path)
     if not file.is_file():
@@ -185,11 +187,12 @@ def read_pairs(
     Raises:
         DataFormatError: every malformed line listed (see :func:`read_pair_texts`).
 
-    >>> import tempfile, pathlib
-    >>> f = pathlib.Path(tempfile.mkdtemp()) / "p.tsv"
-    >>> _ = f.write_text("hi\\tHH AY1\\n\\nok\\tOW K EY\\n", encoding="utf-8")
-    >>> read_pairs(f, tgt_tokenize="space")
-    [(['h', 'i'], ['HH', 'AY1']), (['o', 'k'], ['OW', 'K', 'EY'])]
+    Examples:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "p.tsv"
+        >>> _ = f.write_text("hi\\tHH AY1\\n\\nok\\tOW K EY\\n", encoding="utf-8")
+        >>> read_pairs(f, tgt_tokenize="space")
+        [(['h', 'i'], ['HH', 'AY1']), (['o', 'k'], ['OW', 'K', 'EY'])]
     """
     src_tok = _tokenization(tokenize, "tokenize")
     tgt_tok = src_tok if tgt_tokenize is None else _tokenization(tgt_tokenize, "tgt_tokenize")

@@ -18,7 +18,7 @@ def subset_indices(total: int, size: int | None = None, fraction: float | None =
     one, and a learning curve adds data without swapping any out. A ``size`` larger than ``total``
     is an error (``ValueError`` naming both).
 
-    Example:
+    Examples:
         >>> subset_indices(10, size=3, seed=0)
         [1, 4, 7]
         >>> set(subset_indices(10, size=3, seed=0)) <= set(subset_indices(10, fraction=0.5, seed=0))

@@ -54,10 +54,11 @@ class Tokenization:
         path: the local tokenizer folder of ``hf``.
         lowercase: lowercase the text before splitting.
 
-    >>> Tokenization("regex", pattern=r"<[A-Z]+>|\\S").split("walk <VBD>")
-    ['w', 'a', 'l', 'k', '<VBD>']
-    >>> Tokenization("char").join(["o", "k"]), Tokenization("space").join(["HH", "AY"])
-    ('ok', 'HH AY')
+    Examples:
+        >>> Tokenization("regex", pattern=r"<[A-Z]+>|\\S").split("walk <VBD>")
+        ['w', 'a', 'l', 'k', '<VBD>']
+        >>> Tokenization("char").join(["o", "k"]), Tokenization("space").join(["HH", "AY"])
+        ('ok', 'HH AY')
     """
 
     kind: str = "char"
@@ -86,8 +87,9 @@ class Tokenization:
     def of(cls, spec: str | Tokenization | dict[str, Any]) -> Tokenization:
         """From a name (``"char"``), a mapping (``{"tokenize": "regex", "pattern": ...}``) or itself.
 
-        >>> Tokenization.of({"tokenize": "space"}).kind
-        'space'
+        Examples:
+            >>> Tokenization.of({"tokenize": "space"}).kind
+            'space'
         """
         if isinstance(spec, Tokenization):
             return spec

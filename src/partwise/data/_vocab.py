@@ -23,13 +23,14 @@ class Vocab:
         tokens: the non-special tokens, in id order (ids 4, 5, ...). Must be distinct strings and
             must not include the special tokens.
 
-    >>> v = Vocab.build([["b", "a"], ["a", "c"]])
-    >>> v.tokens
-    ['<pad>', '<unk>', '<s>', '</s>', 'a', 'b', 'c']
-    >>> v.encode(["c", "z"], add_eos=True)
-    [6, 1, 3]
-    >>> v.decode([4, 5, 3, 6])
-    ['a', 'b']
+    Examples:
+        >>> v = Vocab.build([["b", "a"], ["a", "c"]])
+        >>> v.tokens
+        ['<pad>', '<unk>', '<s>', '</s>', 'a', 'b', 'c']
+        >>> v.encode(["c", "z"], add_eos=True)
+        [6, 1, 3]
+        >>> v.decode([4, 5, 3, 6])
+        ['a', 'b']
     """
 
     def __init__(self, tokens: Iterable[str]) -> None:
@@ -57,8 +58,9 @@ class Vocab:
 
         Special tokens found in the data are not added twice.
 
-        >>> len(Vocab.build([["x", "y", "x"]], min_count=2))
-        5
+        Examples:
+            >>> len(Vocab.build([["x", "y", "x"]], min_count=2))
+            5
         """
         if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
             raise ValueError(f"min_count={min_count!r} must be an int >= 1")
@@ -106,8 +108,9 @@ class Vocab:
     ) -> list[int]:
         """Ids of ``tokens`` (unknown tokens become ``UNK``), optionally framed by BOS/EOS.
 
-        >>> Vocab(["a"]).encode(["a"], add_bos=True, add_eos=True)
-        [2, 4, 3]
+        Examples:
+            >>> Vocab(["a"]).encode(["a"], add_bos=True, add_eos=True)
+            [2, 4, 3]
         """
         if isinstance(tokens, str):
             raise TypeError(
@@ -129,8 +132,9 @@ class Vocab:
         ``UNK`` stays as ``"<unk>"`` so that it still counts as a token. Without it every id is
         mapped as is.
 
-        >>> Vocab(["a"]).decode([2, 4, 1, 3, 4])
-        ['a', '<unk>']
+        Examples:
+            >>> Vocab(["a"]).decode([2, 4, 1, 3, 4])
+            ['a', '<unk>']
         """
         values = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
         out: list[str] = []
@@ -149,8 +153,9 @@ class Vocab:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form, to be saved next to a model.
 
-        >>> Vocab.from_dict(Vocab(["a"]).to_dict()) == Vocab(["a"])
-        True
+        Examples:
+            >>> Vocab.from_dict(Vocab(["a"]).to_dict()) == Vocab(["a"])
+            True
         """
         return {"tokens": list(self._itos)}
 

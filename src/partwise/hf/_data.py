@@ -18,9 +18,10 @@ class Seq2SeqLMDataset(Dataset[dict[str, Any]]):
     """Rows (dicts of token-id lists or tensors: ``input_ids`` or ``input_features`` ..., ``labels``),
     each returned with its ``index`` (the row id the frozen-encoder cache keys on).
 
-    >>> ds = Seq2SeqLMDataset([{"input_ids": [5, 6, 1], "labels": [7, 1]}])
-    >>> ds[0]["index"], len(ds)
-    (0, 1)
+    Examples:
+        >>> ds = Seq2SeqLMDataset([{"input_ids": [5, 6, 1], "labels": [7, 1]}])
+        >>> ds[0]["index"], len(ds)
+        (0, 1)
     """
 
     def __init__(self, rows: Sequence[Mapping[str, Any]]):
@@ -46,10 +47,11 @@ class Seq2SeqLMCollator:
     """Pads a list of rows into a batch: ``input_ids`` with ``pad_token_id`` (and an ``attention_mask``),
     ``labels`` with -100 (ignored by the loss), other tensors stacked; ``index`` kept.
 
-    >>> batch = Seq2SeqLMCollator(pad_token_id=0)([{"input_ids": [5, 1], "labels": [7, 8, 1], "index": 0},
-    ...                                            {"input_ids": [6], "labels": [1], "index": 1}])
-    >>> batch["input_ids"].tolist(), batch["attention_mask"].tolist(), batch["labels"].tolist()
-    ([[5, 1], [6, 0]], [[1, 1], [1, 0]], [[7, 8, 1], [1, -100, -100]])
+    Examples:
+        >>> batch = Seq2SeqLMCollator(pad_token_id=0)([{"input_ids": [5, 1], "labels": [7, 8, 1], "index": 0},
+        ...                                            {"input_ids": [6], "labels": [1], "index": 1}])
+        >>> batch["input_ids"].tolist(), batch["attention_mask"].tolist(), batch["labels"].tolist()
+        ([[5, 1], [6, 0]], [[1, 1], [1, 0]], [[7, 8, 1], [1, -100, -100]])
     """
 
     def __init__(self, pad_token_id: int):

@@ -113,13 +113,14 @@ def export(model: nn.Module, out_dir: str | Path, *, check: bool = True, extra: 
     renamed into place only when complete. ``extra`` is written as ``partwise.json`` (where the
     weights came from, vocabularies).
 
-    >>> import tempfile
-    >>> from transformers import T5Config, T5ForConditionalGeneration
-    >>> model = T5ForConditionalGeneration(T5Config(vocab_size=32, d_model=8, d_kv=4, d_ff=16,
-    ...                                             num_layers=1, num_heads=2))
-    >>> out = export(model, tempfile.mkdtemp() + "/t5")
-    >>> sorted(p.name for p in out.iterdir())
-    ['config.json', 'generation_config.json', 'model.safetensors']
+    Examples:
+        >>> import tempfile
+        >>> from transformers import T5Config, T5ForConditionalGeneration
+        >>> model = T5ForConditionalGeneration(T5Config(vocab_size=32, d_model=8, d_kv=4, d_ff=16,
+        ...                                             num_layers=1, num_heads=2))
+        >>> out = export(model, tempfile.mkdtemp() + "/t5")
+        >>> sorted(p.name for p in out.iterdir())
+        ['config.json', 'generation_config.json', 'model.safetensors']
     """
     from transformers.utils import logging as hf_logging
 

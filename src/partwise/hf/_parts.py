@@ -99,11 +99,12 @@ def spec(model: nn.Module) -> dict[str, list[str]]:
     """The part spec :func:`parts` uses: part name -> selectors (module paths, ``!`` exclusions and
     ``re:`` exact parameter names where a module holds tensors of two parts).
 
-    >>> from transformers import T5Config, T5ForConditionalGeneration
-    >>> model = T5ForConditionalGeneration(T5Config(vocab_size=32, d_model=8, d_kv=4, d_ff=16,
-    ...                                             num_layers=1, num_heads=2))
-    >>> spec(model)["encoder"]
-    ['encoder', '!encoder.embed_tokens']
+    Examples:
+        >>> from transformers import T5Config, T5ForConditionalGeneration
+        >>> model = T5ForConditionalGeneration(T5Config(vocab_size=32, d_model=8, d_kv=4, d_ff=16,
+        ...                                             num_layers=1, num_heads=2))
+        >>> spec(model)["encoder"]
+        ['encoder', '!encoder.embed_tokens']
     """
     s = structure(model)
     assign = _assign(model, s)
@@ -174,14 +175,15 @@ def parts(model: nn.Module, untie: bool | Sequence[str] = False) -> Parts:
         untie: ``True`` gives the encoder and the head their own copies of a shared embedding (see
             :func:`untie_parts`); a list such as ``["head"]`` unties only those parts.
 
-    >>> from transformers import BartConfig, BartForConditionalGeneration
-    >>> model = BartForConditionalGeneration(BartConfig(vocab_size=32, d_model=8, encoder_layers=1,
-    ...     decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-    ...     encoder_ffn_dim=16, decoder_ffn_dim=16, max_position_embeddings=32))
-    >>> parts(model).names
-    ['embeddings', 'encoder', 'decoder']
-    >>> parts(model, untie=True).names
-    ['encoder', 'decoder', 'head']
+    Examples:
+        >>> from transformers import BartConfig, BartForConditionalGeneration
+        >>> model = BartForConditionalGeneration(BartConfig(vocab_size=32, d_model=8, encoder_layers=1,
+        ...     decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        ...     encoder_ffn_dim=16, decoder_ffn_dim=16, max_position_embeddings=32))
+        >>> parts(model).names
+        ['embeddings', 'encoder', 'decoder']
+        >>> parts(model, untie=True).names
+        ['encoder', 'decoder', 'head']
     """
     untie_parts(model, untie)
     return Parts(model, spec(model))

@@ -75,13 +75,14 @@ class Seq2SeqLMTask:
     :class:`partwise.hf.Seq2SeqLMCollator`) or :class:`partwise.data.Batch` (``src``, ``src_mask``,
     ``tgt_in`` as decoder inputs, ``tgt_out`` as labels with PAD ignored).
 
-    >>> from transformers import T5Config, T5ForConditionalGeneration
-    >>> model = T5ForConditionalGeneration(T5Config(vocab_size=32, d_model=8, d_kv=4, d_ff=16, num_layers=1,
-    ...                                             num_heads=2, decoder_start_token_id=0))
-    >>> batch = {"input_ids": torch.tensor([[5, 6, 1]]), "labels": torch.tensor([[7, 1, -100]])}
-    >>> task = Seq2SeqLMTask()
-    >>> bool(task.loss(model, batch, StepContext(0, 0, "x")) > 0)
-    True
+    Examples:
+        >>> from transformers import T5Config, T5ForConditionalGeneration
+        >>> model = T5ForConditionalGeneration(T5Config(vocab_size=32, d_model=8, d_kv=4, d_ff=16, num_layers=1,
+        ...                                             num_heads=2, decoder_start_token_id=0))
+        >>> batch = {"input_ids": torch.tensor([[5, 6, 1]]), "labels": torch.tensor([[7, 1, -100]])}
+        >>> task = Seq2SeqLMTask()
+        >>> bool(task.loss(model, batch, StepContext(0, 0, "x")) > 0)
+        True
     """
 
     def __init__(self, teacher_forcing: Any = None, *, label_smoothing: float = 0.0, num_beams: int = 1,

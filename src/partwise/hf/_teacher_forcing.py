@@ -27,8 +27,9 @@ def shift_right(labels: Tensor, decoder_start_token_id: int, pad_token_id: int) 
     """Decoder inputs for ``labels``: the start token, then the labels shifted one to the right, with
     ignored positions (-100) replaced by the pad id — what HF's ``shift_tokens_right`` does.
 
-    >>> shift_right(torch.tensor([[5, 6, -100]]), decoder_start_token_id=1, pad_token_id=0).tolist()
-    [[1, 5, 6]]
+    Examples:
+        >>> shift_right(torch.tensor([[5, 6, -100]]), decoder_start_token_id=1, pad_token_id=0).tolist()
+        [[1, 5, 6]]
     """
     out = labels.new_empty(labels.shape)
     out[:, 0] = decoder_start_token_id

@@ -3,7 +3,7 @@
 ``load_g2p_en()`` builds g2p-en's GRU grapheme-to-phoneme model (``pip install 'partwise[pretrained]'``)
 as a partwise :class:`~partwise.seq2seq.Seq2Seq`, ready to decode, fine-tune or take apart.
 
-Example:
+Examples:
     >>> from partwise.pretrained import load_g2p_en
     >>> g2p = load_g2p_en()  # doctest: +SKIP
     >>> g2p.predict(["partwise"])  # doctest: +SKIP

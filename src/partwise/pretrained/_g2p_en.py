@@ -157,9 +157,10 @@ def load_g2p_en(path: str | os.PathLike[str] | None = None) -> PretrainedG2p:
         ModuleNotFoundError: no ``path`` and g2p-en is not installed (``pip install 'partwise[pretrained]'``).
         ValueError: the file lacks an array or its shapes do not fit together.
 
-    >>> g2p = load_g2p_en()  # doctest: +SKIP
-    >>> g2p.predict(["partwise"])  # doctest: +SKIP
-    [['P', 'AA1', 'R', 'T', 'W', 'AY2', 'Z']]
+    Examples:
+        >>> g2p = load_g2p_en()  # doctest: +SKIP
+        >>> g2p.predict(["partwise"])  # doctest: +SKIP
+        [['P', 'AA1', 'R', 'T', 'W', 'AY2', 'Z']]
     """
     if path is None:
         file = g2p_en_path()

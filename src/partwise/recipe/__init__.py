@@ -4,7 +4,7 @@ The ``partwise`` CLI reads YAML files into a :class:`Recipe` and runs it with th
 :class:`Kind` its ``task.name`` names (:func:`get_kind`); task kinds (:mod:`partwise.tasks`, or your
 own) import what they need from here, never from the CLI.
 
-Example:
+Examples:
     >>> from partwise.recipe import validate
     >>> recipe = validate({"plan": [{"name": "all", "epochs": 1, "train": {"decoder": 1e-3}}]}, "inline")
     >>> recipe.task.name, recipe.training.best_metric

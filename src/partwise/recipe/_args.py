@@ -29,8 +29,8 @@ from .._errors import ConfigError
 __all__ = ["args_problems", "signature_schema", "NoArgs", "Seq2SeqTaskArgs", "StressTaskArgs", "DigitsTaskArgs",
            "GRUArgs", "TransformerArgs", "HFArgs", "StressModelArgs", "DigitsModelArgs"]
 
-SEQ2SEQ_HINT = ("task 'seq2seq' takes no task.args; to start a part from another run use init: (README, 'Starting "
-                "from another run')")
+SEQ2SEQ_HINT = ("task 'seq2seq' takes no task.args; to start a part from another run use init: "
+                "(docs/guides/retargeting.md, 'Starting from another run')")
 
 
 class _Args(BaseModel):
@@ -108,9 +108,10 @@ def signature_schema(fn: Callable[..., Any], skip: int = 2) -> type[BaseModel] |
     """A schema of ``fn``'s keyword arguments after the first ``skip`` (the vocabulary sizes), typed by
     its annotations; ``None`` when it takes ``**kwargs`` (anything goes).
 
-    >>> def factory(src_vocab, tgt_vocab, hidden: int = 64): ...
-    >>> signature_schema(factory)(hidden="12").hidden
-    12
+    Examples:
+        >>> def factory(src_vocab, tgt_vocab, hidden: int = 64): ...
+        >>> signature_schema(factory)(hidden="12").hidden
+        12
     """
     params = list(inspect.signature(fn).parameters.values())[skip:]
     if any(p.kind is p.VAR_KEYWORD for p in params):
@@ -165,10 +166,11 @@ def args_problems(raw: dict[str, Any], kind: Any,
     ``factory(name, path)`` resolves a custom ``package.module:factory`` (its signature gives the
     schema) for kinds that take custom models; ``None``: custom factories are not checked here.
 
-    >>> class Stress:
-    ...     task_args, task_args_hint, model_args, custom_models = StressTaskArgs, None, {}, False
-    >>> args_problems({"task": {"args": {"encoderr": "g2p_en"}}}, Stress)[0].split(";")[0]
-    'task.args.encoderr: unknown key'
+    Examples:
+        >>> class Stress:
+        ...     task_args, task_args_hint, model_args, custom_models = StressTaskArgs, None, {}, False
+        >>> args_problems({"task": {"args": {"encoderr": "g2p_en"}}}, Stress)[0].split(";")[0]
+        'task.args.encoderr: unknown key'
     """
     task: dict[str, Any] = raw["task"] if isinstance(raw.get("task"), dict) else {}
     model: dict[str, Any] = raw["model"] if isinstance(raw.get("model"), dict) else {}

@@ -165,10 +165,10 @@ def kind_class(name: str, path: str | None = None) -> type[Kind]:
     spec: str | type[Kind] | None = _REGISTRY.get(name)
     if spec is None and ":" not in name:
         raise ConfigError([f"task.name: {name!r} is not a task kind; choose one of {kind_names()} or give your own "
-                           "as 'package.module:Kind' (README, 'Your own task kind')"])
+                           "as 'package.module:Kind' (docs/guides/own-data.md, 'Your own task kind')"])
     found = spec if spec is not None else name
-    cls = import_object(found, path if spec is None else None, "task.name", "the README, 'Your own task kind'") \
-        if isinstance(found, str) else found
+    docs = "docs/guides/own-data.md, 'Your own task kind'"
+    cls = import_object(found, path if spec is None else None, "task.name", docs) if isinstance(found, str) else found
     if not (isinstance(cls, type) and issubclass(cls, Kind)):
         raise ConfigError([f"task.name: {name!r} is a {type(cls).__name__}, not a subclass of partwise.recipe.Kind"])
     return cls
@@ -187,9 +187,10 @@ def declared_metrics(recipe: Recipe, kind: Kind | None = None) -> tuple[str, ...
 def error_names(recipe: Any) -> tuple[str, str]:
     """The names of a seq2seq run's sequence and token error rates: G2P's WER/PER on CMUdict.
 
-    >>> from types import SimpleNamespace as NS
-    >>> error_names(NS(data=NS(name="pairs")))
-    ('seq_error', 'token_error')
+    Examples:
+        >>> from types import SimpleNamespace as NS
+        >>> error_names(NS(data=NS(name="pairs")))
+        ('seq_error', 'token_error')
     """
     return ("wer", "per") if recipe.data.name == "cmudict" else ("seq_error", "token_error")
 

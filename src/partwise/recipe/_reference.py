@@ -4,9 +4,10 @@ Every key of :class:`~partwise.recipe.Recipe`, of each data kind, tokenisation a
 built-in task kinds' ``task.args`` and ``model.args``: its type, default and the comment written
 beside it in the schema's source.
 
->>> from partwise.recipe import recipe_keys_markdown
->>> "| `training.grad_clip` |" in recipe_keys_markdown()
-True
+Examples:
+    >>> from partwise.recipe import recipe_keys_markdown
+    >>> "| `training.grad_clip` |" in recipe_keys_markdown()
+    True
 """
 
 from __future__ import annotations

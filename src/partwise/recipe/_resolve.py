@@ -12,13 +12,14 @@ from .._errors import ConfigError
 __all__ = ["import_object"]
 
 
-def import_object(spec: str, path: str | None = None, key: str = "model.name", docs: str = "the README") -> Any:
+def import_object(spec: str, path: str | None = None, key: str = "model.name", docs: str = "docs/recipes.md") -> Any:
     """The object ``package.module:name`` names, imported with ``path`` (a folder: the recipe's, unless
     the recipe says otherwise) first on ``sys.path``; a :class:`~partwise.ConfigError` naming ``key``
     otherwise.
 
-    >>> import_object("math:pi") > 3
-    True
+    Examples:
+        >>> import_object("math:pi") > 3
+        True
     """
     module, _, attr = spec.partition(":")
     if not module or not attr:

@@ -121,7 +121,7 @@ def _side(default: str) -> Any:
 
 
 class PairsData(_Strict):
-    """Pair files (README, 'Pair files'): one source/target pair per line, TSV, CSV or JSON lines."""
+    """Pair files (docs/guides/own-data.md, 'Pair files'): one source/target pair per line, TSV, CSV or JSON lines."""
 
     name: Literal["pairs"]
     train: str  # paths of the splits
@@ -175,7 +175,8 @@ class ModelConfig(_Strict):
 
 
 class InitConfig(_Strict):
-    """Start a part from a part of another run or checkpoint (README, 'Starting from another run')."""
+    """Start a part from a part of another run or checkpoint (docs/guides/retargeting.md, 'Starting from
+    another run')."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     from_: str = Field(alias="from")  # a run directory (then checkpoint is required) or a checkpoint folder
@@ -301,9 +302,10 @@ class Recipe(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)  # seq2seq: decoding for evaluation and predict
 
 
-DOCS = {  # where the README documents each section's keys
-    "data": "README, 'Pair files' and 'Recipe keys'", "init": "README, 'Starting from another run'",
-    "model": "README, 'Recipe keys' and 'Custom models'",
+DOCS = {  # where the documentation describes each section's keys
+    "data": "docs/recipes.md and docs/guides/own-data.md, 'Pair files'",
+    "init": "docs/guides/retargeting.md, 'Starting from another run'",
+    "model": "docs/recipes.md and docs/guides/own-data.md, 'Custom models'",
 }
 _TAGS = {"cmudict", "pairs", "digits", "char", "space", "regex", "hf"}  # union members pydantic names in paths
 
@@ -337,7 +339,7 @@ def _error_lines(e: ValidationError) -> list[str]:
                if not (i > 0 and (str(p) in _TAGS or _MEMBER.fullmatch(str(p))))]
         path = ".".join(loc) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
-        docs = DOCS.get(loc[0] if loc else "", "README, 'Recipe keys'")
+        docs = DOCS.get(loc[0] if loc else "", "docs/recipes.md")
         if err["type"] == "extra_forbidden":
             msg = f"unknown key (check the spelling; the keys are in the {docs})"
         elif err["type"] == "missing":

@@ -9,7 +9,7 @@ schedules (``tf_constant``, ``tf_linear``, ``tf_exponential``, ``tf_inverse_sigm
 probability of feeding the gold token and are unrelated to the learning-rate
 :class:`~partwise.LRSchedule`.
 
-Example:
+Examples:
     >>> import torch
     >>> from partwise.seq2seq import gru_seq2seq, greedy_decode
     >>> model = gru_seq2seq(src_vocab=30, tgt_vocab=40, emb=16, hidden=32).eval()

@@ -82,7 +82,7 @@ def greedy_decode(model: _EncoderDecoder, src: Tensor, src_mask: Tensor, max_len
     Returns:
         One list of token ids per row, without ``BOS``/``EOS``.
 
-    Example:
+    Examples:
         >>> from partwise.seq2seq import gru_seq2seq
         >>> model = gru_seq2seq(10, 12, emb=8, hidden=8).eval()
         >>> src = torch.tensor([[4, 5, 6]])
@@ -144,7 +144,7 @@ def beam_search(model: _EncoderDecoder, src: Tensor, src_mask: Tensor, beam_size
     Returns:
         The best hypothesis per row, as token ids without ``BOS``/``EOS``.
 
-    Example:
+    Examples:
         >>> from partwise.seq2seq import gru_seq2seq
         >>> model = gru_seq2seq(10, 12, emb=8, hidden=8).eval()
         >>> src = torch.tensor([[4, 5, 6], [7, 8, 0]])

@@ -43,7 +43,7 @@ class GRUEncoder(nn.Module):
         dec_layers: layers of ``Memory.final`` (the decoder's); the top ``dec_layers`` of the encoder's
             ``layers`` hand over their final states. Defaults to ``layers``.
 
-    Example:
+    Examples:
         >>> enc = GRUEncoder(30, 8, 16, bidirectional=True)
         >>> src = torch.tensor([[5, 6, 7], [5, 6, 0]])
         >>> mem = enc(src, src != 0)
@@ -157,7 +157,7 @@ class GRUDecoder(nn.Module):
         dropout: on embeddings, between GRU layers and before ``out``.
         input_feeding: feed ``a_{t-1}`` to the RNN (needs ``attention``).
 
-    Example:
+    Examples:
         >>> dec = GRUDecoder(40, 8, 16, attention="dot")
         >>> mem = GRUEncoder(30, 8, 16)(torch.tensor([[5, 6]]), torch.tensor([[True, True]]))
         >>> dec(torch.tensor([[2, 7, 8]]), mem).shape
@@ -301,7 +301,7 @@ def gru_seq2seq(
     the decoder's); the decoder has ``hidden`` units and attends over ``hidden * directions``-sized
     encoder states. ``input_feeding``: see :class:`GRUDecoder`.
 
-    Example:
+    Examples:
         >>> model = gru_seq2seq(30, 74, emb=16, hidden=32)
         >>> type(model.decoder.out).__name__
         'Linear'

@@ -27,7 +27,7 @@ class Seq2Seq(nn.Module):
         encoder: module called as ``encoder(src, src_mask) -> Memory``.
         decoder: module following the decoder protocol.
 
-    Example:
+    Examples:
         >>> from partwise.seq2seq import GRUDecoder, GRUEncoder, Seq2Seq
         >>> model = Seq2Seq(GRUEncoder(30, 16, 32), GRUDecoder(40, 16, 32))
         >>> sorted(dict(model.named_children()))

@@ -40,9 +40,10 @@ class Seq2SeqTask:
     limit (their outputs may be cut short). Batches are :class:`partwise.data.Batch` (``src``,
     ``src_mask``, ``tgt_in``, ``tgt_out``, ``index``).
 
-    >>> task = Seq2SeqTask(max_len=30)
-    >>> task.metrics
-    ('loss', 'token_acc')
+    Examples:
+        >>> task = Seq2SeqTask(max_len=30)
+        >>> task.metrics
+        ('loss', 'token_acc')
     """
 
     def __init__(self, teacher_forcing: Any = None, label_smoothing: float = 0.0, tgt_vocab: Any = None,
@@ -197,10 +198,11 @@ def max_len_from(dataset: Any, factor: float = 1.5, margin: int = 5) -> int:
     ``longest`` is the longest target of ``dataset`` with its ``EOS`` (``dataset.tgt_lengths``, as
     :class:`~partwise.data.Seq2SeqDataset` has).
 
-    >>> from partwise.data import Seq2SeqDataset, Vocab
-    >>> v = Vocab.build([list("abc")])
-    >>> max_len_from(Seq2SeqDataset([(["a"], list("abcabc"))], v, v))
-    16
+    Examples:
+        >>> from partwise.data import Seq2SeqDataset, Vocab
+        >>> v = Vocab.build([list("abc")])
+        >>> max_len_from(Seq2SeqDataset([(["a"], list("abcabc"))], v, v))
+        16
     """
     lengths = getattr(dataset, "tgt_lengths", None)
     if lengths is None or len(lengths) == 0:

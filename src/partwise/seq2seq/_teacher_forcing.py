@@ -37,9 +37,10 @@ TEACHER_FORCING = "teacher_forcing"  # the key of a phase's task_options that ho
 def phase_teacher_forcing(task_options: Mapping[str, Any] | None, default: Any = None) -> Any:
     """The :class:`TeacherForcing` a phase sets in its ``task_options``, else ``default`` (the task's own).
 
-    >>> tf = TeacherForcing(0.5)
-    >>> phase_teacher_forcing({"teacher_forcing": tf}) is tf, phase_teacher_forcing({}, "own")
-    (True, 'own')
+    Examples:
+        >>> tf = TeacherForcing(0.5)
+        >>> phase_teacher_forcing({"teacher_forcing": tf}) is tf, phase_teacher_forcing({}, "own")
+        (True, 'own')
     """
     found = (task_options or {}).get(TEACHER_FORCING)
     return found if found is not None else default
@@ -168,8 +169,9 @@ class InverseSigmoidTFSchedule:
 def tf_constant(p: float) -> ConstantTFSchedule:
     """Always feed gold with probability ``p`` (the tutorial's ``teacher_forcing_ratio``).
 
-    >>> tf_constant(0.5)(1000)
-    0.5
+    Examples:
+        >>> tf_constant(0.5)(1000)
+        0.5
     """
     return ConstantTFSchedule(p)
 
@@ -179,8 +181,9 @@ def tf_linear(c: float, k: float = 1.0, eps: float = 0.0) -> LinearTFSchedule:
 
     To go from ``start`` to ``end`` over ``N`` steps: ``tf_linear(c=(start - end) / N, k=start, eps=end)``.
 
-    >>> tf_linear(c=0.001)(250)
-    0.75
+    Examples:
+        >>> tf_linear(c=0.001)(250)
+        0.75
     """
     return LinearTFSchedule(c, k, eps)
 
@@ -188,8 +191,9 @@ def tf_linear(c: float, k: float = 1.0, eps: float = 0.0) -> LinearTFSchedule:
 def tf_exponential(k: float) -> ExponentialTFSchedule:
     """Exponential decay ``eps_i = k**i`` with ``0 < k < 1``.
 
-    >>> tf_exponential(0.5)(2)
-    0.25
+    Examples:
+        >>> tf_exponential(0.5)(2)
+        0.25
     """
     return ExponentialTFSchedule(k)
 
@@ -197,8 +201,9 @@ def tf_exponential(k: float) -> ExponentialTFSchedule:
 def tf_inverse_sigmoid(k: float) -> InverseSigmoidTFSchedule:
     """Inverse sigmoid decay ``eps_i = k / (k + exp(i/k))`` with ``k >= 1``; ``eps_0 = k/(k+1)``.
 
-    >>> round(tf_inverse_sigmoid(1.0)(0), 3)
-    0.5
+    Examples:
+        >>> round(tf_inverse_sigmoid(1.0)(0), 3)
+        0.5
     """
     return InverseSigmoidTFSchedule(k)
 
@@ -216,8 +221,9 @@ _OPTIONAL = {"linear": {"k", "eps"}}
 def tf_schedule_from_dict(config: Mapping[str, Any]) -> TFSchedule:
     """Rebuild a schedule from ``schedule.to_dict()`` or a config entry.
 
-    >>> tf_schedule_from_dict({"name": "inverse_sigmoid", "k": 2000})
-    InverseSigmoidTFSchedule(k=2000.0)
+    Examples:
+        >>> tf_schedule_from_dict({"name": "inverse_sigmoid", "k": 2000})
+        InverseSigmoidTFSchedule(k=2000.0)
     """
     if not isinstance(config, Mapping):
         raise TypeError(f"schedule config {config!r} must be a mapping like {{'name': 'linear', 'c': 1e-4}}")
@@ -284,9 +290,10 @@ class TeacherForcing:
     once in parallel. Ratios of exactly 0 or 1 draw no random numbers; otherwise draws come from
     ``generator`` or the global torch RNG.
 
-    >>> tf = TeacherForcing(tf_inverse_sigmoid(100.0), per="token", mode="two_pass")
-    >>> round(tf.ratio(0), 3)
-    0.99
+    Examples:
+        >>> tf = TeacherForcing(tf_inverse_sigmoid(100.0), per="token", mode="two_pass")
+        >>> round(tf.ratio(0), 3)
+        0.99
     """
 
     def __init__(
@@ -330,9 +337,10 @@ class TeacherForcing:
         """A phase begins at training step ``start``: with ``count_from="phase"`` the schedule counts
         from there (the trainer calls this; with ``"run"`` it changes nothing).
 
-        >>> tf = TeacherForcing(tf_linear(c=0.1, k=1.0), count_from="phase")
-        >>> tf.enter_phase(100); tf.ratio(100), round(tf.ratio(105), 2)
-        (1.0, 0.5)
+        Examples:
+            >>> tf = TeacherForcing(tf_linear(c=0.1, k=1.0), count_from="phase")
+            >>> tf.enter_phase(100); tf.ratio(100), round(tf.ratio(105), 2)
+            (1.0, 0.5)
         """
         self.origin = int(start) if self.count_from == "phase" else 0
 
@@ -356,8 +364,9 @@ class TeacherForcing:
         """Build from :meth:`to_dict` output; ``schedule`` may be a dict (see :func:`tf_schedule_from_dict`)
         or a number.
 
-        >>> TeacherForcing.from_dict({"schedule": {"name": "constant", "p": 0.5}, "per": "sequence"}).per
-        'sequence'
+        Examples:
+            >>> TeacherForcing.from_dict({"schedule": {"name": "constant", "p": 0.5}, "per": "sequence"}).per
+            'sequence'
         """
         unknown = set(config) - {"schedule", "per", "mode", "sample", "count_from"}
         if unknown:

@@ -125,7 +125,7 @@ class _EncoderLayer(nn.Module):
 class TransformerEncoder(nn.Module):
     """Pre-norm Transformer encoder; ``Memory.states`` is ``(B, S, d_model)``, ``final`` is None.
 
-    Example:
+    Examples:
         >>> enc = TransformerEncoder(30, d_model=16, heads=2, layers=1, ff=32, dropout=0.0, max_len=8)
         >>> src = torch.tensor([[5, 6, 7], [5, 6, 0]])
         >>> tuple(enc(src, src != 0).states.shape)
@@ -199,7 +199,7 @@ class TransformerDecoder(nn.Module):
     ``forward`` runs all positions at once; ``step`` decodes one position with a
     :class:`TransformerCache` (``initial_state`` is ``None``; the cache is built on the first step).
 
-    Example:
+    Examples:
         >>> enc = TransformerEncoder(30, 16, 2, 1, 32, dropout=0.0, max_len=8)
         >>> dec = TransformerDecoder(40, 16, 2, 1, 32, dropout=0.0, max_len=8)
         >>> mem = enc(torch.tensor([[5, 6]]), torch.tensor([[True, True]]))
@@ -289,7 +289,7 @@ def transformer_seq2seq(
 ) -> Seq2Seq:
     """A pre-norm Transformer encoder–decoder.
 
-    Example:
+    Examples:
         >>> model = transformer_seq2seq(30, 74, d_model=16, heads=2, enc_layers=1, dec_layers=1, ff=32)
         >>> sorted(dict(model.named_children()))
         ['decoder', 'encoder']

@@ -2,7 +2,7 @@
 
 Names load lazily, so importing one task kind never imports another's dependencies.
 
-Example:
+Examples:
     >>> from partwise.tasks import word_stress_labels
     >>> word_stress_labels([["AH0", "B", "AW1", "T"]])  # "about": stress on syllable 1 (from 0) of 2
     (1, 2)

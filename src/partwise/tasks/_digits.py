@@ -65,9 +65,10 @@ class DigitsDataset(Dataset[tuple[Tensor, int]]):
 def collate_digits(items: Sequence[tuple[Tensor, int]]) -> DigitsBatch:
     """Stack dataset items into a :class:`DigitsBatch`.
 
-    >>> batch = collate_digits([(torch.zeros(64), 3), (torch.ones(64), 7)])
-    >>> tuple(batch.x.shape), batch.index.tolist()
-    ((2, 64), [3, 7])
+    Examples:
+        >>> batch = collate_digits([(torch.zeros(64), 3), (torch.ones(64), 7)])
+        >>> tuple(batch.x.shape), batch.index.tolist()
+        ((2, 64), [3, 7])
     """
     return DigitsBatch(torch.stack([x for x, _ in items]), torch.tensor([i for _, i in items], dtype=torch.long))
 
@@ -78,9 +79,10 @@ def digits_splits(limit: int | None = None) -> tuple[DigitsDataset, DigitsDatase
     The split is fixed by the row index: ``index % 10 == 9`` → test, ``== 8`` → dev, else train.
     ``limit`` keeps the first N rows of each split.
 
-    >>> train, dev, test = digits_splits()
-    >>> len(train), len(dev), len(test)
-    (1439, 179, 179)
+    Examples:
+        >>> train, dev, test = digits_splits()
+        >>> len(train), len(dev), len(test)
+        (1439, 179, 179)
     """
     try:
         from sklearn.datasets import load_digits
@@ -104,9 +106,10 @@ def seeded_reset(module: nn.Module, seed: int) -> nn.Module:
     """Re-initialise ``module`` in place (every ``reset_parameters``) from ``seed``; the global RNG is
     left as it was. Two modules of one architecture reset with one seed are equal.
 
-    >>> a, b = seeded_reset(nn.Linear(3, 2), 5), seeded_reset(nn.Linear(3, 2), 5)
-    >>> torch.equal(a.weight, b.weight)
-    True
+    Examples:
+        >>> a, b = seeded_reset(nn.Linear(3, 2), 5), seeded_reset(nn.Linear(3, 2), 5)
+        >>> torch.equal(a.weight, b.weight)
+        True
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -132,9 +135,10 @@ class DigitsCycle(nn.Module):
     ``generator`` (latent → hidden → 64 pixels, sigmoid). ``seed`` initialises the generator alone
     (see :func:`seeded_reset`), so its untrained state can be rebuilt for comparison.
 
-    >>> model = DigitsCycle(latent=8, hidden=32)
-    >>> [name for name, _ in model.named_children()], tuple(model(torch.rand(4, 64)).shape)
-    (['encoder', 'decoder', 'generator'], (4, 64))
+    Examples:
+        >>> model = DigitsCycle(latent=8, hidden=32)
+        >>> [name for name, _ in model.named_children()], tuple(model(torch.rand(4, 64)).shape)
+        (['encoder', 'decoder', 'generator'], (4, 64))
     """
 
     def __init__(self, latent: int = 16, hidden: int = 64, dropout: float = 0.1, seed: int = 0):
@@ -170,11 +174,12 @@ class DigitsCycleTask:
     Models need ``encoder``, ``decoder`` and ``generator`` children; batches are :class:`DigitsBatch`.
     ``seed`` rebuilds the untrained generator that :meth:`evaluate` compares with.
 
-    >>> task, model = DigitsCycleTask(), DigitsCycle()
-    >>> batch = collate_digits([(torch.rand(64), i) for i in range(4)])
-    >>> task.loss(model, batch, StepContext(0, 0, "cycle")).backward()
-    >>> _cycle(model).generator[0].weight.grad is not None
-    True
+    Examples:
+        >>> task, model = DigitsCycleTask(), DigitsCycle()
+        >>> batch = collate_digits([(torch.rand(64), i) for i in range(4)])
+        >>> task.loss(model, batch, StepContext(0, 0, "cycle")).backward()
+        >>> _cycle(model).generator[0].weight.grad is not None
+        True
     """
 
     metrics = ("recon_mse", "cycle_loss", "pixel_mse", "untrained_cycle_loss", "untrained_pixel_mse")

@@ -58,12 +58,12 @@ from . import _hf_models as _hf
 __all__ = ["Seq2SeqKind", "Prediction", "model_factory", "resolve_factory", "tokenization"]
 
 FACTORIES = {"gru": gru_seq2seq, "transformer": transformer_seq2seq}
-PAIRS_DOCS = "README, 'Pair files'"
+PAIRS_DOCS = "docs/guides/own-data.md, 'Pair files'"
 
 
 def resolve_factory(name: str, path: str | None = None) -> Any:
     """A user's ``package.module:factory``, imported with ``path`` (a folder) first on ``sys.path``."""
-    factory = import_object(name, path, "model.name", "the README, 'Custom models'")
+    factory = import_object(name, path, "model.name", "docs/guides/own-data.md, 'Custom models'")
     if not callable(factory):
         raise ConfigError([f"model.name: {name!r} is a {type(factory).__name__}, not a callable factory"])
     return factory
@@ -223,7 +223,7 @@ class Seq2SeqKind(Kind):
             raise ConfigError([f"model.args: {e}"]) from None
         if not isinstance(model, nn.Module):
             raise ConfigError([f"model.name: {recipe.model.name!r} returned a {type(model).__name__}, not an "
-                               "nn.Module (see the README, 'Custom models')"])
+                               "nn.Module (see docs/guides/own-data.md, 'Custom models')"])
         return model
 
     def max_len(self, recipe: Recipe, data: KindData, override: int | None = None) -> int | None:

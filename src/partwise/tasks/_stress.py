@@ -41,8 +41,9 @@ def word_stress_labels(pronunciations: list[list[str]], max_syllables: int = 8) 
     """``(stressed syllable index, syllable count)`` of the first pronunciation with a primary stress,
     clipped to ``max_syllables``; ``None`` if no pronunciation has one.
 
-    >>> word_stress_labels([["AH0"], ["EY1"]])
-    (0, 1)
+    Examples:
+        >>> word_stress_labels([["AH0"], ["EY1"]])
+        (0, 1)
     """
     for pron in pronunciations:
         try:
@@ -68,9 +69,10 @@ class StressBatch:
 class StressDataset(Dataset[tuple[int, Tensor, int, int]]):
     """Words encoded with ``vocab`` (characters, then EOS) and their stress labels.
 
-    >>> ds = StressDataset(["ab"], [0], [1], Vocab(["a", "b"]))
-    >>> ds[0][1].tolist(), len(ds)
-    ([4, 5, 3], 1)
+    Examples:
+        >>> ds = StressDataset(["ab"], [0], [1], Vocab(["a", "b"]))
+        >>> ds[0][1].tolist(), len(ds)
+        ([4, 5, 3], 1)
     """
 
     def __init__(self, words: list[str], stress: list[int], syllables: list[int], vocab: Vocab) -> None:
@@ -115,10 +117,11 @@ class StressHead(nn.Module):
     """Masked attention pooling over ``Memory.states`` with the last layer of ``Memory.final``,
     then ``Linear -> GELU -> Dropout`` and two output layers, ``stress_out`` and ``count_out``.
 
-    >>> head = StressHead(memory_dim=4, final_dim=4, hidden=8)
-    >>> mem = Memory(torch.zeros(2, 3, 4), torch.ones(2, 3, dtype=torch.bool), torch.zeros(1, 2, 4))
-    >>> tuple(head(mem).stress.shape)
-    (2, 8)
+    Examples:
+        >>> head = StressHead(memory_dim=4, final_dim=4, hidden=8)
+        >>> mem = Memory(torch.zeros(2, 3, 4), torch.ones(2, 3, dtype=torch.bool), torch.zeros(1, 2, 4))
+        >>> tuple(head(mem).stress.shape)
+        (2, 8)
     """
 
     def __init__(self, memory_dim: int, final_dim: int, hidden: int = 256, max_syllables: int = 8,
@@ -161,10 +164,11 @@ def stress_model(vocab_size: int, hidden: int = 256, dropout: float = 0.1, max_s
     direction, one layer), or ``encoder_shape``: a G2P run's GRU encoder (``emb``, ``hidden``,
     ``layers``, ``bidirectional``), so that run's encoder part loads into it.
 
-    >>> m = stress_model(30, hidden=16)
-    >>> logits = m(torch.tensor([[5, 6, 3]]), torch.tensor([[True, True, True]]))
-    >>> tuple(logits.syllables.shape)
-    (1, 8)
+    Examples:
+        >>> m = stress_model(30, hidden=16)
+        >>> logits = m(torch.tensor([[5, 6, 3]]), torch.tensor([[True, True, True]]))
+        >>> tuple(logits.syllables.shape)
+        (1, 8)
     """
     if encoder_shape is None:
         encoder = GRUEncoder(vocab_size, ENCODER_EMB, ENCODER_HIDDEN)
