@@ -13,7 +13,7 @@ from torch import nn  # noqa: E402
 
 import partwise as pw  # noqa: E402
 from partwise.data import Seq2SeqDataset, Vocab, collate  # noqa: E402
-from partwise.peft import add_lora, adapter_modules, lora_state_bytes  # noqa: E402
+from partwise.peft import adapter_modules, add_lora, lora_state_bytes  # noqa: E402
 from partwise.seq2seq import Seq2SeqTask, gru_seq2seq, transformer_seq2seq  # noqa: E402
 
 WORDS = ["abc", "bca", "cab", "abcd", "dcba", "bad", "dab", "cad", "acdb", "bdca", "cbad", "dacb"] * 4

@@ -142,6 +142,8 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
     p.add_argument("run_dir")
     p.add_argument("out_dir", help="a new directory for config.json and model.safetensors")
     p.add_argument("--latest", action="store_true", help="export the latest checkpoint instead of the best")
+    p.add_argument("--adapter", action="store_true",
+                   help="a run with adapters: write them as a PEFT adapter folder (default: merged into the model)")
 
     p = add("recipes", "list the recipes shipped with partwise, copy one out to edit, or print its path")
     p.add_argument("action", nargs="?", choices=["list", "copy", "path"], default="list")
@@ -208,7 +210,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "export":
         from ._export import export_command
 
-        return export_command(args.run_dir, args.out_dir, "latest" if args.latest else "best")
+        return export_command(args.run_dir, args.out_dir, "latest" if args.latest else "best", args.adapter)
     if args.command == "recipes":
         from ._recipes import recipes_command
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -18,14 +19,31 @@ from ..seq2seq import TEACHER_FORCING
 __all__ = ["build_parts", "build_plan", "trainer_kwargs"]
 
 
-def build_parts(recipe: Recipe, model: nn.Module) -> Parts:
-    # HF models get partwise.hf's parts unless the recipe names its own
+def build_parts(recipe: Recipe, model: nn.Module, init: Callable[[Parts], None] | None = None) -> Parts:
+    """The recipe's parts (HF models get partwise.hf's unless the recipe names its own), with its
+    ``adapters:`` added to ``model`` (in place); ``init`` is given the parts before any adapter is added,
+    so weights from another run load under their own names."""
     from ..tasks._hf_models import default_spec
 
+    spec = recipe.parts if recipe.parts is not None else default_spec(model)
     try:
-        return Parts(model, recipe.parts if recipe.parts is not None else default_spec(model))
+        parts = Parts(model, spec)
+        if init is not None:
+            init(parts)
+        if recipe.adapters is None:
+            return parts
+        from ..peft import add_lora, require_peft
+
+        require_peft()
+        a = recipe.adapters
+        lora = add_lora(model, a.parts, spec=spec, r=a.r, alpha=a.alpha, dropout=a.dropout, targets=a.targets,
+                        split=a.split)
+        return Parts(model, lora.spec)
     except PartError as e:
         raise ConfigError([f"parts: {e}"]) from None
+    except ConfigError as e:
+        raise ConfigError([m.replace("adapters: ", "adapters.parts: ", 1) if m.startswith("adapters: '") else m
+                           for m in e.errors]) from None
 
 
 def _task_options(ph: Any, i: int) -> dict[str, Any]:

@@ -89,9 +89,13 @@ def build_run(recipe: Recipe, artifacts: dict[str, Any] | None = None, artifacts
         torch.set_num_threads(recipe.training.threads)
     data = _load_data(kind, recipe, artifacts, artifacts_path)
     model = kind.build_model(recipe, data)
-    parts = build.build_parts(recipe, model)
+    init_log: list[str] = []
+
+    def init(base: Any) -> None:  # before any adapter is added: the source's tensors keep their names
+        init_log.extend(apply_init(recipe, model, base, kind.artifacts(data)))
+
+    parts = build.build_parts(recipe, model, init=init if artifacts is None and recipe.init else None)
     plan = build.build_plan(recipe, parts)
-    init_log = apply_init(recipe, model, parts, kind.artifacts(data)) if artifacts is None and recipe.init else []
     task = kind.build_task(recipe, data)
     train_loader, dev_loader = kind.loaders(recipe, data)
     steps = len(train_loader) // recipe.training.grad_accum

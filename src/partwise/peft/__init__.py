@@ -21,6 +21,16 @@ Examples:
     ...                 pw.Phase("decoder", epochs=1, train={"decoder": 1e-4, "decoder.lora": 1e-3})])
 """
 
-from partwise.peft._lora import LoRA, MergeReport, adapter_modules, add_lora, lora_state_bytes, require_peft
+from partwise.peft._lora import (
+    LoRA,
+    MergeReport,
+    adapter_modules,
+    add_lora,
+    lora_state_bytes,
+    merge,
+    require_peft,
+    save_adapter,
+)
 
-__all__ = ["LoRA", "MergeReport", "add_lora", "adapter_modules", "lora_state_bytes", "require_peft"]
+__all__ = ["LoRA", "MergeReport", "add_lora", "adapter_modules", "lora_state_bytes", "merge", "require_peft",
+           "save_adapter"]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import copy
 import os
 import re
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,8 @@ from .._errors import ConfigError
 from .._model._parts import Parts
 from .._run._surgery import replace_module
 
-__all__ = ["LoRA", "MergeReport", "add_lora", "adapter_modules", "require_peft", "lora_state_bytes"]
+__all__ = ["LoRA", "MergeReport", "add_lora", "adapter_modules", "merge", "save_adapter", "require_peft",
+           "lora_state_bytes"]
 
 ADAPTER = "default"  # PEFT's adapter name; one adapter per model
 LORA_PARAM = r"\.lora_(A|B)\.[^.]+\.weight"  # a LoRA parameter's name under its layer (adapter name, weight)
@@ -69,48 +70,59 @@ class LoRA:
     def merge(self, model: nn.Module) -> MergeReport:
         """Fold every LoRA layer into its base weight (``W + B A * scale``) and put the base layer back
         in its place: the model is a plain model again (build its ``Parts`` anew from ``report.spec``)."""
-        layers = adapter_modules(model)
-        paths = [p for ps in self.targets.values() for p in ps]
-        missing = [p for p in paths if p not in layers]
-        if missing:
-            raise ConfigError([f"merge: {missing[:3]} hold no LoRA layer (merged already?)"])
-        for path in paths:
-            layer: Any = layers[path]
-            layer.merge(safe_merge=True)  # raises if a merged weight is not finite
-            replace_module(model, path, layer.get_base_layer())
-        if hasattr(model, "peft_config") and not adapter_modules(model):
-            del model.peft_config  # PEFT's bookkeeping of the adapters that are gone
-        return MergeReport(tuple(paths), tuple(self.adapter_parts), dict(self.base_spec))
+        report = merge(model)
+        return MergeReport(report.modules, tuple(self.adapter_parts), dict(self.base_spec))
 
     def save(self, model: nn.Module, out_dir: str | os.PathLike[str], base_model: str | None = None) -> Path:
-        """Write the adapters as a PEFT adapter folder (``adapter_config.json`` and
-        ``adapter_model.safetensors``) that ``PeftModel.from_pretrained(base, out_dir)`` loads; only
-        the adapter weights (small). ``out_dir`` must not exist; it appears whole or not at all."""
-        from peft import get_peft_model_state_dict
-        from safetensors.torch import save_file
+        """:func:`save_adapter`: the adapters as a PEFT adapter folder."""
+        return save_adapter(model, out_dir, base_model)
 
-        out = Path(out_dir)
-        if out.exists():
-            raise FileExistsError(f"{str(out)!r} exists; give a new folder for the adapter")
-        state = get_peft_model_state_dict(model, adapter_name=ADAPTER)
-        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+
+def merge(model: nn.Module) -> MergeReport:
+    """Fold every PEFT adapter layer of ``model`` into its base weight and put the base layer back in
+    its place (what ``partwise export`` does to a run trained with adapters)."""
+    layers = adapter_modules(model)
+    if not layers:
+        raise ConfigError(["merge: the model has no adapter layers (merged already?)"])
+    for path, layer in layers.items():
+        layer_: Any = layer
+        layer_.merge(safe_merge=True)  # raises if a merged weight is not finite
+        replace_module(model, path, layer_.get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config  # PEFT's bookkeeping of the adapters that are gone
+    return MergeReport(tuple(layers), ())
+
+
+def save_adapter(model: nn.Module, out_dir: str | os.PathLike[str], base_model: str | None = None) -> Path:
+    """Write ``model``'s adapters as a PEFT adapter folder (``adapter_config.json`` and
+    ``adapter_model.safetensors``) that ``PeftModel.from_pretrained(base, out_dir)`` loads; only the
+    adapter weights (small). ``out_dir`` must not exist; it appears whole or not at all."""
+    from safetensors.torch import save_file
+
+    from peft import get_peft_model_state_dict
+
+    out = Path(out_dir)
+    if out.exists():
+        raise FileExistsError(f"{str(out)!r} exists; give a new folder for the adapter")
+    configs = getattr(model, "peft_config", None)
+    if not isinstance(configs, dict) or ADAPTER not in configs:
+        raise ConfigError(["save_adapter: the model has no adapters (add_lora adds them)"])
+    state = get_peft_model_state_dict(model, adapter_name=ADAPTER)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_file({PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in state.items()},
+                  str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        config = copy.copy(configs[ADAPTER])
+        if base_model is not None:
+            config.base_model_name_or_path = base_model
+        config.save_pretrained(str(tmp))
+        tmp.rename(out)
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            save_file({PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in state.items()},
-                      str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-            config = self.config
-            if base_model is not None:
-                config.base_model_name_or_path = base_model
-            config.save_pretrained(str(tmp))
-            info = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
-            info["partwise_parts"] = {p: list(t) for p, t in self.targets.items()}
-            (tmp / "adapter_config.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-            tmp.rename(out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return out
+        raise
+    return out
 
 
 def _default_spec(model: nn.Module) -> dict[str, list[str]]:
@@ -126,7 +138,7 @@ def add_lora(
     model: nn.Module,
     on: str | Iterable[str],
     *,
-    spec: dict[str, list[str]] | None = None,
+    spec: Mapping[str, str | Sequence[str]] | None = None,
     r: int = 8,
     alpha: float = 16.0,
     dropout: float = 0.0,
@@ -153,7 +165,8 @@ def add_lora(
     """
     peft = require_peft()
     names = [on] if isinstance(on, str) else list(on)
-    base_spec = {k: list(v) for k, v in (spec if spec is not None else _default_spec(model)).items()}
+    given = spec if spec is not None else _default_spec(model)
+    base_spec = {k: [v] if isinstance(v, str) else list(v) for k, v in given.items()}
     existing = adapter_modules(model)
     errors = [f"adapters: {p!r} is not a part; the parts are {list(base_spec)}" for p in names if p not in base_spec]
     if existing:

@@ -39,6 +39,7 @@ from partwise.recipe._kinds import (
 from partwise.recipe._reference import field_comments, recipe_keys_markdown
 from partwise.recipe._resolve import import_object
 from partwise.recipe._schema import (
+    AdaptersConfig,
     CharSide,
     CmudictData,
     DigitsData,
@@ -64,6 +65,7 @@ from partwise.recipe._schema import (
 )
 
 __all__ = [
+    "AdaptersConfig",
     "recipe_keys_markdown",
     "field_comments",
     "training_subset",

@@ -276,6 +276,19 @@ class TrainingConfig(_Strict):
         return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v  # YAML reads on/off as booleans
 
 
+class AdaptersConfig(_Strict):
+    """LoRA adapters (Hu et al. 2021) on chosen parts, through PEFT (partwise[peft]): each part P gets a
+    part P.lora (or P.lora_A and P.lora_B) beside its base weights, which the plan freezes or trains."""
+
+    parts: list[str] = Field(min_length=1)  # the parts to adapt, e.g. [decoder]
+    type: Literal["lora"] = "lora"  # the adapter kind
+    r: Int = Field(8, ge=1)  # the rank of each low-rank update
+    alpha: Float = Field(16.0, gt=0)  # the update is scaled by alpha / r
+    dropout: Float = Field(0.0, ge=0.0, lt=1.0)  # dropout on the adapted layer's input
+    targets: list[str] | None = None  # module names to adapt (e.g. [q, v]); null: every nn.Linear of the parts
+    split: bool = False  # parts P.lora_A and P.lora_B (LoRA+ learning-rate ratios as per-part LRs) instead of P.lora
+
+
 class EvalConfig(_Strict):
     beam_size: Int = Field(1, ge=1)  # 1 = greedy
     max_len: Int | None = Field(None, ge=1)  # decoding limit in tokens; null: from the training targets
@@ -299,6 +312,7 @@ class Recipe(_Strict):
     teacher_forcing: TeacherForcingConfig | None = None  # seq2seq: teacher forcing / scheduled sampling
     plan: list[PhaseConfig] = Field(min_length=1)  # the phases, in order: which parts train, how fast
     training: TrainingConfig = Field(default_factory=TrainingConfig)  # how the Trainer runs the plan
+    adapters: AdaptersConfig | None = None  # LoRA adapters on parts (partwise[peft])
     eval: EvalConfig = Field(default_factory=EvalConfig)  # seq2seq: decoding for evaluation and predict
 
 
@@ -455,6 +469,8 @@ def dump(recipe: Recipe) -> str:
     out = recipe.model_dump(mode="json", by_alias=True)
     if out["init"] is None:
         del out["init"]
+    if out["adapters"] is None:
+        del out["adapters"]
     if out["model"]["path"] is None:
         del out["model"]["path"]
     if out["task"]["path"] is None:
