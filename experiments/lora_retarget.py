@@ -45,8 +45,8 @@ def sh(*cmd: str, cwd: Path) -> str:
 
 def recipe(run_dir: str, data: str, **extra) -> dict:
     return {"run_dir": run_dir, "seed": 0, "model": MODEL, "parts": PARTS,
-            "data": {"name": "pairs", "train": f"{data}/train.tsv", "dev": f"{data}/dev.tsv", "test": f"{data}/test.tsv",
-                     **SIDES},
+            "data": {"name": "pairs", "train": f"{data}/train.tsv", "dev": f"{data}/dev.tsv",
+                     "test": f"{data}/test.tsv", **SIDES},
             "training": {"batch_size": 128, "threads": 1, "cache": "auto", "guard": True,
                          "best_metric": "seq_error"}, **extra}
 

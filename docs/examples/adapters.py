@@ -1,6 +1,7 @@
 import random
 
 import torch
+
 import partwise as pw
 from partwise.data import Seq2SeqDataset, Vocab, collate
 from partwise.peft import add_lora
