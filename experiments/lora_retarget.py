@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -89,7 +90,7 @@ def main() -> None:
         spec["training"]["max_minutes"] = args.minutes
         (out / f"v{i}.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
         inspect = sh(exe, "inspect", f"v{i}.yaml", cwd=out)
-        trainable = inspect.split("trainable ", 1)[1].split(" params", 1)[0]
+        trainable = re.search(r"; trainable ([\d,]+) params", inspect).group(1)
         t0 = time.time()
         sh(exe, "train", f"v{i}.yaml", "--overwrite", cwd=out)
         wall = time.time() - t0
