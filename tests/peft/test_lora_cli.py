@@ -78,3 +78,9 @@ def test_adapters_on_an_unknown_part_or_a_tied_layer_are_refused_before_any_work
     assert code == 2 and "'lm_head' (part 'embeddings') holds a tied tensor" in err and not (tmp_path / "run").exists()
     code, _, err = run(capsys, "inspect", write(tmp_path, {**RECIPE, "adapters": {"parts": ["decoder"], "r": 0}}))
     assert code == 2 and "adapters.r" in err
+
+
+def test_an_override_reaches_an_adapter_part_whose_name_holds_a_dot(tmp_path, capsys):
+    code, out, err = run(capsys, "inspect", write(tmp_path, RECIPE), "plan.1.train.decoder.lora=3e-2")
+    assert code == 0, err
+    assert "decoder.lora   AdamW    lr 0.03" in out and "decoder.lora   AdamW    lr 0.01" in out  # phase 2, phase 1

@@ -426,7 +426,8 @@ def _resolve(recipe: Recipe, kind: Any) -> Recipe:
 
 
 def apply_overrides(raw: Any, overrides: list[str], source: str) -> Any:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML; list items by index)."""
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML; list items by index; a key that holds a
+    dot, such as the part ``decoder.lora``, is matched where it exists: ``plan.0.train.decoder.lora=1e-3``)."""
     out = copy.deepcopy(raw)
     errors = []
     for item in overrides:
@@ -438,26 +439,30 @@ def apply_overrides(raw: Any, overrides: list[str], source: str) -> Any:
             parsed = yaml.safe_load(value) if value else None
         except yaml.YAMLError:
             parsed = value
-        node, parts = out, key.split(".")
-        for i, k in enumerate(parts[:-1]):
+        node, parts, i = out, key.split("."), 0
+        while True:
+            # the longest dotted run that names a key already here (part names may hold dots: decoder.lora)
+            here = node if isinstance(node, dict) else {}
+            j = next((j for j in range(len(parts), i + 1, -1) if ".".join(parts[i:j]) in here), i + 1)
+            k = ".".join(parts[i:j])
+            if j == len(parts):
+                if isinstance(node, list):
+                    if not (k.isdigit() and int(k) < len(node)):
+                        errors.append(f"override {item!r}: no item {k} in a list of {len(node)}")
+                    else:
+                        node[int(k)] = parsed
+                else:
+                    node[k] = parsed
+                break
             nxt: Any = None
             if isinstance(node, list) and k.isdigit() and int(k) < len(node):
                 nxt = node[int(k)]
             elif isinstance(node, dict):
                 nxt = node.setdefault(k, {})
             if not isinstance(nxt, dict | list):
-                errors.append(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a section")
+                errors.append(f"override {item!r}: {'.'.join(parts[:j])} is not a section")
                 break
-            node = nxt
-        else:
-            last = parts[-1]
-            if isinstance(node, list):
-                if not (last.isdigit() and int(last) < len(node)):
-                    errors.append(f"override {item!r}: no item {last} in a list of {len(node)}")
-                    continue
-                node[int(last)] = parsed
-            else:
-                node[last] = parsed
+            node, i = nxt, j
     if errors:
         raise ConfigError(errors, source)
     return out
