@@ -143,3 +143,29 @@ def test_a_tied_output_layer_is_refused_not_silently_untied():
     lora = add_lora(model, "decoder", targets=["0"])  # the untied layer only
     assert lora.targets == {"decoder": ("decoder.0",)}
     assert lora_state_bytes(model) == (8 * 4 + 4 * 8) * 4  # r=8: A is 8x4, B 4x8, float32
+
+
+def test_adapter_only_checkpoints_resume_exactly_and_refuse_a_model_without_the_base(tmp_path):
+    """checkpoint_parts="trained": the checkpoints hold the adapter part only; resume needs the frozen
+    base as it was (a digest in meta.json says so), and ends bit-identical."""
+    train, vocab = data()
+
+    def run(resume=None, max_steps=None, run_dir=None, seed=0):
+        model = model_of("transformer", vocab)
+        if seed:
+            torch.manual_seed(seed)
+            model.encoder.layers[0].ff.inner.reset_parameters()  # not the weights the run was trained from
+        lora = add_lora(model, "decoder", r=2)
+        trainer = trainer_for(model, lora.spec, ADAPTERS_ONLY, run_dir=run_dir, checkpoint_parts="trained")
+        trainer.fit(train, resume=resume, max_steps=max_steps)
+        return model
+
+    full = run()
+    run(max_steps=3, run_dir=tmp_path)
+    ckpt = pw.resolve_checkpoint(tmp_path)
+    assert sorted(p.name for p in ckpt.glob("*.safetensors")) == ["part-decoder.lora.safetensors"]
+    with pytest.raises(pw.CheckpointError, match=r"does not hold part\(s\) \['encoder'\] .* load them first"):
+        run(resume=tmp_path, run_dir=tmp_path, seed=7)
+    resumed = run(resume=tmp_path, run_dir=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values(),
+                                                 strict=True))

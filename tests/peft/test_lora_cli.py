@@ -3,6 +3,8 @@ parts in ``inspect``, evaluates, and exports the run merged (equal logits) or as
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 pytest.importorskip("peft")
@@ -84,3 +86,33 @@ def test_an_override_reaches_an_adapter_part_whose_name_holds_a_dot(tmp_path, ca
     code, out, err = run(capsys, "inspect", write(tmp_path, RECIPE), "plan.1.train.decoder.lora=3e-2")
     assert code == 0, err
     assert "decoder.lora   AdamW    lr 0.03" in out and "decoder.lora   AdamW    lr 0.01" in out  # phase 2, phase 1
+
+
+def test_adapter_only_checkpoints_from_a_kept_run_resume_and_evaluate(tmp_path, capsys):
+    """checkpoint_parts: trained with init: from a kept run: the checkpoints hold the adapter only;
+    resume and eval take the rest from the kept run again, and refuse when it is gone."""
+    gru = {"name": "gru", "args": {"emb": 8, "hidden": 16, "attention": "dot", "dropout": 0.0}}
+    base = {"run_dir": str(tmp_path / "base"), "data": {"name": "cmudict", "limit": 60}, "model": gru,
+            "plan": [{"name": "all", "epochs": 1, "train": {"encoder": 3e-3, "decoder": 3e-3}}],
+            "training": {"batch_size": 32, "threads": 1}}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base), encoding="utf-8")
+    assert run(capsys, "train", str(tmp_path / "base.yaml"))[0] == 0
+    kept = {"from": str(tmp_path / "base"), "checkpoint": "latest"}
+    lora = {**base, "run_dir": str(tmp_path / "lora"), "init": {"encoder": kept, "decoder": kept},
+            "adapters": {"parts": ["decoder"], "r": 2},
+            "plan": [{"name": "adapters", "epochs": 2, "train": {"decoder.lora": 1e-2}}],
+            "training": {**base["training"], "checkpoint_parts": "trained", "guard": True}}
+    (tmp_path / "lora.yaml").write_text(yaml.safe_dump(lora), encoding="utf-8")
+    code, _, err = run(capsys, "train", str(tmp_path / "lora.yaml"), "--max-steps", "2")
+    assert code == 0, err
+    ckpt = sorted((tmp_path / "lora" / "checkpoints").glob("step-*"))[-1]
+    assert [p.name for p in ckpt.glob("*.safetensors")] == ["part-decoder.lora.safetensors"]
+    code, out, err = run(capsys, "resume", str(tmp_path / "lora"))
+    assert code == 0 and "dev: loss" in out, err
+    code, out, err = run(capsys, "eval", str(tmp_path / "lora"), "--split", "dev")
+    assert code == 0 and out.startswith("dev: loss"), err
+    import shutil
+
+    shutil.rmtree(tmp_path / "base")
+    code, _, err = run(capsys, "eval", str(tmp_path / "lora"), "--split", "dev")
+    assert code == 2 and re.search(r"init\.(encoder|decoder)\.from: .* not found", err), err

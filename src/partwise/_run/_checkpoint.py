@@ -19,11 +19,13 @@ removes at the next start once that process is gone.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,7 @@ __all__ = ["part_tensors", "save_checkpoint", "write_checkpoint", "point", "epoc
            "averaged_checkpoint", "drop_versions", "resolve_checkpoint", "find_checkpoint",
            "pointer_target", "PLAIN_NAME", "best_or_latest", "load_weights", "load_state",
            "read_meta", "read_part", "part_file_problems", "remove_debris", "tidy", "pid_alive", "discard",
-           "STATE_KEYS", "check_state_keys", "complete_checkpoints"]
+           "STATE_KEYS", "check_state_keys", "complete_checkpoints", "part_digest"]
 
 #: the keys of ``Trainer.state_dict()``: the one schema of a checkpoint's state.pt
 STATE_KEYS = ("step", "epoch", "plan", "optimizer", "parts", "rng", "history", "best", "stale_evals", "stop_best",
@@ -94,8 +96,12 @@ def save_checkpoint(
     pointers: tuple[str, ...] = (LATEST,),
     keep: int = 1,
     keep_epoch_ends: int = 0,
+    only: Sequence[str] | None = None,
 ) -> Path:
     """Write checkpoint ``ckpt_root/name`` atomically and point ``pointers`` at it.
+
+    ``only``: write these parts' tensors only; the others are recorded in ``meta.json`` by a digest of
+    their tensors (``"unsaved"``), which :func:`load_weights` checks against the model it loads into.
 
     A process killed at any moment leaves the previous complete checkpoint and its pointers intact:
     the checkpoint is written under a temporary name and renamed when complete, then each pointer is
@@ -106,8 +112,22 @@ def save_checkpoint(
     the newest ``keep``, nor among the last ``keep_epoch_ends`` written at an epoch's end (those
     ``average_last`` averages), nor named by a pointer are removed. Returns the checkpoint's directory.
     """
-    return write_checkpoint(ckpt_root, name, part_tensors(model, parts), state, meta, pointers, keep,
-                            keep_epoch_ends)
+    tensors = part_tensors(model, parts)
+    if only is not None:
+        meta = {**meta, "unsaved": {p: part_digest(t) for p, t in tensors.items() if p not in only}}
+        tensors = {p: t for p, t in tensors.items() if p in only}
+    return write_checkpoint(ckpt_root, name, tensors, state, meta, pointers, keep, keep_epoch_ends)
+
+
+def part_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """A SHA-256 of a part's tensors (names, dtypes, shapes, bytes): what a checkpoint that does not
+    hold the part records of it."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def write_checkpoint(ckpt_root: str | Path, name: str, tensors_by_part: dict[str, dict[str, torch.Tensor]],
@@ -471,15 +491,26 @@ def load_weights(model: nn.Module, parts: Parts, checkpoint: str | Path, only: l
         partwise._errors.CheckpointError: checkpoint ... 1.weight (part '1') is missing from the checkpoint; ...
     """
     ckpt = resolve_checkpoint(checkpoint)
-    files: dict[str, str] = read_meta(ckpt)["parts"]
+    meta = read_meta(ckpt)
+    files: dict[str, str] = meta["parts"]
+    unsaved: dict[str, str] = meta.get("unsaved") or {}
     wanted = list(files) if only is None else list(only)
     absent = [p for p in wanted if p not in files]
     if absent:
-        raise CheckpointError(f"checkpoint {str(ckpt)!r} has no part(s) {absent}; it has {sorted(files)}")
+        held = f"; it was saved with checkpoint_parts='trained' and holds {sorted(files)}" if unsaved else ""
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} has no part(s) {absent}{held or f'; it has {sorted(files)}'}")
     by_part = part_tensors(model, parts)
+    if only is None:
+        changed = [p for p, digest in unsaved.items() if p not in by_part or part_digest(by_part[p]) != digest]
+        if changed:
+            raise CheckpointError(
+                f"checkpoint {str(ckpt)!r} does not hold part(s) {changed} (saved with checkpoint_parts='trained'), "
+                "and the model's do not hold the weights it was trained with: load them first (the run's init:, "
+                "or the pretrained model it started from), then this checkpoint", changed)
     where = {k: part for part, tensors in by_part.items() for k in tensors}
     everything = {k: t for tensors in by_part.values() for k, t in tensors.items()}
-    expected = everything if only is None else {k: t for p in wanted for k, t in by_part.get(p, {}).items()}
+    expected = ({k: t for p in wanted for k, t in by_part.get(p, {}).items()} if only is not None or unsaved
+                else everything)
     stored = {k: t for part in wanted for k, t in read_part(ckpt, files[part]).items()}
     problems = tensor_problems(stored, expected, everything, where)
     if problems and strict:

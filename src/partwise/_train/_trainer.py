@@ -86,6 +86,9 @@ class Trainer:
         average_last: at the end of ``fit``, average the weights of the last N epoch-end checkpoints
             (kept for it) and make the average ``best`` if it beats the best epoch on ``best_metric``
             (see :meth:`consider_average`; needs ``run_dir`` and ``best_metric``).
+        checkpoint_parts: ``"all"`` (every part in every checkpoint) or ``"trained"``: only the parts
+            some phase of the plan trains (adapters, a new head); the others are recorded by a digest,
+            and loading the checkpoint (resume) needs a model that holds them as they were.
     """
 
     def __init__(
@@ -95,7 +98,7 @@ class Trainer:
         grad_clip: float | Mapping[str, float] | None = None, grad_accum: int = 1, on_nonfinite: str = "skip",
         early_stopping: EarlyStopping | None = None, best_metric: tuple[str, str] | None = None,
         save_every: int | None = None, callbacks: Sequence[Callback | object] = (), guard: bool = False,
-        cache: str = "auto", average_last: int | None = None,
+        cache: str = "auto", average_last: int | None = None, checkpoint_parts: str = "all",
     ):
         self.model, self.parts, self.plan = model, parts, plan
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -104,6 +107,7 @@ class Trainer:
         self.on_nonfinite = on_nonfinite
         self.early_stopping, self.best_metric, self.save_every = early_stopping, best_metric, save_every
         self.use_guard, self.cache_mode, self.average_last = guard, cache, average_last
+        self.checkpoint_parts = checkpoint_parts
         device_, device_problem = device_for(device)
         errors = option_problems(self) + ([device_problem] if device_problem else [])
         precision_error = precision_problem(precision, device_) if device_ is not None else None
@@ -504,9 +508,10 @@ class Trainer:
         state = self.state_dict()
         if best:
             state["best_checkpoint"] = SELF
+        only = sorted({p for ph in self.plan.phases for p in ph.train}) if self.checkpoint_parts == "trained" else None
         path = ckpt.save_checkpoint(run.checkpoints, f"step-{self.step:08d}", self.model, self.parts,
                                     state, meta, pointers=(LATEST, BEST) if best else (LATEST,),
-                                    keep=1, keep_epoch_ends=self.average_last or 0)
+                                    keep=1, keep_epoch_ends=self.average_last or 0, only=only)
         if best:
             self._best_name = path.name
         return path

@@ -111,6 +111,11 @@ def option_problems(trainer: Trainer) -> list[str]:
     elif trainer.average_last is not None and (trainer.run_dir is None or not trainer.best_metric):
         out.append("average_last: needs run_dir (the checkpoints it averages) and best_metric (the dev metric that "
                    "decides whether the average becomes best)")
+    if trainer.checkpoint_parts not in ("all", "trained"):
+        out.append(f"checkpoint_parts: {trainer.checkpoint_parts!r} must be 'all' or 'trained'")
+    elif trainer.checkpoint_parts == "trained" and trainer.average_last is not None:
+        out.append("checkpoint_parts: 'trained' checkpoints cannot be averaged (average_last averages whole "
+                   "checkpoints); use 'all', or leave average_last out")
     if not is_int(trainer.seed):
         out.append(f"seed: {trainer.seed!r} must be a whole number")
     if trainer.cache_mode not in ("auto", "on", "off"):

@@ -32,12 +32,15 @@ def build_parts(recipe: Recipe, model: nn.Module, init: Callable[[Parts], None] 
             init(parts)
         if recipe.adapters is None:
             return parts
-        from ..peft import add_lora, require_peft
+        from ..peft import adapter_modules, add_lora, lora_of, require_peft
 
         require_peft()
         a = recipe.adapters
-        lora = add_lora(model, a.parts, spec=spec, r=a.r, alpha=a.alpha, dropout=a.dropout, targets=a.targets,
-                        split=a.split)
+        if adapter_modules(model):  # a copy of the run's adapted model (the checks of a resume)
+            lora = lora_of(model, spec, split=a.split)
+        else:
+            lora = add_lora(model, a.parts, spec=spec, r=a.r, alpha=a.alpha, dropout=a.dropout, targets=a.targets,
+                            split=a.split)
         return Parts(model, lora.spec)
     except PartError as e:
         raise ConfigError([f"parts: {e}"]) from None
@@ -90,4 +93,4 @@ def trainer_kwargs(recipe: Recipe, collate_fn: Any = None) -> dict[str, Any]:
                 grad_accum=t.grad_accum, on_nonfinite=t.on_nonfinite, save_every=t.save_every, early_stopping=stop,
                 best_metric=(t.best_metric, t.best_mode) if t.best_metric else None, batch_size=t.batch_size,
                 collate_fn=collate_fn, cache=t.cache, guard=t.guard,
-                average_last=t.average_last)
+                average_last=t.average_last, checkpoint_parts=t.checkpoint_parts)

@@ -94,7 +94,9 @@ def build_run(recipe: Recipe, artifacts: dict[str, Any] | None = None, artifacts
     def init(base: Any) -> None:  # before any adapter is added: the source's tensors keep their names
         init_log.extend(apply_init(recipe, model, base, kind.artifacts(data)))
 
-    parts = build.build_parts(recipe, model, init=init if artifacts is None and recipe.init else None)
+    # init: for a new run; again on resume when its checkpoints hold only the trained parts (the rest comes from there)
+    again = recipe.init and artifacts is None or (recipe.init and recipe.training.checkpoint_parts == "trained")
+    parts = build.build_parts(recipe, model, init=init if again else None)
     plan = build.build_plan(recipe, parts)
     task = kind.build_task(recipe, data)
     train_loader, dev_loader = kind.loaders(recipe, data)
@@ -411,7 +413,12 @@ def load_run(run_dir: Path, which: str = "best", command: str = "eval") -> tuple
     check_weight_files(ckpt, read_meta(ckpt))
     data = _load_data(kind, recipe, run.read_artifacts(), run.artifacts)
     model = kind.build_model(recipe, data)
-    parts = build.build_parts(recipe, model)
+
+    def init(base: Any) -> None:  # checkpoints of the trained parts only: the rest comes from init:
+        apply_init(recipe, model, base, kind.artifacts(data))
+
+    trained_only = recipe.init and recipe.training.checkpoint_parts == "trained"
+    parts = build.build_parts(recipe, model, init=init if trained_only else None)
     _load_weights(model, parts, ckpt, path)
     return recipe, kind, model.eval(), data, parts
 

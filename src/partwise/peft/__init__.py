@@ -26,11 +26,12 @@ from partwise.peft._lora import (
     MergeReport,
     adapter_modules,
     add_lora,
+    lora_of,
     lora_state_bytes,
     merge,
     require_peft,
     save_adapter,
 )
 
-__all__ = ["LoRA", "MergeReport", "add_lora", "adapter_modules", "lora_state_bytes", "merge", "require_peft",
-           "save_adapter"]
+__all__ = ["LoRA", "MergeReport", "add_lora", "adapter_modules", "lora_of", "lora_state_bytes", "merge",
+           "require_peft", "save_adapter"]

@@ -17,7 +17,7 @@ from .._errors import ConfigError
 from .._model._parts import Parts
 from .._run._surgery import replace_module
 
-__all__ = ["LoRA", "MergeReport", "add_lora", "adapter_modules", "merge", "save_adapter", "require_peft",
+__all__ = ["LoRA", "MergeReport", "add_lora", "adapter_modules", "lora_of", "merge", "save_adapter", "require_peft",
            "lora_state_bytes"]
 
 ADAPTER = "default"  # PEFT's adapter name; one adapter per model
@@ -204,6 +204,11 @@ def add_lora(
     for p in model.parameters():  # PEFT froze the base weights; the plan decides that, not PEFT
         if id(p) in trainable:
             p.requires_grad_(trainable[id(p)])
+    return _described(config, base_spec, chosen, split)
+
+
+def _described(config: Any, base_spec: dict[str, list[str]], chosen: Mapping[str, Sequence[str]],
+               split: bool) -> LoRA:
     new_spec = {part: [*sels, f"!re:.*{LORA_PARAM}"] for part, sels in base_spec.items()}
     for part, paths in chosen.items():
         under = "(" + "|".join(re.escape(p) for p in paths) + ")"
@@ -213,6 +218,24 @@ def add_lora(
         else:
             new_spec[f"{part}.lora"] = [f"re:{under}{LORA_PARAM}"]
     return LoRA(config, new_spec, base_spec, {p: tuple(v) for p, v in chosen.items()})
+
+
+def lora_of(model: nn.Module, spec: Mapping[str, str | Sequence[str]] | None = None, split: bool = False) -> LoRA:
+    """The :class:`LoRA` of a model that holds LoRA layers already (a copy of an adapted model, or
+    one adapted elsewhere): which parts they are in, and the part spec, as :func:`add_lora` gave it."""
+    layers = adapter_modules(model)
+    configs = getattr(model, "peft_config", None)
+    if not layers or not isinstance(configs, dict) or ADAPTER not in configs:
+        raise ConfigError(["the model holds no LoRA layers (add_lora adds them)"])
+    given = spec if spec is not None else _default_spec(model)
+    base_spec = {k: [v] if isinstance(v, str) else list(v) for k, v in given.items()}
+    parts = Parts(model, {part: [*sels, f"!re:.*{LORA_PARAM}"] for part, sels in base_spec.items()})
+    owner = parts.part_of()
+    chosen: dict[str, list[str]] = {}
+    for path, layer in layers.items():
+        base: Any = layer
+        chosen.setdefault(owner[id(base.get_base_layer().weight)], []).append(path)
+    return _described(configs[ADAPTER], base_spec, chosen, split)
 
 
 def lora_state_bytes(model: nn.Module) -> int:

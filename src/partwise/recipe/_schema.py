@@ -260,6 +260,8 @@ class TrainingConfig(_Strict):
     # oversubscription when other jobs share a small machine
     guard: bool = False  # check that frozen parts stay bit-identical (FrozenGuard), re-armed at each phase
     max_minutes: Float | None = Field(None, gt=0)  # stop (with a checkpoint) after this wall time
+    checkpoint_parts: Literal["all", "trained"] = "all"  # trained: checkpoints hold only the parts the plan
+    # trains (adapters, a new head); the others come back from init: or the pretrained model, checked by digest
     average_last: Int | None = Field(None, ge=2)  # at the end, average the last N epoch-end checkpoints; the
     # average becomes best if it beats the best epoch on best_metric (dev)
 
