@@ -24,6 +24,7 @@ EXAMPLES = {
     "train_packaged": "partwise train g2p   # a packaged recipe by name (partwise recipes lists them)",
     "resume": "partwise resume runs/g2p",
     "eval": "partwise eval runs/g2p --split test --beam 5",
+    "eval_ensemble": "partwise eval runs/g2p-seed1 runs/g2p-seed2 --split test   # an ensemble of two runs",
     "predict": "partwise predict runs/g2p partwise pytorch   |   echo tokenizer | partwise predict runs/g2p -",
     "predict_pairs": "partwise predict runs/inflection 'walk <VBD>' --join ''   |   "
                      "partwise predict RUN --file inputs.txt",
@@ -118,14 +119,15 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
                     "target + 5); outputs that reach it are counted and warned about")
     p = add("eval", "score a run's best checkpoint (the latest when it kept no best) on a split: the task's "
                     "metrics (seq2seq: sequence and token error rates, WER/PER for G2P)", data_help=True)
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", nargs="+", help="a run directory; several: decode with their ensemble (the mean of "
+                   "their log-probabilities per step)")
     p.add_argument("--split", choices=["dev", "test"], default="test")
     p.add_argument("--beam", type=beam, default=None, help="beam size >= 1 (default: the recipe's)")
     p.add_argument("--max-len", type=max_len, default=None, help=max_len_help)
 
     p = add("predict", "predict outputs for inputs given as arguments, in a file, or on stdin ('-'), with the "
                        "run's best checkpoint; prints input<TAB>output, an empty output as <empty>", data_help=True)
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run directory (run directories right after it form an ensemble)")
     p.add_argument("inputs", nargs="*", help="source texts, tokenised like the run's training sources")
     p.add_argument("--file", default=None, help="a file with one input per line ('-' for stdin)")
     p.add_argument("--beam", type=beam, default=None, help="beam size >= 1 (default: the recipe's)")
@@ -188,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .._run._runfolder import RunFolder
     from . import _commands as cmd
 
     if args.command == "train":
@@ -203,7 +206,10 @@ def _run(args: argparse.Namespace) -> int:
         if "-" in args.inputs and args.file is not None:
             raise _bad(f"predict: inputs on stdin ('-') and --file {args.file!r} conflict; give one of them")
         inputs = [w for w in args.inputs if w != "-"]
-        return cmd.predict(args.run_dir, inputs, "-" if "-" in args.inputs else args.file, args.beam,
+        runs = [args.run_dir]
+        while inputs and RunFolder(inputs[0]).config.is_file():  # more runs: an ensemble
+            runs.append(inputs.pop(0))
+        return cmd.predict(runs, inputs, "-" if "-" in args.inputs else args.file, args.beam,
                            args.max_len, args.join)
     if args.command == "inspect":
         return cmd.inspect(args.recipe, args.overrides)

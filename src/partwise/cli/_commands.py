@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -431,10 +431,47 @@ def _checkpoint_label(run_dir: Path, which: str) -> str:
     return f"{which} checkpoint" + (f", step {step:,}" if isinstance(step, int) else "")
 
 
-def evaluate(run_dir: str, split: str, beam_size: int | None, max_len: int | None = None) -> int:
-    path = Path(run_dir)
-    which = RunFolder(path).best_or_latest()
-    recipe, kind, model, data, _ = load_run(path, which, command="eval")
+def load_runs(run_dirs: Sequence[str], command: str) -> tuple[Recipe, Any, Any, KindData, str]:
+    """One run's recipe, kind, model and data (see :func:`load_run`), or several runs' models as one
+    :class:`~partwise.seq2seq.Ensemble` (runs of the same seq2seq task with the same vocabularies;
+    refused, naming the difference, otherwise), with the label of the checkpoints used."""
+    paths = [Path(r) for r in run_dirs]
+    loaded = []
+    for path in paths:
+        which = RunFolder(path).best_or_latest()
+        recipe, kind, model, data, _ = load_run(path, which, command=command)
+        loaded.append((recipe, kind, model, data, _checkpoint_label(path, which)))
+    if len(loaded) == 1:
+        return loaded[0]
+    from ..seq2seq import Ensemble
+
+    first, vocab = loaded[0], RunFolder(paths[0]).read_artifacts()
+    errors = []
+    for path, (recipe, kind, model, _, _) in zip(paths, loaded, strict=True):
+        if not kind.decodes or not callable(getattr(model, "encode", None)) or not hasattr(model, "decoder"):
+            errors.append(f"{path}: its model ({recipe.model.name!r}, task {recipe.task.name!r}) is not a partwise "
+                          "seq2seq model; an ensemble needs runs of task seq2seq with gru, transformer or protocol "
+                          "models")
+        elif recipe.task.name != first[0].task.name:
+            errors.append(f"{path}: task {recipe.task.name!r}, not {first[0].task.name!r} as {paths[0]}")
+        else:
+            mine = RunFolder(path).read_artifacts()
+            for key in sorted(set(vocab) | set(mine)):
+                if vocab.get(key) != mine.get(key):
+                    ours, theirs = (len((a.get(key) or {}).get("tokens", [])) for a in (mine, vocab))
+                    errors.append(f"{path}: its {key!r} vocabulary differs from {paths[0]}'s ({ours} tokens vs "
+                                  f"{theirs}); an ensemble needs runs trained on the same vocabularies")
+    if errors:
+        raise ConfigError(errors)
+    recipe, kind, _, data, _ = first
+    ensemble = Ensemble([m for _, _, m, _, _ in loaded]).eval()
+    return recipe, kind, ensemble, data, f"ensemble of {len(loaded)} runs: " + ", ".join(
+        f"{p} ({label})" for p, (_, _, _, _, label) in zip(paths, loaded, strict=True))
+
+
+def evaluate(run_dir: str | Sequence[str], split: str, beam_size: int | None, max_len: int | None = None) -> int:
+    runs = [run_dir] if isinstance(run_dir, str) else list(run_dir)
+    recipe, kind, model, data, label = load_runs(runs, "eval")
     dataset = getattr(data, split)
     if dataset is None:
         raise ConfigError([f"--split {split}: this run's data has no {split} split"])
@@ -445,8 +482,7 @@ def evaluate(run_dir: str, split: str, beam_size: int | None, max_len: int | Non
         task.beam_size = beam_size
     t0 = time.perf_counter()
     scores = task.evaluate(model, kind.eval_loader(recipe, dataset), dataset)
-    _say(f"{split}: {format_metrics(scores)}  ({len(dataset):,} inputs, {_checkpoint_label(path, which)}, "
-         f"{time.perf_counter() - t0:.1f} s)")
+    _say(f"{split}: {format_metrics(scores)}  ({len(dataset):,} inputs, {label}, {time.perf_counter() - t0:.1f} s)")
     warning = truncation_warning(scores.get("at_max_len"), len(dataset), task, split)
     if warning:
         print(f"partwise: warning: {warning}", file=sys.stderr)
@@ -477,15 +513,14 @@ def _inputs_from(inputs: list[str], file: str | None) -> list[str]:
 EMPTY = "<empty>"  # how an empty output is printed
 
 
-def predict(run_dir: str, inputs: list[str], file: str | None, beam_size: int | None, max_len: int | None = None,
-            join: str | None = None) -> int:
+def predict(run_dir: str | Sequence[str], inputs: list[str], file: str | None, beam_size: int | None,
+            max_len: int | None = None, join: str | None = None) -> int:
     """Print ``input<TAB>output`` per input; warnings (unknown source tokens, outputs at the length
     limit) go to stderr, one per input."""
     inputs = _inputs_from(inputs, file)
     if not inputs:
         raise ConfigError(["no inputs given: pass them as arguments, --file FILE, or pipe them on stdin ('-')"])
-    path = Path(run_dir)
-    recipe, kind, model, data, _ = load_run(path, RunFolder(path).best_or_latest(), command="predict")
+    recipe, kind, model, data, _ = load_runs([run_dir] if isinstance(run_dir, str) else list(run_dir), "predict")
     if not kind.decodes:
         if max_len is not None or join is not None:
             raise ConfigError([f"--max-len/--join: runs of task {recipe.task.name!r} do not decode sequences"])

@@ -20,6 +20,7 @@ Examples:
 
 from partwise.seq2seq import _protocol
 from partwise.seq2seq._decoding import MaxLen, beam_search, greedy_decode
+from partwise.seq2seq._ensemble import Ensemble, EnsembleMemory
 from partwise.seq2seq._gru import GRUDecoder, GRUEncoder, gru_seq2seq
 from partwise.seq2seq._model import Seq2Seq
 from partwise.seq2seq._protocol import BOS, EOS, PAD, UNK, Decoder, Encoder, Memory
@@ -50,6 +51,8 @@ from partwise.seq2seq._transformer import (
 __doc__ = f"{__doc__}\n{_protocol.__doc__}"  # the protocol is documented once, where it is defined
 
 __all__ = [
+    "Ensemble",
+    "EnsembleMemory",
     "Memory",
     "Encoder",
     "Decoder",
