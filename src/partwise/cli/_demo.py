@@ -121,5 +121,5 @@ def demo(run_dir: str = "runs/demo", minutes: float | None = None) -> int:
     for name, summary in results.items():
         _say(f"  {name:<16} dev: {format_metrics(summary['dev'])}")
     _say(f"  reports: {', '.join(str(root / n / 'report.md') for n in results)}")
-    _say("  full recipes: recipes/g2p.yaml, recipes/retarget_stress.yaml, recipes/digits_cycle.yaml")
+    _say("  full recipes: partwise train g2p, retarget_stress or digits_cycle (partwise recipes lists them)")
     return 0
