@@ -227,6 +227,7 @@ def test_every_args_schema_rejects_an_unknown_key(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv", [
     ["eval", "--beam", "2", "RUN", "--split", "dev", "--max-len", "9"],
+    ["eval", "RUN", "--split", "dev", "RUN2", "--max-len", "9"],  # two runs: an ensemble
     ["predict", "RUN", "--beam", "3", "a", "--join", "", "b", "--max-len", "4"],
     ["train", "R.yaml", "--max-steps", "1", "run_dir=x", "--overwrite"],
     ["resume", "--max-steps", "5", "RUN", "--allow-plan-change"],
@@ -242,7 +243,7 @@ def test_options_may_come_anywhere_for_every_command(argv):
     if argv[0] == "predict":
         assert args.inputs == ["a", "b"] and args.beam == 3 and args.join == "" and args.max_len == 4
     if argv[0] == "eval":
-        assert args.run_dir == "RUN" and args.max_len == 9
+        assert args.run_dir == [w for w in argv if w.startswith("RUN")] and args.max_len == 9
 
 
 def test_spellings_of_unreleased_versions_are_refused_with_the_key_named():
