@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -33,20 +34,50 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _descendants(pid: int) -> set[int]:
+    """The processes below ``pid`` (torchrun starts its ranks in sessions of their own, so a process
+    group kill misses them); empty without psutil or once ``pid`` is gone."""
+    try:
+        import psutil
+
+        return {c.pid for c in psutil.Process(pid).children(recursive=True)}
+    except Exception:  # noqa: BLE001 - no psutil, or the process ended: nothing more to learn
+        return set()
+
+
+def _kill(pid: int, others: set[int]) -> None:
+    for target in others:
+        try:
+            os.kill(target, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def run_bounded(cmd: list[str], timeout: float, env: dict[str, str] | None = None,
                 cwd: str | None = None) -> subprocess.CompletedProcess[str]:
-    """``subprocess.run`` in a process group of its own: on timeout every process in it is killed
-    (torchrun's ranks too, which a plain ``timeout=`` leaves running) and the test fails saying so."""
+    """``subprocess.run`` in a process group of its own, bounded: on timeout every process it started
+    is killed (torchrun's ranks too, which run in sessions of their own and which a plain ``timeout=``
+    leaves running, holding the output pipes open) and the test fails saying so."""
     proc = subprocess.Popen(cmd, env=env if env is not None else clean_env(), cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{' '.join(cmd[-3:])}: no result in {timeout:.0f} s (a rank died or waits in a collective); "
-                    f"all its processes were killed. Last output:\n{err[-3000:]}")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    started, known = time.monotonic(), set()
+    while True:
+        known |= _descendants(proc.pid)  # remembered: a rank outliving torchrun is reparented away
+        try:
+            out, err = proc.communicate(timeout=1.0)
+            break
+        except subprocess.TimeoutExpired:
+            if time.monotonic() - started < timeout:
+                continue
+            _kill(proc.pid, known)
+            try:
+                out, err = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                out, err = "", "(no output: a process still held the pipes)"
+            pytest.fail(f"{' '.join(cmd[-3:])}: no result in {timeout:.0f} s (a rank died, hangs in a collective or "
+                        f"at exit); all its processes were killed. Last output:\n{err[-3000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
