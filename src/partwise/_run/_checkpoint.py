@@ -97,11 +97,13 @@ def save_checkpoint(
     keep: int = 1,
     keep_epoch_ends: int = 0,
     only: Sequence[str] | None = None,
+    digests: Mapping[str, str] | None = None,
 ) -> Path:
     """Write checkpoint ``ckpt_root/name`` atomically and point ``pointers`` at it.
 
     ``only``: write these parts' tensors only; the others are recorded in ``meta.json`` by a digest of
-    their tensors (``"unsaved"``), which :func:`load_weights` checks against the model it loads into.
+    their tensors (``"unsaved"``), which :func:`load_weights` checks against the model it loads into;
+    ``digests`` gives them already computed (parts that never train keep theirs for the whole run).
 
     A process killed at any moment leaves the previous complete checkpoint and its pointers intact:
     the checkpoint is written under a temporary name and renamed when complete, then each pointer is
@@ -114,7 +116,8 @@ def save_checkpoint(
     """
     tensors = part_tensors(model, parts)
     if only is not None:
-        meta = {**meta, "unsaved": {p: part_digest(t) for p, t in tensors.items() if p not in only}}
+        known = digests or {}
+        meta = {**meta, "unsaved": {p: known.get(p) or part_digest(t) for p, t in tensors.items() if p not in only}}
         tensors = {p: t for p, t in tensors.items() if p in only}
     return write_checkpoint(ckpt_root, name, tensors, state, meta, pointers, keep, keep_epoch_ends)
 

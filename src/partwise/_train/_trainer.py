@@ -108,6 +108,7 @@ class Trainer:
         self.early_stopping, self.best_metric, self.save_every = early_stopping, best_metric, save_every
         self.use_guard, self.cache_mode, self.average_last = guard, cache, average_last
         self.checkpoint_parts = checkpoint_parts
+        self._digests: dict[str, str] | None = None  # checkpoint_parts="trained": the untrained parts' digests
         device_, device_problem = device_for(device)
         errors = option_problems(self) + ([device_problem] if device_problem else [])
         precision_error = precision_problem(precision, device_) if device_ is not None else None
@@ -509,9 +510,13 @@ class Trainer:
         if best:
             state["best_checkpoint"] = SELF
         only = sorted({p for ph in self.plan.phases for p in ph.train}) if self.checkpoint_parts == "trained" else None
+        if only is not None and self._digests is None:  # parts no phase trains: one digest for the whole run
+            tensors = ckpt.part_tensors(self.model, self.parts)
+            self._digests = {p: ckpt.part_digest(t) for p, t in tensors.items() if p not in only}
         path = ckpt.save_checkpoint(run.checkpoints, f"step-{self.step:08d}", self.model, self.parts,
                                     state, meta, pointers=(LATEST, BEST) if best else (LATEST,),
-                                    keep=1, keep_epoch_ends=self.average_last or 0, only=only)
+                                    keep=1, keep_epoch_ends=self.average_last or 0, only=only,
+                                    digests=self._digests)
         if best:
             self._best_name = path.name
         return path

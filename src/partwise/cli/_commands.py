@@ -88,15 +88,8 @@ def build_run(recipe: Recipe, artifacts: dict[str, Any] | None = None, artifacts
     if recipe.training.threads:
         torch.set_num_threads(recipe.training.threads)
     data = _load_data(kind, recipe, artifacts, artifacts_path)
-    model = kind.build_model(recipe, data)
     init_log: list[str] = []
-
-    def init(base: Any) -> None:  # before any adapter is added: the source's tensors keep their names
-        init_log.extend(apply_init(recipe, model, base, kind.artifacts(data)))
-
-    # init: for a new run; again on resume when its checkpoints hold only the trained parts (the rest comes from there)
-    again = recipe.init and artifacts is None or (recipe.init and recipe.training.checkpoint_parts == "trained")
-    parts = build.build_parts(recipe, model, init=init if again else None)
+    model, parts = _model_and_parts(recipe, kind, data, new_run=artifacts is None, log=init_log)
     plan = build.build_plan(recipe, parts)
     task = kind.build_task(recipe, data)
     train_loader, dev_loader = kind.loaders(recipe, data)
@@ -106,6 +99,22 @@ def build_run(recipe: Recipe, artifacts: dict[str, Any] | None = None, artifacts
                            f"optimizer step with grad_accum {recipe.training.grad_accum}; lower training.batch_size "
                            "or grad_accum, or give more training data"])
     return Built(recipe, kind, data, model, parts, plan, task, train_loader, dev_loader, steps, init_log)
+
+
+def _model_and_parts(recipe: Recipe, kind: Any, data: KindData, new_run: bool,
+                     log: list[str] | None = None) -> tuple[Any, Any]:
+    """The kind's model and the recipe's parts. ``init:`` is applied before any adapter is added (the
+    sources' tensors keep their names): for a new run, and for every run whose checkpoints hold only
+    the trained parts (``training.checkpoint_parts: trained``: the rest comes from the init sources)."""
+    model = kind.build_model(recipe, data)
+
+    def init(base: Any) -> None:
+        lines = apply_init(recipe, model, base, kind.artifacts(data))
+        if log is not None:
+            log.extend(lines)
+
+    needed = bool(recipe.init) and (new_run or recipe.training.checkpoint_parts == "trained")
+    return model, build.build_parts(recipe, model, init=init if needed else None)
 
 
 def _load_data(kind: Any, recipe: Recipe, artifacts: dict[str, Any] | None, artifacts_path: Path | None) -> KindData:
@@ -253,7 +262,7 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, max_steps: int | None = None, t
     """Check a validated recipe, build everything, create the run in ``run_dir`` and train it.
 
     Nothing is written before every check has passed; a run that fails before its first checkpoint
-    is removed again (see :mod:`partwise.cli._rundir`)."""
+    is removed again (see :mod:`partwise._run._runfolder`)."""
     check_recipe(recipe)
     return _train_new(recipe, run_dir, max_steps=max_steps, title=title, prior=prior, source=source or title)
 
@@ -412,13 +421,7 @@ def load_run(run_dir: Path, which: str = "best", command: str = "eval") -> tuple
     ckpt = run.checkpoint(which)
     check_weight_files(ckpt, read_meta(ckpt))
     data = _load_data(kind, recipe, run.read_artifacts(), run.artifacts)
-    model = kind.build_model(recipe, data)
-
-    def init(base: Any) -> None:  # checkpoints of the trained parts only: the rest comes from init:
-        apply_init(recipe, model, base, kind.artifacts(data))
-
-    trained_only = recipe.init and recipe.training.checkpoint_parts == "trained"
-    parts = build.build_parts(recipe, model, init=init if trained_only else None)
+    model, parts = _model_and_parts(recipe, kind, data, new_run=False)
     _load_weights(model, parts, ckpt, path)
     return recipe, kind, model.eval(), data, parts
 
