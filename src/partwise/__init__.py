@@ -50,6 +50,7 @@ from ._run._surgery import (
 from ._train._cache import EncoderCache, PhaseCache
 from ._train._callbacks import Callback
 from ._train._driver import PlanDriver
+from ._train._fsdp import plan_units, shard
 from ._train._task import LossTask, StepContext, Task
 from ._train._trainer import EarlyStopping, NonFiniteLoss, Trainer
 
@@ -75,6 +76,8 @@ __all__ = [
     "StepContext",
     "Task",
     "Trainer",
+    "shard",
+    "plan_units",
     "Callback",
     "load_state_by_name",
     "reconfigure",

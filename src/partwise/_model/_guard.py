@@ -20,7 +20,9 @@ __all__ = ["FrozenGuard", "grad_report", "GradReport", "fingerprint"]
 
 def fingerprint(t: torch.Tensor) -> bytes:
     """A 16-byte digest of a tensor's exact bytes, dtype and shape (bitwise identity check)."""
-    data = t.detach().reshape(-1).contiguous()
+    from torch.distributed.tensor import DTensor
+
+    data = (t.to_local() if isinstance(t, DTensor) else t).detach().reshape(-1).contiguous()
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{data.dtype}{tuple(t.shape)}".encode())
     if data.numel():
@@ -87,11 +89,12 @@ class FrozenGuard:
         registry was built (the registry would be looking at tensors the model no longer uses)."""
         self.parts.check_current()
         now = self._tensors()
-        return [
+        changed = [
             f"{k} (part {part!r})"
             for k, (part, digest) in self._before.items()
             if k in now and fingerprint(now[k][1]) != digest
         ]
+        return _on_every_rank(changed, now)
 
     def check(self) -> None:
         """Raise :class:`~partwise.FrozenPartChanged` if any frozen tensor changed since the snapshot."""
@@ -108,6 +111,19 @@ class FrozenGuard:
     ) -> None:
         if exc_type is None:
             self.check()
+
+
+def _on_every_rank(changed: list[str], tensors: dict[str, tuple[str, torch.Tensor]]) -> list[str]:
+    """A sharded model's (FSDP2) verdict, the same on every rank: each fingerprints its own shards,
+    so the changes every rank found are gathered (one collective; every rank checks at the same step)."""
+    import torch.distributed as tdist
+    from torch.distributed.tensor import DTensor
+
+    if not any(isinstance(t, DTensor) for _, t in tensors.values()) or not tdist.is_initialized():
+        return changed
+    everyone: list[list[str] | None] = [None] * tdist.get_world_size()
+    tdist.all_gather_object(everyone, changed)
+    return sorted({c for rank in everyone for c in rank or []})
 
 
 @dataclass(frozen=True)

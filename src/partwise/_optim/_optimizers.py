@@ -527,6 +527,17 @@ def carry_state(old: Optimizer | OptimizerSet, new: Optimizer | OptimizerSet) ->
     return carried
 
 
+def _state_tensor(v: torch.Tensor, p: torch.Tensor, key: str) -> torch.Tensor:
+    """Saved optimizer state ``v`` of parameter ``p`` on its device and dtype (a step count keeps
+    its own); a whole tensor saved for a sharded (``DTensor``) parameter takes its sharding."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    v = v.to(p.device, p.dtype if v.is_floating_point() and key != "step" else v.dtype).clone()
+    if isinstance(p, DTensor) and not isinstance(v, DTensor) and tuple(v.shape) == tuple(p.shape):
+        return distribute_tensor(v, p.device_mesh, p.placements)
+    return v
+
+
 def load_state_by_name(optimizer: Optimizer | OptimizerSet, state_dict: Mapping[str, Any]) -> int:
     """Load only the per-parameter state of a name-keyed state dict (``optimizer.state_dict()`` of an
     optimizer partwise built, or of an :class:`OptimizerSet`) into ``optimizer``, matching by
@@ -558,10 +569,6 @@ def load_state_by_name(optimizer: Optimizer | OptimizerSet, state_dict: Mapping[
                 st = merged.get(binding.name(p, gi, j))
                 if st is None:
                     continue
-                o.state[p] = {
-                    k: (v.to(p.device, p.dtype if v.is_floating_point() and k != "step" else v.dtype).clone()
-                        if isinstance(v, torch.Tensor) else v)
-                    for k, v in st.items()
-                }
+                o.state[p] = {k: _state_tensor(v, p, k) if isinstance(v, torch.Tensor) else v for k, v in st.items()}
                 loaded += 1
     return loaded

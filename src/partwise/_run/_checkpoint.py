@@ -135,14 +135,16 @@ def part_digest(tensors: Mapping[str, torch.Tensor]) -> str:
 
 def write_checkpoint(ckpt_root: str | Path, name: str, tensors_by_part: dict[str, dict[str, torch.Tensor]],
                      state: dict[str, Any], meta: dict[str, Any], pointers: tuple[str, ...] = (LATEST,),
-                     keep: int | None = 1, keep_epoch_ends: int = 0) -> Path:
-    """:func:`save_checkpoint` from tensors already grouped by part (``keep=None``: prune nothing)."""
+                     keep: int | None = 1, keep_epoch_ends: int = 0, folders: Mapping[str, Path] | None = None) -> Path:
+    """:func:`save_checkpoint` from tensors already grouped by part (``keep=None``: prune nothing).
+    ``folders``: finished folders moved into the checkpoint under these names before it is complete
+    (e.g. the shards every rank of a sharded run wrote)."""
     bad = part_file_problems(list(tensors_by_part))
     if bad:
         raise CheckpointError("cannot write a checkpoint: " + "; ".join(bad), bad)
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = _write_tmp(root, name, tensors_by_part, state, meta)
+    tmp = _write_tmp(root, name, tensors_by_part, state, meta, folders or {})
     final = root / _free_name(root, name)
     if final.exists():  # an unpinned leftover of the same step (e.g. from a killed run): replaced
         old = root / f".{final.name}.old-{os.getpid()}"
@@ -165,7 +167,7 @@ def write_checkpoint(ckpt_root: str | Path, name: str, tensors_by_part: dict[str
 
 
 def _write_tmp(root: Path, name: str, tensors_by_part: dict[str, dict[str, torch.Tensor]], state: dict[str, Any],
-               meta: dict[str, Any]) -> Path:
+               meta: dict[str, Any], folders: Mapping[str, Path]) -> Path:
     """The complete checkpoint in a temporary folder ``.name.tmp-<pid>``; ``meta.json`` written last."""
     tmp = root / f".{name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -179,6 +181,8 @@ def _write_tmp(root: Path, name: str, tensors_by_part: dict[str, dict[str, torch
         _failpoints.reached("save.part")
     torch.save(state, tmp / STATE)
     _failpoints.reached("save.state")
+    for fname, folder in folders.items():
+        os.replace(folder, tmp / fname)
     (tmp / META).write_text(json.dumps({**meta, "parts": files}, indent=2, sort_keys=True), encoding="utf-8")
     _failpoints.reached("save.meta")
     return tmp

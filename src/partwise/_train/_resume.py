@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._errors import ConfigError
+from .._errors import CheckpointError, ConfigError
 from .._optim._fingerprint import data_differences
 from .._run import _checkpoint as ckpt
 from .._run._layout import BEST, META, STATE
@@ -44,7 +44,10 @@ def restore(trainer: Trainer, source: str | Path, steps_per_epoch: int, allow_pl
         errors += e.errors
     if errors:
         raise ConfigError(errors)
-    ckpt.load_weights(trainer.model, trainer.parts, source)  # complete or refused
+    if trainer.sharded:
+        state["optimizer"] = _load_sharded(trainer, source, state["optimizer"])
+    else:
+        ckpt.load_weights(trainer.model, trainer.parts, source)  # complete or refused
     best = _restore_best_pointer(trainer, source, state.get("best_checkpoint"))
     trainer.load_state_dict(state, steps_per_epoch, changes + data_changes, data_changes, best)
 
@@ -79,3 +82,29 @@ def _restore_best_pointer(trainer: Trainer, source: Path, recorded: Any) -> str 
     if not pointer.is_file() or pointer.read_text(encoding="utf-8").strip() != name:
         run.point_best(name)
     return name
+
+
+def _load_sharded(trainer: Trainer, source: Path, optimizer_state: Any) -> Any:
+    """The weights of a sharded model from ``source``: every rank's shards when the checkpoint has
+    them (any world size: torch.distributed.checkpoint reshards), else the whole per-part tensors
+    (a one-process checkpoint), each rank keeping its shard. Parts a ``checkpoint_parts="trained"``
+    checkpoint left out are checked against its digests on rank 0, the verdict shared. Returns the
+    optimizer state with its sharded tensors read."""
+    from . import _distributed as dist
+    from . import _fsdp as fsdp
+
+    meta = ckpt.read_meta(source)
+    unsaved: dict[str, str] = meta.get("unsaved") or {}
+    if unsaved:
+        whole = fsdp.full_part_tensors(trainer.model, trainer.parts, list(unsaved))
+        changed = [p for p, digest in unsaved.items() if ckpt.part_digest(whole.get(p, {})) != digest]
+        changed = dist.broadcast_object(changed, trainer.world)
+        if changed:
+            raise CheckpointError(
+                f"checkpoint {str(source)!r} does not hold part(s) {changed} (saved with checkpoint_parts='trained'), "
+                "and the model's do not hold the weights it was trained with: load them first", changed)
+    if (source / fsdp.SHARDS).is_dir():
+        return fsdp.load_sharded(trainer.model, source / fsdp.SHARDS, optimizer_state)
+    tensors = {k: t for fname in meta["parts"].values() for k, t in ckpt.read_part(source, fname).items()}
+    fsdp.load_full(trainer.model, tensors)
+    return optimizer_state

@@ -109,12 +109,19 @@ def grad_norm(optimizer: Optimizer, grad_clip: float | Mapping[str, float] | Non
             norm = nn.utils.get_total_norm(_grads(params))
             if part in grad_clip:
                 nn.utils.clip_grads_with_norm_(params, grad_clip[part], norm)
-            norms.append(norm)
+            norms.append(_whole(norm))
         return torch.linalg.vector_norm(torch.stack(norms))
     params = [p for ps in by_part.values() for p in ps]
     if grad_clip:
-        return nn.utils.clip_grad_norm_(params, grad_clip)
-    return nn.utils.get_total_norm(_grads(params))
+        return _whole(nn.utils.clip_grad_norm_(params, grad_clip))
+    return _whole(nn.utils.get_total_norm(_grads(params)))
+
+
+def _whole(norm: torch.Tensor) -> torch.Tensor:
+    """A norm of sharded gradients (a ``DTensor``, FSDP2) as a plain tensor, the same on every rank."""
+    from torch.distributed.tensor import DTensor
+
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
 
 def _grads(params: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from .._run import _failpoints
 from .._run._layout import AVERAGED, BEST, LATEST
 from .._run._runfolder import RunFolder
 from . import _distributed as dist
+from . import _fsdp as fsdp
 from ._cache import EncoderCache, PhaseCache
 from ._callbacks import Callback, callback_states, load_callback_states, notify
 from ._driver import PlanDriver
@@ -89,6 +91,13 @@ class Trainer:
         checkpoint_parts: ``"all"`` (every part in every checkpoint) or ``"trained"``: only the parts
             some phase of the plan trains (adapters, a new head); the others are recorded by a digest,
             and loading the checkpoint (resume) needs a model that holds them as they were.
+        distributed: under ``torchrun``, ``"ddp"`` (every rank holds the whole model; only what trains
+            is all-reduced) or ``"fsdp2"``: the model is sharded part by part (:func:`partwise.shard`;
+            ``trainer.parts`` is then the registry of the sharded model), checkpoints hold every rank's
+            shards (``torch.distributed.checkpoint``) beside the whole weights per part. One process:
+            neither applies.
+        fsdp_units: module path patterns sharded as units of their own inside a part (``"fsdp2"``),
+            e.g. ``["encoder.layers.*"]``.
     """
 
     def __init__(
@@ -99,6 +108,7 @@ class Trainer:
         early_stopping: EarlyStopping | None = None, best_metric: tuple[str, str] | None = None,
         save_every: int | None = None, callbacks: Sequence[Callback | object] = (), guard: bool = False,
         cache: str = "auto", average_last: int | None = None, checkpoint_parts: str = "all",
+        distributed: str = "ddp", fsdp_units: Sequence[str] = (),
     ):
         self.model, self.parts, self.plan = model, parts, plan
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -107,7 +117,7 @@ class Trainer:
         self.on_nonfinite = on_nonfinite
         self.early_stopping, self.best_metric, self.save_every = early_stopping, best_metric, save_every
         self.use_guard, self.cache_mode, self.average_last = guard, cache, average_last
-        self.checkpoint_parts = checkpoint_parts
+        self.checkpoint_parts, self.distributed, self.fsdp_units = checkpoint_parts, distributed, fsdp_units
         self._digests: dict[str, str] | None = None  # checkpoint_parts="trained": the untrained parts' digests
         device_, device_problem = device_for(device)
         errors = option_problems(self) + ([device_problem] if device_problem else [])
@@ -127,6 +137,11 @@ class Trainer:
         self._train_loader: Any = None
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         self.rank, self.world = dist.rank_and_world()
+        self.model.to(self.device)
+        self.sharded = distributed == "fsdp2" and self.world > 1
+        if self.sharded:  # the registry and the driver follow the sharded parameters
+            self.parts = parts = fsdp.shard(model, parts, units=fsdp_units)
+            self.driver = PlanDriver(parts, plan, task=self.task, guard=guard is True, rebuild=True)
         self._phase_cache = PhaseCache(self.task, parts, cache, device=self.device, rank=self.rank, world=self.world,
                                        spill_dir=self.run.cache if self.run else None)
         self.step, self.epoch = 0, 0
@@ -141,7 +156,6 @@ class Trainer:
         self._best_name: str | None = None  # the checkpoint the "best" pointer names
         self.averaged: dict[str, Any] | None = None  # what consider_average() found (average_last)
         self.stop_reason: str | None = None  # why the last fit() ended: the plan's end, early stopping, a limit
-        self.model.to(self.device)
 
     # -- phases ------------------------------------------------------------------------------
     @property
@@ -164,17 +178,18 @@ class Trainer:
         warmup, task options; see :class:`~partwise.PlanDriver`): the cache, the DDP wrapper and
         ``on_phase_start``."""
         self.cache = self._setup_cache()
-        self.wrapped = self._cached_loss if self.cache is not None else dist.wrap(self.model, self.task, self.world)
+        self.wrapped = self._cached_loss if self.cache is not None else dist.wrap(self.model, self.task, self._ddp)
         notify(self.callbacks, "on_phase_start", self, span)
         _failpoints.reached("phase.entered")
 
     def _setup_cache(self) -> EncoderCache | None:
         """The encoder-output cache for this phase (kept, built or dropped: :class:`~partwise.PhaseCache`)."""
         loader = self._train_loader
-        cache = self._phase_cache.enter_phase(loader.dataset if loader is not None else None,
-                                              loader.collate_fn if loader is not None else None)
+        with fsdp.gathered(self.model):  # each rank encodes its own rows: no unit may wait for the others
+            cache = self._phase_cache.enter_phase(loader.dataset if loader is not None else None,
+                                                  loader.collate_fn if loader is not None else None)
         if cache is not None:
-            self._cache_loss = dist.wrap(self.model, self.task, self.world, encodings=cache)
+            self._cache_loss = dist.wrap(self.model, self.task, self._ddp, encodings=cache)
         return cache
 
     def _cached_loss(self, batch: Any, ctx: StepContext) -> torch.Tensor:
@@ -182,9 +197,14 @@ class Trainer:
         differ, training goes on without the cache)."""
         if not self._phase_cache.check(batch):
             self.cache = None
-            self.wrapped = dist.wrap(self.model, self.task, self.world)
+            self.wrapped = dist.wrap(self.model, self.task, self._ddp)
             return self.wrapped(batch, ctx)
         return self._cache_loss(batch, ctx)
+
+    @property
+    def _ddp(self) -> int:
+        """The world a DDP wrapper spans (1: none, e.g. under FSDP2, which synchronises itself)."""
+        return 1 if self.sharded else self.world
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, train_data: Any, dev_data: Any = None, resume: str | Path | None = None,
@@ -350,7 +370,8 @@ class Trainer:
         metrics: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step, "phase": self.running()[0].phase.name,
                                    "train_loss": total / max(n, 1), "seconds": cursor.epoch_seconds(), **self.lrs()}
         if dev_data is not None:
-            scores: dict[str, Any] | None = self._evaluate(dev_data) if self.rank == 0 else None
+            with fsdp.gathered(self.model):  # a sharded model whole on every rank while rank 0 evaluates
+                scores: dict[str, Any] | None = self._evaluate(dev_data) if self.rank == 0 else None
             received = dist.broadcast_object(scores, self.world)
             metrics.update({f"dev_{k}": v for k, v in (received or {}).items()})
         _failpoints.reached("epoch.evaluated")
@@ -496,11 +517,12 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
     def save(self, best: bool = False, epoch_end: bool = False) -> Path | None:
-        """Write a checkpoint (rank 0 only) atomically; returns its directory. Its state records the
-        checkpoint ``best`` should name (``"."``: this one), which a resume restores. Kept: this one,
-        ``best``, and the last ``average_last`` epoch-end checkpoints (mid-epoch saves don't count)."""
+        """Write a checkpoint (rank 0; under FSDP2 every rank writes its shards first) atomically;
+        returns its directory (``None`` on the other ranks). Its state records the checkpoint
+        ``best`` should name (``"."``: this one), which a resume restores. Kept: this one, ``best``,
+        and the last ``average_last`` epoch-end checkpoints (mid-epoch saves don't count)."""
         run = self.run
-        if run is None or self.rank != 0:
+        if run is None or (self.rank != 0 and not self.sharded):
             return None
         self._saved_at = self.step
         meta = {"step": self.step, "epoch": self.epoch, "phase": self.span.phase.name if self.span else None,
@@ -510,13 +532,39 @@ class Trainer:
         if best:
             state["best_checkpoint"] = SELF
         only = sorted({p for ph in self.plan.phases for p in ph.train}) if self.checkpoint_parts == "trained" else None
-        if only is not None and self._digests is None:  # parts no phase trains: one digest for the whole run
-            tensors = ckpt.part_tensors(self.model, self.parts)
-            self._digests = {p: ckpt.part_digest(t) for p, t in tensors.items() if p not in only}
-        path = ckpt.save_checkpoint(run.checkpoints, f"step-{self.step:08d}", self.model, self.parts,
-                                    state, meta, pointers=(LATEST, BEST) if best else (LATEST,),
-                                    keep=1, keep_epoch_ends=self.average_last or 0, only=only,
-                                    digests=self._digests)
-        if best:
+        name, pointers = f"step-{self.step:08d}", (LATEST, BEST) if best else (LATEST,)
+        keep = {"keep": 1, "keep_epoch_ends": self.average_last or 0}
+        if self.sharded:
+            path = self._save_sharded(run, name, state, meta, pointers, only, keep)
+        else:
+            if only is not None and self._digests is None:  # parts no phase trains: one digest for the whole run
+                tensors = ckpt.part_tensors(self.model, self.parts)
+                self._digests = {p: ckpt.part_digest(t) for p, t in tensors.items() if p not in only}
+            path = ckpt.save_checkpoint(run.checkpoints, name, self.model, self.parts, state, meta, pointers=pointers,
+                                        only=only, digests=self._digests, **keep)
+        if best and path is not None:
             self._best_name = path.name
+        return path
+
+    def _save_sharded(self, run: RunFolder, name: str, state: dict[str, Any], meta: dict[str, Any],
+                      pointers: tuple[str, ...], only: list[str] | None, keep: dict[str, int]) -> Path | None:
+        """A checkpoint of a sharded model: every rank writes its shards of weights and optimizer
+        state into a staging folder; rank 0 gathers the whole weights per part, writes the checkpoint
+        around the shards and renames it into place; then every rank goes on."""
+        import torch.distributed as tdist
+
+        if only is not None and self._digests is None:
+            whole = fsdp.full_part_tensors(self.model, self.parts)
+            self._digests = {p: ckpt.part_digest(t) for p, t in whole.items() if p not in only}
+        tensors = fsdp.full_part_tensors(self.model, self.parts, only)
+        shards, state["optimizer"] = fsdp.sharded_tensors(self.model, self.parts, state["optimizer"], only)
+        staging = Path(dist.broadcast_object(str(run.checkpoints / f".{name}.shards.tmp-{os.getpid()}"), self.world))
+        fsdp.save_shards(shards, staging)
+        path = None
+        if self.rank == 0:
+            if only is not None:
+                meta = {**meta, "unsaved": dict(self._digests or {})}
+            path = ckpt.write_checkpoint(run.checkpoints, name, tensors, state, meta, pointers,
+                                         folders={fsdp.SHARDS: staging}, **keep)
+        tdist.barrier()
         return path

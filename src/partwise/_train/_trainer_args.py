@@ -116,6 +116,17 @@ def option_problems(trainer: Trainer) -> list[str]:
     elif trainer.checkpoint_parts == "trained" and trainer.average_last is not None:
         out.append("checkpoint_parts: 'trained' checkpoints cannot be averaged (average_last averages whole "
                    "checkpoints); use 'all', or leave average_last out")
+    if trainer.distributed not in ("ddp", "fsdp2"):
+        out.append(f"distributed: {trainer.distributed!r} must be 'ddp' or 'fsdp2' (used under torchrun)")
+    elif trainer.distributed == "fsdp2":
+        if trainer.average_last is not None:
+            out.append("average_last: not available with distributed='fsdp2' (averaging loads whole checkpoints "
+                       "into the model); average the run's checkpoints afterwards with partwise.average_checkpoints")
+        if trainer.precision == "fp16":
+            out.append("precision: 'fp16' (with its loss scaler) is not available with distributed='fsdp2'; use 'bf16'")
+    units = trainer.fsdp_units
+    if isinstance(units, str) or not isinstance(units, Sequence) or not all(isinstance(u, str) and u for u in units):
+        out.append(f"fsdp_units: {units!r} must be a list of module path patterns, e.g. ['encoder.layers.*']")
     if not is_int(trainer.seed):
         out.append(f"seed: {trainer.seed!r} must be a whole number")
     if trainer.cache_mode not in ("auto", "on", "off"):
