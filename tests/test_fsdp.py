@@ -138,7 +138,7 @@ def test_units_of_a_t5_keep_its_shared_embedding_and_lm_head_together():
     assert len(tied) == 1 and {"shared", "encoder.embed_tokens", "decoder.embed_tokens"} <= set(tied[0])
     # 'encoder' holds the shared embedding too: the encoder part's unit is what it owns alone, with the
     # ModuleList of blocks (which never runs a forward of its own) replaced by its blocks
-    mine = ["encoder.block.0", "encoder.block.1", "encoder.final_layer_norm"]
+    mine = ["encoder.final_layer_norm"]  # its blocks are units of their own already
     assert units[:2] == [["encoder.block.0"], ["encoder.block.1"]] and mine in units
     assert units.index(tied[0]) < units.index(mine)
 
@@ -165,3 +165,27 @@ def test_one_process_ignores_fsdp2():
                          distributed="fsdp2", batch_size=4, device="cpu")
     trainer.fit([torch.randn(3) for _ in range(8)])
     assert not trainer.sharded and trainer.step == 2 and trainer.parts.model is model
+
+
+T5 = Path(__file__).parent / "scripts" / "fsdp_t5.py"
+
+
+@pytest.mark.slow
+def test_a_tiny_t5_trains_its_decoder_on_a_frozen_encoder_then_unfreezes_it(tmp_path):
+    pytest.importorskip("transformers")
+    for ranks in (2, 1):
+        launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                    "--master_port", str(free_port())] if ranks > 1 else []
+        proc = run_bounded([sys.executable, *launcher, str(T5), str(tmp_path)], timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1, one = (json.loads((tmp_path / f"t5-world{w}-rank{r}.json").read_text())
+                   for w, r in ((2, 0), (2, 1), (1, 0)))
+    assert r0["sharded"] and not one["sharded"]
+    assert r0["losses"] == r1["losses"] and r0["final"] == r1["final"]  # the ranks agree on every whole weight
+    start, unfrozen, end = r0["at"]["decoder"], r0["at"]["all"], r0["final"]
+    encoder = [k for k in start if k.startswith("encoder.")]
+    assert encoder and all(start[k] == unfrozen[k] for k in encoder)  # frozen in phase 1: bit-identical
+    assert start["shared.weight"] == end["shared.weight"]  # the tied embedding never trains
+    assert all(start[k] != end[k] for k in end if k.startswith(("decoder.block", "encoder.block")))
+    for k in end:
+        torch.testing.assert_close(torch.tensor(end[k]), torch.tensor(one["final"][k]), rtol=1e-4, atol=1e-5)

@@ -99,7 +99,7 @@ def plan_units(model: nn.Module, parts: Parts, units: Sequence[str] = ()) -> lis
             tied = [u for u in tied if not set(u) & set(paths)] + [list(dict.fromkeys([*sum(joined, []), *paths]))]
     if split:
         raise ConfigError(split)
-    in_tied = {p for u in tied for p in u}
+    in_tied = {p for u in [*tied, *own] for p in u}  # modules that are units already
     path_of = {id(m): p for p, m in model.named_modules()}
     by_part = []
     for part in parts:
