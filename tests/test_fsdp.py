@@ -56,6 +56,8 @@ def test_frozen_encoder_stays_bit_identical_on_every_rank_and_trains_once_unfroz
     assert r0["encoder_at"] == r1["encoder_at"]  # the same whole weights on every rank at each phase start
     assert r0["encoder_at"]["decoder"] == r0["encoder_at"]["all"]  # frozen through phase 1: bit-identical
     assert r0["losses"] == r1["losses"] and without_clock(r0["history"]) == without_clock(r1["history"])
+    # the frozen encoder's outputs were cached (built by both ranks together), and dropped once it trains
+    assert r0["cached"] == r1["cached"] == {"decoder": True, "all": False}
     # every parameter is sharded: each rank holds half the rows of the embedding
     assert r0["local_shapes"]["decoder.out.weight"][0] < weights(runs / "run")["decoder.out.weight"].shape[0]
     start = torch.tensor(r0["encoder_at"]["all"]["rnn.weight_ih_l0"])

@@ -47,11 +47,13 @@ class Report:
     def __init__(self) -> None:
         self.losses: list[float] = []
         self.encoder_at: dict[str, dict[str, list[float]]] = {}
+        self.cached: dict[str, bool] = {}
 
     def on_step_end(self, trainer: pw.Trainer, logs: dict) -> None:
         self.losses.append(logs["loss"])
 
     def on_phase_start(self, trainer: pw.Trainer, span: pw.PhaseSpan) -> None:
+        self.cached[span.phase.name] = trainer.cache is not None
         enc = trainer.model.encoder  # whole tensors: a collective every rank takes here
         self.encoder_at[span.phase.name] = {n: whole(p).flatten().tolist() for n, p in enc.named_parameters()}
 
@@ -84,7 +86,7 @@ def main(out: Path, mode: str, name: str) -> None:
     local = {n: list(getattr(p, "to_local", lambda p=p: p)().shape) for n, p in model.named_parameters()}
     result = {"losses": report.losses, "encoder_at": report.encoder_at, "local_shapes": local,
               "sharded": trainer.sharded, "history": trainer.history, "world": world,
-              "cache_phases": trainer._phase_cache.built if hasattr(trainer._phase_cache, "built") else None}
+              "cached": report.cached}
     (out / f"{name}-{mode}-world{world}-rank{rank}.json").write_text(json.dumps(result))
     if dist.is_initialized():
         dist.barrier()
