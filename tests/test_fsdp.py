@@ -108,6 +108,15 @@ def test_a_tied_tensor_split_across_units_is_refused_before_training(tmp_path):
         assert "tied tensor 'embed.weight' is held by embed, head" in message and "partwise.untie" in message
 
 
+@pytest.mark.slow
+def test_a_frozen_shard_changed_on_one_rank_stops_every_rank(tmp_path):
+    """Each rank fingerprints its own shards; the verdict is gathered, so no rank trains on alone."""
+    run([str(tmp_path), "guard"])
+    for rank in (0, 1):
+        message = (tmp_path / f"guard-rank{rank}.txt").read_text()
+        assert message.startswith("FrozenPartChanged at step 12") and "encoder.embed.weight" in message
+
+
 def tied_model() -> nn.Module:
     model = nn.Module()
     model.embed = nn.Embedding(10, 8)

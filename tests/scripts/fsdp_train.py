@@ -8,7 +8,9 @@ decoder's learning rate, evaluating on dev data at each epoch end. ``argv[2]``:
   when phase 2 starts, per-step losses, whether the cache ran, the shapes of its local shards);
 - ``stop``: the same plan, stopped by ``max_steps`` inside phase 2 (``OUT/resumed``);
 - ``resume``: resumes ``OUT/resumed`` to the plan's end;
-- ``tied``: a model with a tied tensor that ``fsdp_units`` would split; writes the error.
+- ``tied``: a model with a tied tensor that ``fsdp_units`` would split; writes the error;
+- ``guard``: rank 1 alone changes its shard of the frozen encoder inside phase 1; writes what each
+  rank's guard raised when phase 2 began.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ def main(out: Path, mode: str, name: str) -> None:
     rank = int(__import__("os").environ.get("RANK", "0"))
     if mode == "tied":
         return tied(out)
+    if mode == "guard":
+        return guard(out)
     model, plan = build()
     report = Report()
     trainer = pw.Trainer(model, pw.Parts(model), plan, Seq2SeqTask(), run_dir=out / name, batch_size=16,
@@ -91,6 +95,29 @@ def main(out: Path, mode: str, name: str) -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+class Tamper:
+    """Rank 1 alone adds 1 to its shard of the frozen encoder's embedding after step 3."""
+
+    def on_step_end(self, trainer: pw.Trainer, logs: dict) -> None:
+        if trainer.step == 3 and trainer.rank == 1:
+            with torch.no_grad():
+                trainer.model.encoder.embed.weight.to_local().add_(1.0)
+
+
+def guard(out: Path) -> None:
+    model, plan = build()
+    trainer = pw.Trainer(model, pw.Parts(model), plan, Seq2SeqTask(), batch_size=16, collate_fn=collate, seed=1,
+                         device="cpu", guard=True, distributed="fsdp2", callbacks=[Tamper()])
+    try:
+        trainer.fit(reversal_data(96, 0))
+        message = "no error"
+    except pw.FrozenPartChanged as e:
+        message = f"{type(e).__name__} at step {trainer.step}: {e}"
+    (out / f"guard-rank{trainer.rank}.txt").write_text(message)
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def tied(out: Path) -> None:
