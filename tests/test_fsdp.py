@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -45,7 +46,11 @@ def runs(tmp_path_factory) -> Path:
     run([str(out), "full", "run"])
     run([str(out), "full", "single"], ranks=1)
     run([str(out), "stop", "resumed"])
+    shutil.copytree(out / "resumed", out / "one")  # the same stopped run, to resume in one process
     run([str(out), "resume", "resumed"])
+    run([str(out), "resume", "one"], ranks=1)
+    run([str(out), "stop", "two"], ranks=1)  # a one-process run, resumed sharded on 2 ranks
+    run([str(out), "resume", "two"])
     return out
 
 
@@ -86,6 +91,27 @@ def test_resume_after_a_stop_inside_the_unfrozen_phase_is_bit_identical(runs):
     assert all(torch.equal(full[k], resumed[k]) for k in full)
     last = sorted(glob.glob(str(runs / "resumed" / "checkpoints" / "step-*")))[-1]
     assert sorted(p.name for p in Path(last, "shards").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+
+
+@pytest.mark.slow
+def test_a_sharded_checkpoint_resumes_in_one_process(runs):
+    """The optimizer state comes back whole from the shards (torch.distributed.checkpoint without a
+    process group), so one process continues the 2-rank run as the 2 ranks did."""
+    one, full = weights(runs / "one"), weights(runs / "run")
+    for k in full:
+        torch.testing.assert_close(one[k], full[k], rtol=1e-4, atol=1e-5)
+    resumed = report(runs, "one", "resume", 1, 0)
+    torch.testing.assert_close(torch.tensor(resumed["losses"]),
+                               torch.tensor(report(runs, "run", "full", 2, 0)["losses"][15:]), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_one_process_checkpoint_resumes_sharded(runs):
+    """Whole weights and optimizer state from a one-process checkpoint, each rank keeping its shard."""
+    two, full = weights(runs / "two"), weights(runs / "run")
+    for k in full:
+        torch.testing.assert_close(two[k], full[k], rtol=1e-4, atol=1e-5)
+    assert report(runs, "two", "resume", 2, 0)["sharded"]
 
 
 @pytest.mark.slow

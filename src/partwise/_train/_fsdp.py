@@ -32,7 +32,7 @@ from torch import nn
 from .._errors import ConfigError
 from .._model._parts import REST, Parts
 
-__all__ = ["shard", "plan_units", "is_sharded", "gathered", "full_part_tensors", "sharded_tensors",
+__all__ = ["shard", "plan_units", "is_sharded", "has_placeholders", "gathered", "full_part_tensors", "sharded_tensors",
            "load_sharded", "save_shards", "load_full", "SHARDS", "local"]
 
 SHARDS = "shards"  #: the folder inside a checkpoint that holds every rank's shards (torch.distributed.checkpoint)
@@ -243,10 +243,12 @@ def sharded_tensors(model: nn.Module, parts: Parts, optimizer_state: Any, only: 
     return shards, strip(optimizer_state, "state")
 
 
-def load_sharded(model: nn.Module, folder: Path, optimizer_state: Any) -> Any:
-    """Read every shard of ``folder`` (written from :func:`sharded_tensors`) into the sharded
-    model's weights, in place, and return ``optimizer_state`` with its placeholders filled: each
-    optimizer tensor takes the sharding of the parameter of the same name. Every rank must call it."""
+def load_sharded(model: nn.Module, folder: Path, optimizer_state: Any, weights: bool = True) -> Any:
+    """Read every shard of ``folder`` (written from :func:`sharded_tensors`) into the model's
+    weights, in place (``weights=False``: not), and return ``optimizer_state`` with its placeholders
+    filled: each optimizer tensor takes the layout of the parameter of the same name, its shard
+    under FSDP2, the whole tensor in a model that is not sharded (one process, DDP). Every rank must
+    call it."""
     from torch.distributed.checkpoint.filesystem import FileSystemReader
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
     from torch.distributed.checkpoint.state_dict_loader import load
@@ -255,7 +257,7 @@ def load_sharded(model: nn.Module, folder: Path, optimizer_state: Any) -> Any:
     params = dict(model.named_parameters())
     stored = {k: m for k, m in FileSystemReader(str(folder)).read_metadata().state_dict_metadata.items()
               if isinstance(m, TensorStorageMetadata)}
-    target: dict[str, Any] = {k: sd[k[len("model."):]] for k in stored if k.startswith("model.")
+    target: dict[str, Any] = {k: sd[k[len("model."):]] for k in stored if weights and k.startswith("model.")
                               and k[len("model."):] in sd}
 
     def templates(obj: Any, param: str | None) -> None:
@@ -274,7 +276,7 @@ def load_sharded(model: nn.Module, folder: Path, optimizer_state: Any) -> Any:
                 templates(v, param)
 
     templates(optimizer_state, None)
-    load(target, checkpoint_id=str(folder))
+    load(target, checkpoint_id=str(folder), no_dist=not (tdist.is_available() and tdist.is_initialized()))
     model.load_state_dict({k: v for k, v in sd.items() if k in {t[len("model."):] for t in target}}, strict=False)
 
     def fill(obj: Any) -> Any:
@@ -329,3 +331,12 @@ def _needed(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> list[str]:
             seen.add(id(t))
             out.append(k)
     return out
+
+
+def has_placeholders(obj: Any) -> bool:
+    """Whether ``obj`` (a checkpoint's optimizer state) names tensors kept in the shards."""
+    if isinstance(obj, dict):
+        return _MARK in obj or any(has_placeholders(v) for v in obj.values())
+    if isinstance(obj, list):
+        return any(has_placeholders(v) for v in obj)
+    return False

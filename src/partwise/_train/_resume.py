@@ -11,6 +11,7 @@ from .._optim._fingerprint import data_differences
 from .._run import _checkpoint as ckpt
 from .._run._layout import BEST, META, STATE
 from .._run._runfolder import RunFolder
+from . import _fsdp as fsdp
 
 if TYPE_CHECKING:
     from ._trainer import Trainer
@@ -48,6 +49,9 @@ def restore(trainer: Trainer, source: str | Path, steps_per_epoch: int, allow_pl
         state["optimizer"] = _load_sharded(trainer, source, state["optimizer"])
     else:
         ckpt.load_weights(trainer.model, trainer.parts, source)  # complete or refused
+        if fsdp.has_placeholders(state["optimizer"]):  # a sharded run's: its optimizer state is in the shards
+            state["optimizer"] = fsdp.load_sharded(trainer.model, source / fsdp.SHARDS, state["optimizer"],
+                                                   weights=False)
     best = _restore_best_pointer(trainer, source, state.get("best_checkpoint"))
     trainer.load_state_dict(state, steps_per_epoch, changes + data_changes, data_changes, best)
 
@@ -91,7 +95,6 @@ def _load_sharded(trainer: Trainer, source: Path, optimizer_state: Any) -> Any:
     checkpoint left out are checked against its digests on rank 0, the verdict shared. Returns the
     optimizer state with its sharded tensors read."""
     from . import _distributed as dist
-    from . import _fsdp as fsdp
 
     meta = ckpt.read_meta(source)
     unsaved: dict[str, str] = meta.get("unsaved") or {}
