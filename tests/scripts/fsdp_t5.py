@@ -1,6 +1,6 @@
 """Run by tests/test_fsdp.py under torchrun (2 ranks, FSDP2) or plainly: a tiny Hugging Face T5 whose
 decoder trains on its frozen encoder (and frozen shared, tied embedding), then the encoder unfreezes
-at 1/100 of the decoder's learning rate. Writes this rank's losses and the whole weights at the end
+at 1/100 of the decoder's learning rate (``argv[2]``: the precision, fp32 or bf16 autocast). Writes this rank's losses and the whole weights at the end
 and at each phase start."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Report:
         self.at[span.phase.name] = {n: whole(p) for n, p in trainer.model.named_parameters()}
 
 
-def main(out: Path) -> None:
+def main(out: Path, precision: str) -> None:
     model = build()
     g = torch.Generator().manual_seed(0)
     x = torch.randint(1, 40, (64, 7), generator=g)
@@ -53,7 +53,7 @@ def main(out: Path) -> None:
                     pw.Phase("all", steps=4, train={"decoder": 3e-3, "encoder": 3e-5})])
     report = Report()
     trainer = pw.Trainer(model, pw.Parts(model, SPEC), plan, lambda m, b: m(input_ids=b[0], labels=b[1]).loss,
-                         batch_size=16, seed=0, device="cpu", guard=True, distributed="fsdp2",
+                         batch_size=16, seed=0, device="cpu", guard=True, distributed="fsdp2", precision=precision,
                          fsdp_units=["encoder.block.*", "decoder.block.*"], callbacks=[report])
     trainer.fit(data)
     final = {n: whole(p) for n, p in model.named_parameters()}
@@ -67,4 +67,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "fp32")
