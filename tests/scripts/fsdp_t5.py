@@ -1,7 +1,7 @@
 """Run by tests/test_fsdp.py under torchrun (2 ranks, FSDP2) or plainly: a tiny Hugging Face T5 whose
 decoder trains on its frozen encoder (and frozen shared, tied embedding), then the encoder unfreezes
-at 1/100 of the decoder's learning rate (``argv[2]``: the precision, fp32 or bf16 autocast). Writes this rank's losses and the whole weights at the end
-and at each phase start."""
+at 1/100 of the decoder's learning rate (``argv[2]``: the precision, fp32 or bf16 autocast). Writes
+this rank's losses and the whole weights at the end and at each phase start."""
 
 from __future__ import annotations
 
