@@ -143,6 +143,24 @@ def test_a_frozen_shard_changed_on_one_rank_stops_every_rank(tmp_path):
         assert message.startswith("FrozenPartChanged at step 12") and "encoder.embed.weight" in message
 
 
+@pytest.mark.slow
+def test_lora_adapters_train_first_then_the_base_under_two_sharded_ranks(tmp_path):
+    pytest.importorskip("peft")
+    run([str(tmp_path), "lora"])
+    run([str(tmp_path), "lora"], ranks=1)
+    r0, r1, one = (json.loads((tmp_path / f"lora-world{w}-rank{r}.json").read_text())
+                   for w, r in ((2, 0), (2, 1), (1, 0)))
+    assert r0["final"] == r1["final"] and r0["parts"] == ["encoder", "decoder", "decoder.lora"]
+    start, base_phase, end = r0["at"]["adapters"], r0["at"]["base too"], r0["final"]
+    base = [k for k in start if k.startswith("decoder.") and "lora_" not in k]
+    adapter = [k for k in start if "lora_B" in k]
+    assert base and all(start[k] == base_phase[k] for k in base)  # frozen while the adapters train
+    assert adapter and all(start[k] != base_phase[k] for k in adapter)  # the adapters trained
+    assert all(base_phase[k] != end[k] for k in base if "weight" in k)  # then the base, at its lower rate
+    for k in end:
+        torch.testing.assert_close(torch.tensor(end[k]), torch.tensor(one["final"][k]), rtol=1e-4, atol=1e-5)
+
+
 def tied_model() -> nn.Module:
     model = nn.Module()
     model.embed = nn.Embedding(10, 8)

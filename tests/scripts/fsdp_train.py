@@ -9,6 +9,8 @@ decoder's learning rate, evaluating on dev data at each epoch end. ``argv[2]``:
 - ``stop``: the same plan, stopped by ``max_steps`` inside phase 2 (``OUT/resumed``);
 - ``resume``: resumes ``OUT/resumed`` to the plan's end;
 - ``tied``: a model with a tied tensor that ``fsdp_units`` would split; writes the error;
+- ``lora``: LoRA adapters (PEFT) on the decoder train first, then the decoder's base weights at a
+  lower rate; writes the whole weights at each phase start and at the end;
 - ``guard``: rank 1 alone changes its shard of the frozen encoder inside phase 1; writes what each
   rank's guard raised when phase 2 began.
 """
@@ -76,6 +78,8 @@ def main(out: Path, mode: str, name: str) -> None:
         return tied(out)
     if mode == "guard":
         return guard(out)
+    if mode == "lora":
+        return lora(out)
     model, plan = build()
     report = Report()
     trainer = pw.Trainer(model, pw.Parts(model), plan, Seq2SeqTask(), run_dir=out / name, batch_size=16,
@@ -118,6 +122,34 @@ def guard(out: Path) -> None:
     (out / f"guard-rank{trainer.rank}.txt").write_text(message)
     dist.barrier()
     dist.destroy_process_group()
+
+
+class Weights:
+    def __init__(self) -> None:
+        self.at: dict[str, dict[str, list[float]]] = {}
+
+    def on_phase_start(self, trainer: pw.Trainer, span: pw.PhaseSpan) -> None:
+        self.at[span.phase.name] = {n: whole(p).flatten().tolist() for n, p in trainer.model.named_parameters()}
+
+
+def lora(out: Path) -> None:
+    from partwise.peft import add_lora
+
+    model, _ = build()
+    adapters = add_lora(model, "decoder", r=4)
+    plan = pw.Plan([pw.Phase("adapters", epochs=2, train={"decoder.lora": 1e-2}),
+                    pw.Phase("base too", epochs=1, train={"decoder.lora": 1e-2, "decoder": 1e-4})])
+    seen = Weights()
+    trainer = pw.Trainer(model, pw.Parts(model, adapters.spec), plan, Seq2SeqTask(), batch_size=16,
+                         collate_fn=collate, seed=1, device="cpu", guard=True, distributed="fsdp2", callbacks=[seen])
+    trainer.fit(reversal_data(96, 0))
+    final = {n: whole(p).flatten().tolist() for n, p in model.named_parameters()}
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    (out / f"lora-world{world}-rank{trainer.rank}.json").write_text(
+        json.dumps({"at": seen.at, "final": final, "parts": trainer.parts.names}))
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def tied(out: Path) -> None:

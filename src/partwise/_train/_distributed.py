@@ -19,7 +19,7 @@ from torch import nn
 
 T = TypeVar("T")
 
-__all__ = ["rank_and_world", "init_from_env", "wrap", "all_true", "loss_and_norm", "broadcast_object"]
+__all__ = ["LossModule", "rank_and_world", "init_from_env", "wrap", "all_true", "loss_and_norm", "broadcast_object"]
 
 
 def init_from_env() -> None:
@@ -39,7 +39,12 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-class _LossModule(nn.Module):
+class LossModule(nn.Module):
+    """``(batch, ctx) -> loss``: the task's loss of ``model`` as one module, so a wrapper (DDP) or
+    FSDP2's root sees one forward per step whatever the task calls inside (``model.encoder(...)``,
+    stepwise decoding). With ``encodings`` (an :class:`~partwise.EncoderCache`) the encoder's
+    outputs are looked up, not computed."""
+
     def __init__(self, model: nn.Module, task: Any, encodings: Any = None):
         super().__init__()
         self.model = model
@@ -56,7 +61,7 @@ class _LossModule(nn.Module):
 def wrap(model: nn.Module, task: Any, world: int, encodings: Any = None) -> Callable[[Any, Any], torch.Tensor]:
     """``(batch, ctx) -> loss``: the task's loss, through DDP when ``world > 1``. With ``encodings``
     (a :class:`~partwise.EncoderCache`), the encoder's outputs are looked up, not computed."""
-    module = _LossModule(model, task, encodings)
+    module = LossModule(model, task, encodings)
     if world <= 1:
         return module.forward
     device_ids = [torch.cuda.current_device()] if next(model.parameters()).is_cuda else None

@@ -136,9 +136,14 @@ def _unit_of(path: str, units: Sequence[Sequence[str]]) -> int:
 
 
 def shard(model: nn.Module, parts: Parts, units: Sequence[str] = (), mesh: Any = None,
-          reshard_after_forward: bool = True) -> Parts:
+          reshard_after_forward: bool = True, root: nn.Module | None = None) -> Parts:
     """Shard ``model`` with FSDP2 (see :func:`plan_units`) and return its registry rebuilt on the
     sharded parameters, frozen as ``parts`` was. Needs a started process group (``torchrun``).
+
+    ``root``: the module whose forward runs each step, sharded last as FSDP2's root (default
+    ``model``). FSDP2 takes the first sharded module to run a forward as its root; when the loss
+    calls ``model.encoder`` and ``model.decoder`` rather than ``model(...)``, give a module that
+    holds ``model`` and computes the loss (the Trainer does).
 
     Examples:
         >>> # under torchrun, with a process group started:
@@ -158,7 +163,12 @@ def shard(model: nn.Module, parts: Parts, units: Sequence[str] = (), mesh: Any =
         targets = list({id(modules[p]): modules[p] for p in unit}.values())
         fully_shard(targets if len(targets) > 1 else targets[0], mesh=mesh,
                     reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    top = root if root is not None else model
+    fully_shard(top, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    # FSDP2 makes the first sharded module to run a forward its root; a unit run on its own first (the
+    # encoder cache, rank 0's evaluation) would take that place, so the root is initialised now, as its
+    # first forward would (torch 2.13's FSDPState._lazy_init: no public call does it)
+    top._get_fsdp_state()._lazy_init()  # type: ignore[operator]
     plain = [n for n, p in model.named_parameters() if not isinstance(p, DTensor)]
     if plain:  # unreachable with fully_shard on the root: every parameter is in a unit
         raise ConfigError([f"fsdp: parameters left unsharded: {plain[:5]}"])
@@ -175,9 +185,11 @@ def _fsdp_modules(model: nn.Module) -> list[Any]:
 
 @contextlib.contextmanager
 def gathered(model: nn.Module) -> Iterator[None]:
-    """Every unit of a sharded ``model`` all-gathered and kept whole inside the block (entered and
-    left on every rank together), so one rank alone may run it, e.g. rank 0's evaluation; an
-    unsharded model is left as it is."""
+    """Every unit of a sharded ``model`` (FSDP2's root) all-gathered and kept whole inside the block
+    (entered and left on every rank together, between steps), so one rank alone may run it, e.g. rank
+    0's evaluation. On the way out the root's per-iteration state is reset, so the order of the
+    forwards run inside (which backward prefetching follows) is not carried into the next step.
+    An unsharded model is left as it is."""
     units = _fsdp_modules(model)
     if not units:
         yield
@@ -191,6 +203,8 @@ def gathered(model: nn.Module) -> Iterator[None]:
         for m in units:
             m.reshard()
             m.set_reshard_after_forward(True, recurse=False)
+        if units[0] is model:  # forget the forwards run inside (one rank's only): FSDP2 would prefetch by them
+            units[0].reset_iter_state()  # type: ignore[operator]  # torch 2.13 FSDPModule API, untyped here
 
 
 def _part_keys(model: nn.Module, parts: Parts) -> dict[str, str]:

@@ -139,8 +139,9 @@ class Trainer:
         self.rank, self.world = dist.rank_and_world()
         self.model.to(self.device)
         self.sharded = distributed == "fsdp2" and self.world > 1
+        self._root = dist.LossModule(model, self.task)  # what computes the loss: FSDP2's root
         if self.sharded:  # the registry and the driver follow the sharded parameters
-            self.parts = parts = fsdp.shard(model, parts, units=fsdp_units)
+            self.parts = parts = fsdp.shard(model, parts, units=fsdp_units, root=self._root)
             self.driver = PlanDriver(parts, plan, task=self.task, guard=guard is True, rebuild=True)
         self._phase_cache = PhaseCache(self.task, parts, cache, device=self.device, rank=self.rank, world=self.world,
                                        spill_dir=self.run.cache if self.run else None)
@@ -178,18 +179,18 @@ class Trainer:
         warmup, task options; see :class:`~partwise.PlanDriver`): the cache, the DDP wrapper and
         ``on_phase_start``."""
         self.cache = self._setup_cache()
-        self.wrapped = self._cached_loss if self.cache is not None else dist.wrap(self.model, self.task, self._ddp)
+        self.wrapped = self._cached_loss if self.cache is not None else self._loss_fn()
         notify(self.callbacks, "on_phase_start", self, span)
         _failpoints.reached("phase.entered")
 
     def _setup_cache(self) -> EncoderCache | None:
         """The encoder-output cache for this phase (kept, built or dropped: :class:`~partwise.PhaseCache`)."""
         loader = self._train_loader
-        with fsdp.gathered(self.model):  # each rank encodes its own rows: no unit may wait for the others
+        with fsdp.gathered(self._root):  # each rank encodes its own rows: no unit may wait for the others
             cache = self._phase_cache.enter_phase(loader.dataset if loader is not None else None,
                                                   loader.collate_fn if loader is not None else None)
         if cache is not None:
-            self._cache_loss = dist.wrap(self.model, self.task, self._ddp, encodings=cache)
+            self._cache_loss = self._loss_fn(encodings=cache)
         return cache
 
     def _cached_loss(self, batch: Any, ctx: StepContext) -> torch.Tensor:
@@ -197,14 +198,17 @@ class Trainer:
         differ, training goes on without the cache)."""
         if not self._phase_cache.check(batch):
             self.cache = None
-            self.wrapped = dist.wrap(self.model, self.task, self._ddp)
+            self.wrapped = self._loss_fn()
             return self.wrapped(batch, ctx)
         return self._cache_loss(batch, ctx)
 
-    @property
-    def _ddp(self) -> int:
-        """The world a DDP wrapper spans (1: none, e.g. under FSDP2, which synchronises itself)."""
-        return 1 if self.sharded else self.world
+    def _loss_fn(self, encodings: EncoderCache | None = None) -> Callable[[Any, Any], torch.Tensor]:
+        """The step's loss: through DDP under torchrun, FSDP2's root module when sharded (which
+        synchronises itself), the loss module alone in one process."""
+        if self.sharded:
+            self._root.encodings = encodings
+            return self._root
+        return dist.wrap(self.model, self.task, self.world, encodings=encodings)
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, train_data: Any, dev_data: Any = None, resume: str | Path | None = None,
@@ -370,7 +374,7 @@ class Trainer:
         metrics: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step, "phase": self.running()[0].phase.name,
                                    "train_loss": total / max(n, 1), "seconds": cursor.epoch_seconds(), **self.lrs()}
         if dev_data is not None:
-            with fsdp.gathered(self.model):  # a sharded model whole on every rank while rank 0 evaluates
+            with fsdp.gathered(self._root):  # a sharded model whole on every rank while rank 0 evaluates
                 scores: dict[str, Any] | None = self._evaluate(dev_data) if self.rank == 0 else None
             received = dist.broadcast_object(scores, self.world)
             metrics.update({f"dev_{k}": v for k, v in (received or {}).items()})
